@@ -1,0 +1,511 @@
+"""The ordinary node's side of the overlay: attachment, presence, lookups and watches.
+
+A client keeps a host cache of supernode member records, attaches to a primary and a
+backup, publishes its signed name and presence records through the primary and refreshes
+them, and asks the primary for lookups. Refusals (admission control) come with hints of
+other supernodes; failures back off exponentially with jitter.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass
+
+from peerphone.errors import LocalProtocolError, RecordRejected
+from peerphone.identity import KeyPair, NodeId, SignatureVerifier, node_id_of
+from peerphone.overlay.events import (
+    Attached,
+    AttachLost,
+    Event,
+    LookupDone,
+    PresenceChanged,
+    Published,
+)
+from peerphone.records import (
+    Capacity,
+    MemberBody,
+    NameBody,
+    PresenceBody,
+    Record,
+    RecordKind,
+    Status,
+    check_record,
+    decode_body,
+    make_record,
+    valid_username,
+)
+from peerphone.wire import (
+    Attach,
+    AttachAccept,
+    AttachRedirect,
+    Detach,
+    Lookup,
+    LookupResult,
+    Message,
+    PresenceUpdate,
+    Publish,
+    PublishAck,
+    Redirect,
+    Watch,
+)
+
+Send = tuple[NodeId, Message]
+
+MAX_HOST_CACHE = 200  # supernode member records remembered (persisted by the runtime)
+MAX_PENDING_LOOKUPS = 64
+MAX_WATCHED = 1000  # buddies per user
+REFUSAL_MEMORY_S = 60.0  # a supernode that refused us is not asked again for this long
+
+
+class ClientState(enum.Enum):
+    OFFLINE = "offline"
+    ATTACHING = "attaching"
+    ONLINE = "online"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """Timers and limits of attachment and publishing."""
+
+    refresh_interval_s: float = 300.0
+    presence_ttl_s: float = 900.0
+    name_ttl_s: float = 30 * 86_400.0
+    attach_timeout_s: float = 2.0
+    publish_timeout_s: float = 2.0
+    publish_retries: int = 3  # then the primary is treated as lost
+    lookup_try_timeout_s: float = 2.0
+    lookup_deadline_s: float = 6.0
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    immediate_redirects: int = 3  # hinted retries before backing off
+
+
+@dataclass(slots=True)
+class _PendingLookup:
+    username: str
+    started: float
+    deadline: float
+    try_deadline: float
+    sent_to: NodeId | None
+
+
+class ClientCore:
+    """Attachment, presence publishing, lookups and buddy watches of one user (sans-I/O)."""
+
+    def __init__(
+        self,
+        node_keys: KeyPair,
+        user_keys: KeyPair,
+        username: str,
+        rng: random.Random,
+        verifier: SignatureVerifier,
+        config: ClientConfig | None = None,
+        device: str = "default",
+    ) -> None:
+        if not valid_username(username):
+            raise LocalProtocolError(f"invalid username {username!r}")
+        self.node_keys = node_keys
+        self.user_keys = user_keys
+        self.username = username
+        self.device = device
+        self.rng = rng
+        self.verifier = verifier
+        self.config = config or ClientConfig()
+        self.state = ClientState.OFFLINE
+        self.status = Status.ONLINE
+        self.capacity = Capacity()
+        self.started_at = 0.0
+        self.host_cache: dict[NodeId, Record] = {}
+        self.refused: dict[NodeId, float] = {}
+        self.primary: NodeId | None = None
+        self.backup: NodeId | None = None
+        self.addresses: list[str] = []
+        self.pinned: dict[str, bytes] = {}  # username -> user key (trust on first use)
+        self.watched: set[str] = set()
+        self.events: list[Event] = []
+        self._req = 0
+        self._attach: tuple[int, NodeId, bool, float] | None = None  # req, target, primary, deadline
+        self._failures = 0
+        self._redirects = 0
+        self._next_attempt: float | None = None
+        self._name_record: Record | None = None
+        self._presence: Record | None = None
+        self._seq = 0
+        self._next_refresh: float | None = None
+        self._publish: tuple[int, float, int] | None = None  # req, deadline, tries
+        self._lookups: dict[int, _PendingLookup] = {}
+        self._hint: list[NodeId] = []  # supernodes a redirect suggested, tried first
+
+    # -- application API --------------------------------------------------------------------
+
+    def learn_supernodes(self, records: list[Record], now: float) -> None:
+        """Add member records (bootstrap list, hints, persisted host cache) to the host cache."""
+        for record in records:
+            if record.kind is not RecordKind.MEMBER:
+                continue
+            try:
+                body = check_record(record, now, self.verifier)
+            except RecordRejected:
+                continue
+            if not isinstance(body, MemberBody):
+                continue
+            node = node_id_of(record.owner)
+            known = self.host_cache.get(node)
+            if known is None and len(self.host_cache) >= MAX_HOST_CACHE:
+                oldest = next(iter(self.host_cache))
+                del self.host_cache[oldest]
+            if known is None or record.seq >= known.seq:
+                self.host_cache[node] = record
+
+    def login(self, now: float, status: Status = Status.ONLINE) -> list[Send]:
+        if self.state is not ClientState.OFFLINE:
+            raise LocalProtocolError("already logged in")
+        self.state = ClientState.ATTACHING
+        self.status = status
+        self.started_at = now
+        self._failures = 0
+        self._redirects = 0
+        self._next_attempt = now
+        return self.handle_timer(now)
+
+    def logout(self, now: float) -> list[Send]:
+        """Publish OFFLINE through the primary, then detach from both supernodes."""
+        out: list[Send] = []
+        if self.primary is not None:
+            self.status = Status.OFFLINE
+            out.extend(self._publish_presence(now))
+        for sn in (self.primary, self.backup):
+            if sn is not None:
+                out.append((sn, Detach("logout")))
+        self._reset()
+        self.state = ClientState.OFFLINE
+        return out
+
+    def set_status(self, status: Status, now: float) -> list[Send]:
+        self.status = status
+        return self._publish_presence(now) if self.primary is not None else []
+
+    def lookup(self, username: str, now: float) -> tuple[int, list[Send]]:
+        """Start a lookup; its LookupDone event carries the returned request id."""
+        self._req += 1
+        req = self._req
+        cfg = self.config
+        if len(self._lookups) >= MAX_PENDING_LOOKUPS:
+            self.events.append(LookupDone(req, username, None, None, 0, now, now, "too many lookups"))
+            return req, []
+        pending = _PendingLookup(username, now, now + cfg.lookup_deadline_s, 0.0, None)
+        self._lookups[req] = pending
+        return req, self._send_lookup(req, pending, now)
+
+    def watch(self, usernames: list[str], now: float, add: bool = True) -> list[Send]:
+        names = [n for n in usernames if valid_username(n)]
+        if add:
+            room = MAX_WATCHED - len(self.watched)
+            names = [n for n in names if n not in self.watched][:room]
+            self.watched.update(names)
+        else:
+            self.watched.difference_update(names)
+        if self.primary is None or not names:
+            return []
+        return [(self.primary, Watch(self._next_req(), names, add))]
+
+    def pop_events(self) -> list[Event]:
+        events, self.events = self.events, []
+        return events
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def handle_attach_accept(self, msg: AttachAccept, src: NodeId, now: float) -> list[Send]:
+        attach = self._attach
+        if attach is None or attach[0] != msg.req or attach[1] != src:
+            return []
+        self._attach = None
+        self.learn_supernodes([msg.member, *msg.others], now)
+        out: list[Send] = []
+        if attach[2]:
+            self.primary = src
+            self.state = ClientState.ONLINE
+            self._failures = 0
+            self._redirects = 0
+            out.extend(self._after_new_primary(now))
+        else:
+            self.backup = src
+            self.events.append(Attached(self.primary or src, src))
+        return out
+
+    def handle_attach_redirect(self, msg: AttachRedirect, src: NodeId, now: float) -> list[Send]:
+        attach = self._attach
+        if attach is None or attach[0] != msg.req or attach[1] != src:
+            return []
+        self._attach = None
+        self.refused[src] = now + REFUSAL_MEMORY_S
+        self.learn_supernodes(list(msg.others), now)
+        self._redirects += 1
+        if self._redirects <= self.config.immediate_redirects:
+            self._next_attempt = now
+        else:
+            self._back_off(now)
+        return self.handle_timer(now)
+
+    def handle_publish_ack(self, msg: PublishAck, src: NodeId, now: float) -> list[Send]:
+        if self._publish is None or self._publish[0] != msg.req or src != self.primary:
+            return []
+        if msg.stored == 0:
+            return []  # the retry timer resends
+        self._publish = None
+        if self._presence is not None:
+            self.events.append(Published(self._presence.seq, msg.stored))
+        return []
+
+    def handle_lookup_result(self, msg: LookupResult, src: NodeId, now: float) -> list[Send]:
+        pending = self._lookups.pop(msg.req, None)
+        if pending is None:
+            return []
+        presence, reason = self._verified_presence(pending.username, msg.records, now)
+        status = None
+        if presence is not None:
+            status = _presence_body(presence).status
+        self.events.append(
+            LookupDone(msg.req, pending.username, presence, status, msg.hops, pending.started, now,
+                       reason or msg.reason)
+        )
+        return []
+
+    def handle_presence_update(self, msg: PresenceUpdate, src: NodeId, now: float) -> list[Send]:
+        by_user: dict[str, list[Record]] = {}
+        for record in msg.records:
+            try:
+                body = check_record(record, now, self.verifier)
+            except RecordRejected:
+                continue
+            if isinstance(body, (NameBody, PresenceBody)) and body.username in self.watched:
+                by_user.setdefault(body.username, []).append(record)
+        for username in sorted(by_user):
+            presence, _ = self._verified_presence(username, by_user[username], now)
+            if presence is not None:
+                self.events.append(
+                    PresenceChanged(username, _presence_body(presence).status, presence)
+                )
+        return []
+
+    def handle_redirect(self, msg: Redirect, src: NodeId, now: float) -> list[Send]:
+        self.learn_supernodes(list(msg.others), now)
+        if src not in (self.primary, self.backup):
+            return []
+        # prefer the hinted supernodes for the next attempt
+        for record in msg.others:
+            node = node_id_of(record.owner)
+            if node in self.host_cache:
+                self.host_cache[node] = self.host_cache.pop(node)
+                self.refused.pop(node, None)
+        self._hint = [node_id_of(r.owner) for r in msg.others]
+        return self.connection_lost(src, now)
+
+    def connection_lost(self, peer: NodeId, now: float) -> list[Send]:
+        """The runtime says the link to `peer` is gone (idle timeout, reset, redirect)."""
+        if peer == self.backup:
+            self.backup = None
+            if self._attach is None and self._next_attempt is None:
+                self._next_attempt = now + self.rng.uniform(0.0, self.config.backoff_base_s)
+            return self.handle_timer(now)
+        if peer != self.primary:
+            if self._attach is not None and self._attach[1] == peer:
+                self._attach = None
+                self._back_off(now)
+            return []
+        self.primary = None
+        if self.backup is not None:
+            self.primary, self.backup = self.backup, None
+            self._next_attempt = now + self.rng.uniform(0.0, self.config.backoff_base_s)
+            return self._after_new_primary(now)
+        self.state = ClientState.ATTACHING
+        self.events.append(AttachLost(peer))
+        self._publish = None
+        self._next_attempt = now + self.rng.uniform(0.0, self.config.backoff_base_s)
+        return self.handle_timer(now)
+
+    # -- time -------------------------------------------------------------------------------
+
+    def next_timer(self) -> float | None:
+        times = [self._next_attempt, self._next_refresh]
+        if self._attach is not None:
+            times.append(self._attach[3])
+        if self._publish is not None:
+            times.append(self._publish[1])
+        for pending in self._lookups.values():
+            times.append(pending.deadline)
+            if pending.sent_to is not None:
+                times.append(pending.try_deadline)
+        present = [t for t in times if t is not None]
+        return min(present) if present else None
+
+    def handle_timer(self, now: float) -> list[Send]:
+        out: list[Send] = []
+        if self.state is ClientState.OFFLINE:
+            return out
+        if self._attach is not None and now >= self._attach[3]:
+            self.refused[self._attach[1]] = now + REFUSAL_MEMORY_S
+            self._attach = None
+            self._back_off(now)
+        if self._attach is None and self._next_attempt is not None and now >= self._next_attempt:
+            self._next_attempt = None
+            out.extend(self._try_attach(now))
+        if self._publish is not None and now >= self._publish[1]:
+            tries = self._publish[2]
+            self._publish = None
+            if tries >= self.config.publish_retries and self.primary is not None:
+                out.extend(self.connection_lost(self.primary, now))
+            else:
+                out.extend(self._publish_presence(now, tries + 1, bump=False))
+        if self._next_refresh is not None and now >= self._next_refresh:
+            out.extend(self._publish_presence(now))
+        for req in [r for r, p in self._lookups.items() if now >= p.deadline]:
+            p = self._lookups.pop(req)
+            self.events.append(LookupDone(req, p.username, None, None, 0, p.started, now, "timeout"))
+        for req, p in sorted(self._lookups.items()):
+            if p.sent_to is None or now >= p.try_deadline:
+                out.extend(self._send_lookup(req, p, now))
+        return out
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _next_req(self) -> int:
+        self._req += 1
+        return self._req
+
+    def _reset(self) -> None:
+        self.primary = self.backup = None
+        self._attach = None
+        self._publish = None
+        self._next_refresh = None
+        self._next_attempt = None
+        for req, p in sorted(self._lookups.items()):
+            self.events.append(LookupDone(req, p.username, None, None, 0, p.started, p.started,
+                                          "logged out"))
+        self._lookups.clear()
+
+    def _back_off(self, now: float) -> None:
+        self._failures += 1
+        cfg = self.config
+        delay = min(cfg.backoff_max_s, cfg.backoff_base_s * 2 ** min(self._failures - 1, 16))
+        self._next_attempt = now + delay * self.rng.uniform(0.5, 1.0)
+
+    def _candidates(self, now: float) -> list[NodeId]:
+        taken = {self.primary, self.backup}
+        hint = [n for n in self._hint if n in self.host_cache and n not in taken]
+        rest = [
+            n for n in self.host_cache
+            if n not in taken and self.refused.get(n, 0.0) <= now and n not in hint
+        ]
+        self.rng.shuffle(rest)
+        return hint + rest
+
+    def _try_attach(self, now: float) -> list[Send]:
+        want_primary = self.primary is None
+        if not want_primary and self.backup is not None:
+            return []
+        candidates = self._candidates(now)
+        self._hint = []
+        if not candidates:
+            # everyone refused recently: forget refusals and try again after backing off
+            self.refused.clear()
+            self._back_off(now)
+            return []
+        target = candidates[0]
+        req = self._next_req()
+        self._attach = (req, target, want_primary, now + self.config.attach_timeout_s)
+        capacity = Capacity(
+            self.capacity.reachable,
+            self.capacity.uptime_s + int(now - self.started_at),
+            self.capacity.up_kbps,
+            self.capacity.down_kbps,
+            self.capacity.cpu_score,
+        )
+        return [(target, Attach(req, capacity, want_primary))]
+
+    def _after_new_primary(self, now: float) -> list[Send]:
+        assert self.primary is not None
+        self.events.append(Attached(self.primary, self.backup))
+        out = self._publish_presence(now)
+        if self.watched:
+            out.append((self.primary, Watch(self._next_req(), sorted(self.watched), True)))
+        for req, p in sorted(self._lookups.items()):
+            if p.sent_to != self.primary:
+                out.extend(self._send_lookup(req, p, now))
+        if self.backup is None and self._attach is None:
+            self._next_attempt = now
+            out.extend(self.handle_timer(now))
+        return out
+
+    def _publish_presence(self, now: float, tries: int = 1, bump: bool = True) -> list[Send]:
+        if self.primary is None:
+            return []
+        cfg = self.config
+        name = self._name_record
+        if name is None or name.expires() - now < cfg.name_ttl_s / 2:
+            self._seq += 1
+            name = make_record(
+                RecordKind.NAME, self.user_keys, self._seq, int((now + cfg.name_ttl_s) * 1000),
+                NameBody(self.username),
+            )
+            self._name_record = name
+        if bump or self._presence is None:
+            self._seq += 1
+            supernodes = [sn for sn in (self.primary, self.backup) if sn is not None]
+            body = PresenceBody(
+                self.username, self.device, self.status, [bytes(s) for s in supernodes],
+                list(self.addresses), ["voice"],
+            )
+            self._presence = make_record(
+                RecordKind.PRESENCE, self.user_keys, self._seq,
+                int((now + cfg.presence_ttl_s) * 1000), body,
+            )
+            self._next_refresh = now + cfg.refresh_interval_s
+        req = self._next_req()
+        self._publish = (req, now + cfg.publish_timeout_s, tries)
+        return [(self.primary, Publish(req, [name, self._presence]))]
+
+    def _send_lookup(self, req: int, pending: _PendingLookup, now: float) -> list[Send]:
+        # alternate between primary and backup on retries
+        target = self.primary
+        if pending.sent_to is not None and pending.sent_to == self.primary and self.backup:
+            target = self.backup
+        if target is None:
+            pending.sent_to = None  # queued until attached; the deadline still runs
+            pending.try_deadline = pending.deadline
+            return []
+        pending.sent_to = target
+        pending.try_deadline = now + self.config.lookup_try_timeout_s
+        return [(target, Lookup(req, pending.username))]
+
+    def _verified_presence(
+        self, username: str, records: list[Record], now: float
+    ) -> tuple[Record | None, str]:
+        """The presence record of `username` if it verifies against the bound key."""
+        names: list[Record] = []
+        presences: list[Record] = []
+        for record in records:
+            try:
+                body = check_record(record, now, self.verifier)
+            except RecordRejected:
+                continue
+            if not isinstance(body, (NameBody, PresenceBody)) or body.username != username:
+                continue
+            (names if record.kind is RecordKind.NAME else presences).append(record)
+        if not names:
+            return None, "not found"
+        owner = self.pinned.get(username) or max(names, key=lambda r: r.seq).owner
+        if not any(r.owner == owner for r in names):
+            return None, "name bound to a different key than the pinned one"
+        self.pinned.setdefault(username, owner)
+        mine = [r for r in presences if r.owner == owner]
+        if not mine:
+            return None, "offline"
+        return max(mine, key=lambda r: r.seq), ""
+
+
+def _presence_body(record: Record) -> PresenceBody:
+    body = decode_body(record)
+    assert isinstance(body, PresenceBody)
+    return body

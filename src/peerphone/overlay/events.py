@@ -1,0 +1,69 @@
+"""Events the overlay cores hand to the application (small frozen dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peerphone.identity import NodeId
+from peerphone.records import Record, Status
+
+
+@dataclass(frozen=True, slots=True)
+class Attached:
+    """The client has a primary supernode (and maybe a backup)."""
+
+    primary: NodeId
+    backup: NodeId | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttachLost:
+    """The client lost its primary supernode and has no backup to fall back to."""
+
+    supernode: NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """The client's presence with sequence `seq` is stored on `stored` replicas."""
+
+    seq: int
+    stored: int
+
+
+@dataclass(frozen=True, slots=True)
+class LookupDone:
+    """A lookup finished: `presence` is a verified record, or None (with `reason`)."""
+
+    req: int
+    username: str
+    presence: Record | None
+    status: Status | None
+    hops: int
+    started: float
+    finished: float
+    reason: str
+
+    def __post_init__(self) -> None:
+        if self.finished < self.started:
+            raise ValueError("lookup finished before it started")
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChanged:
+    """A watched user's verified presence changed."""
+
+    username: str
+    status: Status
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class RoleChanged:
+    """This node became a supernode (True) or stopped being one (False)."""
+
+    supernode: bool
+    reason: str
+
+
+Event = Attached | AttachLost | Published | LookupDone | PresenceChanged | RoleChanged

@@ -1,0 +1,364 @@
+"""One-hop supernode membership with SWIM-style failure detection.
+
+Every supernode knows every other one. Each probe interval a member pings the next member
+of a shuffled round-robin; a missing ack within `probe_timeout_s` triggers indirect probes
+through `indirect_probes` others; a member not heard of by the end of the interval becomes
+SUSPECT, and DEAD after `suspicion_timeout_s` unless it refutes by re-signing its member
+record with a higher incarnation (= record sequence). Updates ride on probes (piggy-backed),
+each repeated `gossip_multiplier * ceil(log2(n + 1))` times.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from dataclasses import dataclass
+
+from peerphone.errors import RecordRejected
+from peerphone.identity import KeyPair, NodeId, SignatureVerifier, node_id_of
+from peerphone.overlay.ring import Ring
+from peerphone.records import MemberBody, Record, RecordKind, check_record, make_record
+from peerphone.wire import (
+    MAX_GOSSIP_PER_MESSAGE,
+    Ack,
+    Gossip,
+    IndirectAck,
+    Join,
+    MembershipPage,
+    MemberState,
+    Message,
+    Ping,
+    PingReq,
+)
+
+Send = tuple[NodeId, Message]
+
+MEMBERSHIP_PAGE_SIZE = 256  # member records per MembershipPage
+MAX_MEMBERS = 200_000  # one-hop table bound: 100 k supernodes x ~200 B = 20 MB
+TOMBSTONE_TTL_S = 600.0  # how long a dead member's incarnation is remembered
+LEAVE_FANOUT = 8  # members told directly when this supernode leaves
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipConfig:
+    """Timing and fan-out of failure detection and dissemination."""
+
+    probe_interval_s: float = 2.0
+    probe_timeout_s: float = 0.8  # wait for a direct ack before asking others
+    indirect_probes: int = 3
+    suspicion_timeout_s: float = 6.0
+    gossip_multiplier: int = 3
+    member_ttl_s: float = 86_400.0  # expiry of our own signed member record
+
+
+@dataclass(slots=True)
+class Member:
+    """What this supernode believes about another one."""
+
+    record: Record
+    node: NodeId
+    incarnation: int
+    state: MemberState
+    suspect_until: float = 0.0
+    load: int = 0
+
+
+@dataclass(slots=True)
+class _Probe:
+    target: NodeId
+    seq: int
+    indirect_at: float
+    give_up_at: float
+    acked: bool = False
+    indirect_sent: bool = False
+
+
+class Membership:
+    """The SWIM state machine of one supernode (sans-I/O)."""
+
+    def __init__(
+        self,
+        keys: KeyPair,
+        body: MemberBody,
+        now: float,
+        rng: random.Random,
+        verifier: SignatureVerifier,
+        config: MembershipConfig | None = None,
+    ) -> None:
+        self.keys = keys
+        self.me: NodeId = keys.node_id
+        self.config = config or MembershipConfig()
+        self.rng = rng
+        self.verifier = verifier
+        self.body = body
+        self.incarnation = 0
+        self.record = self._sign(now)
+        self.members: dict[NodeId, Member] = {}
+        self.tombstones: dict[NodeId, tuple[int, float]] = {}  # node -> (incarnation, until)
+        self.ring = Ring([self.me])
+        self.changes: list[tuple[NodeId, bool]] = []  # (node, joined) for the directory
+        self.load = 0  # our own attached clients, set by the supernode core
+        self._gossip: deque[list[object]] = deque()  # [Gossip, remaining sends]
+        self._order: list[NodeId] = []
+        self._next_probe = now + rng.uniform(0.0, self.config.probe_interval_s)
+        self._probe: _Probe | None = None
+        self._seq = 0
+        self._relays: dict[int, tuple[NodeId, int, NodeId, float]] = {}
+        self.left = False
+        self._suspects: dict[NodeId, float] = {}  # suspect -> deadline (kept small)
+
+    # -- own record -----------------------------------------------------------------------
+
+    def _sign(self, now: float) -> Record:
+        expires_ms = int((now + self.config.member_ttl_s) * 1000)
+        return make_record(RecordKind.MEMBER, self.keys, self.incarnation, expires_ms, self.body)
+
+    def _refute(self, incarnation: int, now: float) -> None:
+        self.incarnation = max(self.incarnation, incarnation) + 1
+        self.record = self._sign(now)
+        self._enqueue(Gossip(MemberState.ALIVE, self.me, self.incarnation, self.record))
+
+    # -- gossip ---------------------------------------------------------------------------
+
+    def _enqueue(self, item: Gossip) -> None:
+        repeats = self.config.gossip_multiplier * math.ceil(math.log2(len(self.members) + 2))
+        self._gossip.append([item, repeats])
+
+    def _take_gossip(self) -> list[Gossip]:
+        out: list[Gossip] = []
+        seen: set[bytes] = set()
+        for _ in range(min(len(self._gossip), MAX_GOSSIP_PER_MESSAGE)):
+            slot = self._gossip.popleft()
+            item = slot[0]
+            assert isinstance(item, Gossip)
+            if item.node in seen:
+                continue  # an older update about the same node: the newer one wins
+            seen.add(item.node)
+            out.append(item)
+            slot[1] = int(slot[1]) - 1  # type: ignore[call-overload]
+            if int(slot[1]) > 0:  # type: ignore[call-overload]
+                self._gossip.append(slot)
+        return out
+
+    def apply_gossip(self, items: list[Gossip], now: float) -> None:
+        for item in items:
+            if item.node == self.me:
+                if item.state in (MemberState.SUSPECT, MemberState.DEAD) and (
+                    item.incarnation >= self.incarnation
+                ):
+                    self._refute(item.incarnation, now)
+                continue
+            if item.state is MemberState.ALIVE:
+                if item.record is not None:
+                    self.add_record(item.record, now)
+                continue
+            member = self.members.get(NodeId(item.node))
+            if member is None or item.incarnation < member.incarnation:
+                continue
+            if item.state is MemberState.SUSPECT:
+                if member.state is MemberState.ALIVE or item.incarnation > member.incarnation:
+                    member.incarnation = item.incarnation
+                    self._suspect(member, now)
+            else:
+                self._remove(member.node, item.incarnation, item.state, now)
+
+    def add_record(self, record: Record, now: float) -> bool:
+        """Learn a (self-signed) member record; True if it changed what we know."""
+        try:
+            body = check_record(record, now, self.verifier)
+        except RecordRejected:
+            return False
+        if record.kind is not RecordKind.MEMBER or not isinstance(body, MemberBody):
+            return False
+        node = node_id_of(record.owner)
+        if node == self.me:
+            return False
+        tomb = self.tombstones.get(node)
+        if tomb is not None and record.seq <= tomb[0]:
+            return False
+        member = self.members.get(node)
+        if member is not None and record.seq <= member.incarnation:
+            return False
+        if member is None and len(self.members) >= MAX_MEMBERS:
+            return False
+        self.tombstones.pop(node, None)
+        if member is None:
+            self.members[node] = Member(record, node, record.seq, MemberState.ALIVE)
+            self.ring.add(node)
+            self.changes.append((node, True))
+        else:
+            member.record = record
+            member.incarnation = record.seq
+            member.state = MemberState.ALIVE
+            self._suspects.pop(node, None)
+        self._enqueue(Gossip(MemberState.ALIVE, node, record.seq, record))
+        return True
+
+    def _remove(self, node: NodeId, incarnation: int, state: MemberState, now: float) -> None:
+        member = self.members.pop(node, None)
+        if member is None:
+            return
+        self._suspects.pop(node, None)
+        self.tombstones[node] = (incarnation, now + TOMBSTONE_TTL_S)
+        self.ring.remove(node)
+        self.changes.append((node, False))
+        self._enqueue(Gossip(state, node, incarnation, None))
+
+    # -- messages -------------------------------------------------------------------------
+
+    def alive_members(self) -> list[NodeId]:
+        return sorted(self.members)
+
+    def handle_ping(self, msg: Ping, src: NodeId, now: float) -> list[Send]:
+        self._heard(src, msg.load)
+        self.apply_gossip(msg.gossip, now)
+        return [(src, Ack(msg.seq, self.load, self._take_gossip()))]
+
+    def handle_ack(self, msg: Ack, src: NodeId, now: float) -> list[Send]:
+        self._heard(src, msg.load)
+        self.apply_gossip(msg.gossip, now)
+        relay = self._relays.pop(msg.seq, None)
+        if relay is not None:
+            requester, their_seq, target, _ = relay
+            if target == src:
+                return [(requester, IndirectAck(their_seq, target))]
+            return []
+        probe = self._probe
+        if probe is not None and probe.seq == msg.seq and probe.target == src:
+            probe.acked = True
+        return []
+
+    def handle_ping_req(self, msg: PingReq, src: NodeId, now: float) -> list[Send]:
+        self.apply_gossip(msg.gossip, now)
+        target = NodeId(msg.target)
+        if target not in self.members:
+            return []
+        self._seq += 1
+        self._relays[self._seq] = (src, msg.seq, target, now + self.config.probe_interval_s)
+        return [(target, Ping(self._seq, self.load, self._take_gossip()))]
+
+    def handle_indirect_ack(self, msg: IndirectAck, src: NodeId, now: float) -> list[Send]:
+        probe = self._probe
+        if probe is not None and probe.seq == msg.seq and probe.target == msg.target:
+            probe.acked = True
+        return []
+
+    def handle_join(self, msg: Join, src: NodeId, now: float) -> list[Send]:
+        if msg.offset == 0 and (
+            node_id_of(msg.record.owner) != src or not self.add_record(msg.record, now)
+        ) and src not in self.members:
+            return []
+        return [(src, self.page(msg.offset))]
+
+    def handle_page(self, msg: MembershipPage, src: NodeId, now: float) -> list[Send]:
+        for record in msg.members:
+            self.add_record(record, now)
+        nxt = msg.offset + len(msg.members)
+        if msg.members and nxt < msg.total:
+            return [(src, Join(self.record, nxt))]
+        return []
+
+    def page(self, offset: int) -> MembershipPage:
+        """Member records (ours first) from `offset`, for a joining supernode."""
+        ordered = [self.record] + [self.members[n].record for n in sorted(self.members)]
+        return MembershipPage(
+            ordered[offset : offset + MEMBERSHIP_PAGE_SIZE], offset, len(ordered)
+        )
+
+    def _heard(self, node: NodeId, load: int) -> None:
+        # Hearing from a suspect does not clear it: only a higher incarnation does (SWIM).
+        member = self.members.get(node)
+        if member is not None:
+            member.load = load
+
+    def _suspect(self, member: Member, now: float) -> None:
+        member.state = MemberState.SUSPECT
+        member.suspect_until = now + self.config.suspicion_timeout_s
+        self._suspects[member.node] = member.suspect_until
+        self._enqueue(Gossip(MemberState.SUSPECT, member.node, member.incarnation, None))
+
+    # -- time -----------------------------------------------------------------------------
+
+    def next_timer(self) -> float:
+        t = self._next_probe
+        probe = self._probe
+        if probe is not None and not probe.acked:
+            t = min(t, probe.give_up_at if probe.indirect_sent else probe.indirect_at)
+        if self._suspects:
+            t = min(t, min(self._suspects.values()))
+        return t
+
+    def handle_timer(self, now: float) -> list[Send]:
+        if self.left:
+            return []
+        out: list[Send] = []
+        probe = self._probe
+        if probe is not None and not probe.acked:
+            if not probe.indirect_sent and now >= probe.indirect_at:
+                probe.indirect_sent = True
+                helpers = [n for n in self._sample(self.config.indirect_probes + 1) if n != probe.target]
+                for helper in helpers[: self.config.indirect_probes]:
+                    out.append((helper, PingReq(probe.seq, probe.target, self._take_gossip())))
+            if now >= probe.give_up_at:
+                member = self.members.get(probe.target)
+                if member is not None and member.state is MemberState.ALIVE:
+                    self._suspect(member, now)
+                self._probe = None
+        for node in [n for n, until in self._suspects.items() if until <= now]:
+            member = self.members[node]
+            self._remove(node, member.incarnation, MemberState.DEAD, now)
+        if now >= self._next_probe:
+            self._next_probe = now + self.config.probe_interval_s
+            out.extend(self._start_probe(now))
+            self._expire(now)
+        return out
+
+    def _start_probe(self, now: float) -> list[Send]:
+        target = self._next_target()
+        if target is None:
+            self._probe = None
+            return []
+        self._seq += 1
+        cfg = self.config
+        self._probe = _Probe(
+            target, self._seq, now + cfg.probe_timeout_s, now + cfg.probe_interval_s * 0.95
+        )
+        return [(target, Ping(self._seq, self.load, self._take_gossip()))]
+
+    def _next_target(self) -> NodeId | None:
+        while self._order:
+            node = self._order.pop()
+            if node in self.members:
+                return node
+        if not self.members:
+            return None
+        self._order = sorted(self.members)
+        self.rng.shuffle(self._order)
+        return self._order.pop()
+
+    def _sample(self, k: int) -> list[NodeId]:
+        nodes = list(self.members)
+        if len(nodes) <= k:
+            return sorted(nodes)
+        return [nodes[i] for i in sorted(self.rng.sample(range(len(nodes)), k))]
+
+    def _expire(self, now: float) -> None:
+        for seq in [s for s, relay in self._relays.items() if relay[3] < now]:
+            del self._relays[seq]
+        for node in [n for n, (_, until) in self.tombstones.items() if until < now]:
+            del self.tombstones[node]
+        if self.record.expires() - now < self.config.member_ttl_s / 2:
+            self._refute(self.incarnation, now)
+
+    def leave(self, now: float) -> list[Send]:
+        """Announce a graceful departure to a few members, who spread it."""
+        self.left = True
+        note = [Gossip(MemberState.LEFT, self.me, self.incarnation, None)]
+        return [(n, Ping(0, 0, note)) for n in self._sample(LEAVE_FANOUT)]
+
+    def average_load(self) -> float:
+        """Mean attached clients per supernode, over what probes told us plus our own."""
+        loads = [m.load for m in self.members.values()]
+        loads.append(self.load)
+        return sum(loads) / len(loads)

@@ -1,0 +1,208 @@
+"""One peerphone node: the client role always, the supernode role when elected.
+
+`NodeCore` is what a runtime (or the simulator) drives: `receive`, `handle_timer`,
+`connection_lost`, and the application calls (`login`, `lookup`, `watch` ...). Each returns
+the messages to send; `next_timer()` says when to call `handle_timer` next.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from peerphone.identity import KeyPair, NodeId, SignatureVerifier
+from peerphone.overlay.client import ClientConfig, ClientCore
+from peerphone.overlay.events import Event, RoleChanged
+from peerphone.overlay.supernode import SupernodeConfig, SupernodeCore
+from peerphone.records import Capacity, MemberBody, Record, Status
+from peerphone.wire import (
+    Ack,
+    Attach,
+    AttachAccept,
+    AttachRedirect,
+    Detach,
+    Fetch,
+    FetchResult,
+    IndirectAck,
+    Join,
+    Lookup,
+    LookupResult,
+    MembershipPage,
+    Message,
+    Notify,
+    Ping,
+    PingReq,
+    PresenceUpdate,
+    Promote,
+    Publish,
+    PublishAck,
+    Redirect,
+    Store,
+    StoreAck,
+    Subscribe,
+    Watch,
+)
+
+Send = tuple[NodeId, Message]
+ClientHandler = Callable[[ClientCore, Message, NodeId, float], list[Send]]
+SupernodeHandler = Callable[[SupernodeCore, Message, NodeId, float], list[Send]]
+
+# Which role handles which message: the whole dispatch in one place.
+CLIENT_HANDLERS: dict[type, ClientHandler] = {
+    AttachAccept: ClientCore.handle_attach_accept,  # type: ignore[dict-item]
+    AttachRedirect: ClientCore.handle_attach_redirect,  # type: ignore[dict-item]
+    PublishAck: ClientCore.handle_publish_ack,  # type: ignore[dict-item]
+    LookupResult: ClientCore.handle_lookup_result,  # type: ignore[dict-item]
+    PresenceUpdate: ClientCore.handle_presence_update,  # type: ignore[dict-item]
+    Redirect: ClientCore.handle_redirect,  # type: ignore[dict-item]
+}
+SUPERNODE_HANDLERS: dict[type, SupernodeHandler] = {
+    Attach: SupernodeCore.handle_attach,  # type: ignore[dict-item]
+    Detach: SupernodeCore.handle_detach,  # type: ignore[dict-item]
+    Publish: SupernodeCore.handle_publish,  # type: ignore[dict-item]
+    Lookup: SupernodeCore.handle_lookup,  # type: ignore[dict-item]
+    Watch: SupernodeCore.handle_watch,  # type: ignore[dict-item]
+    Store: SupernodeCore.handle_store,  # type: ignore[dict-item]
+    StoreAck: SupernodeCore.handle_store_ack,  # type: ignore[dict-item]
+    Fetch: SupernodeCore.handle_fetch,  # type: ignore[dict-item]
+    FetchResult: SupernodeCore.handle_fetch_result,  # type: ignore[dict-item]
+    Subscribe: SupernodeCore.handle_subscribe,  # type: ignore[dict-item]
+    Notify: SupernodeCore.handle_notify,  # type: ignore[dict-item]
+    Ping: SupernodeCore.handle_membership,
+    Ack: SupernodeCore.handle_membership,
+    PingReq: SupernodeCore.handle_membership,
+    IndirectAck: SupernodeCore.handle_membership,
+    Join: SupernodeCore.handle_membership,
+    MembershipPage: SupernodeCore.handle_membership,
+}
+
+
+class NodeCore:
+    """A user's node: attachment and lookups, plus the supernode role while elected."""
+
+    def __init__(
+        self,
+        node_keys: KeyPair,
+        user_keys: KeyPair,
+        username: str,
+        rng: random.Random,
+        verifier: SignatureVerifier,
+        capacity: Capacity | None = None,
+        addresses: list[str] | None = None,
+        client_config: ClientConfig | None = None,
+        supernode_config: SupernodeConfig | None = None,
+        may_serve: bool = True,
+    ) -> None:
+        self.node_keys = node_keys
+        self.id: NodeId = node_keys.node_id
+        self.rng = rng
+        self.verifier = verifier
+        self.addresses = list(addresses or [])
+        self.supernode_config = supernode_config or SupernodeConfig()
+        self.may_serve = may_serve  # policy: False means never a supernode
+        self.client = ClientCore(node_keys, user_keys, username, rng, verifier, client_config)
+        self.client.capacity = capacity or Capacity()
+        self.client.addresses = self.addresses
+        self.supernode: SupernodeCore | None = None
+        self.events: list[Event] = []
+        self.errors = 0  # messages dropped as unexpected for our role
+
+    # -- roles ------------------------------------------------------------------------------
+
+    def become_supernode(self, now: float, reason: str, seed: bool = False) -> SupernodeCore:
+        body = MemberBody(
+            self.addresses, self.client.capacity, self.supernode_config.max_clients
+        )
+        self.supernode = SupernodeCore(
+            self.node_keys, body, now, self.rng, self.verifier, self.supernode_config, seed
+        )
+        self.events.append(RoleChanged(True, reason))
+        return self.supernode
+
+    def _handle_promote(self, msg: Promote, src: NodeId, now: float) -> list[Send]:
+        if self.supernode is not None or not self.may_serve:
+            return []
+        sn = self.become_supernode(now, "promoted: the tier needed capacity")
+        for record in msg.members:
+            sn.membership.add_record(record, now)
+        sn.membership.changes.clear()  # nothing to hand over yet: we hold no records
+        return [(src, Join(sn.record, 0))]
+
+    def _check_retired(self, now: float) -> None:
+        sn = self.supernode
+        if sn is not None and sn.retired:
+            self.events.append(RoleChanged(False, sn.retire_reason))
+            self.supernode = None
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def receive(self, msg: Message, src: NodeId, now: float) -> list[Send]:
+        handler = CLIENT_HANDLERS.get(type(msg))
+        if handler is not None:
+            return handler(self.client, msg, src, now)
+        if isinstance(msg, Promote):
+            return self._handle_promote(msg, src, now)
+        sn = self.supernode
+        sn_handler = SUPERNODE_HANDLERS.get(type(msg))
+        if sn_handler is None or sn is None:
+            self.errors += 1
+            if isinstance(msg, Attach):  # we are not (or no longer) a supernode
+                return [(src, AttachRedirect(msg.req, "not a supernode", []))]
+            return []
+        out = sn_handler(sn, msg, src, now)
+        out.extend(sn.after_input(now))
+        self._check_retired(now)
+        return out
+
+    def handle_timer(self, now: float) -> list[Send]:
+        out = self.client.handle_timer(now)
+        sn = self.supernode
+        if sn is not None and sn.next_timer() <= now:
+            out.extend(sn.handle_timer(now))
+            out.extend(sn.after_input(now))
+            self._check_retired(now)
+        return out
+
+    def next_timer(self) -> float | None:
+        t = self.client.next_timer()
+        if self.supernode is not None:
+            s = self.supernode.next_timer()
+            t = s if t is None else min(t, s)
+        return t
+
+    def connection_lost(self, peer: NodeId, now: float) -> list[Send]:
+        out = self.client.connection_lost(peer, now)
+        if self.supernode is not None:
+            out.extend(self.supernode.client_lost(peer, now))
+        return out
+
+    # -- application API --------------------------------------------------------------------
+
+    def learn_supernodes(self, records: list[Record], now: float) -> None:
+        self.client.learn_supernodes(records, now)
+
+    def login(self, now: float) -> list[Send]:
+        return self.client.login(now)
+
+    def logout(self, now: float) -> list[Send]:
+        """Log the user out; a supernode hands its records and clients over first."""
+        out: list[Send] = []
+        if self.supernode is not None:
+            out.extend(self.supernode.leave(now, "owner logged out"))
+            self._check_retired(now)
+        out.extend(self.client.logout(now))
+        return out
+
+    def lookup(self, username: str, now: float) -> tuple[int, list[Send]]:
+        return self.client.lookup(username, now)
+
+    def watch(self, usernames: list[str], now: float) -> list[Send]:
+        return self.client.watch(usernames, now)
+
+    def set_status(self, status: Status, now: float) -> list[Send]:
+        return self.client.set_status(status, now)
+
+    def pop_events(self) -> list[Event]:
+        events = self.events + self.client.pop_events()
+        self.events = []
+        return events

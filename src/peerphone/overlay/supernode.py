@@ -1,0 +1,683 @@
+"""A supernode's core: serving clients, the directory replica, lookups, watches, election.
+
+Composes `Membership` (who the other supernodes are) and `RecordStore` (the records this
+node holds as a replica). Clients attach under admission control; their publishes are
+replicated to the `replication` successors of the user's key; lookups ask two replicas and
+return the freshest valid record; presence watches are subscriptions at the replicas.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from peerphone.errors import RecordRejected
+from peerphone.identity import KeyPair, NodeId, SignatureVerifier
+from peerphone.overlay import election
+from peerphone.overlay.directory import RecordStore, Verdict
+from peerphone.overlay.election import ElectionConfig
+from peerphone.overlay.membership import Membership, MembershipConfig
+from peerphone.overlay.ring import in_arc, keys_in_arc
+from peerphone.records import (
+    Capacity,
+    MemberBody,
+    NameBody,
+    PresenceBody,
+    Record,
+    RecordKind,
+    check_record,
+    user_key,
+)
+from peerphone.wire import (
+    MAX_HINTS,
+    MAX_RECORDS_PER_MESSAGE,
+    Ack,
+    Attach,
+    AttachAccept,
+    AttachRedirect,
+    Detach,
+    Fetch,
+    FetchResult,
+    IndirectAck,
+    Join,
+    Lookup,
+    LookupResult,
+    MembershipPage,
+    Message,
+    Notify,
+    Ping,
+    PingReq,
+    PresenceUpdate,
+    Promote,
+    Publish,
+    PublishAck,
+    Redirect,
+    Store,
+    StoreAck,
+    Subscribe,
+    Watch,
+)
+
+Send = tuple[NodeId, Message]
+
+MAX_PENDING_REQUESTS = 10_000  # lookups and stores in flight on one supernode
+MAX_WATCHES_PER_CLIENT = 1000
+LOOKUP_FANOUT = 2  # replicas asked per lookup round ("ask two, take the freshest")
+
+
+@dataclass(frozen=True, slots=True)
+class SupernodeConfig:
+    """Limits and timers of the supernode role."""
+
+    replication: int = 4
+    max_clients: int = 600  # admission limit on primary clients
+    max_backups: int = 1200  # clients using us as their backup
+    fetch_timeout_s: float = 0.8
+    lookup_rounds: int = 2
+    store_timeout_s: float = 1.5
+    expire_interval_s: float = 60.0
+    resubscribe_interval_s: float = 300.0
+    membership: MembershipConfig = field(default_factory=MembershipConfig)
+    election: ElectionConfig = field(default_factory=ElectionConfig)
+
+
+@dataclass(slots=True)
+class ClientEntry:
+    """A client attached to this supernode."""
+
+    node: NodeId
+    primary: bool
+    capacity: Capacity
+    since: float
+    key: bytes | None = None
+    records: list[Record] = field(default_factory=list)
+    watches: set[bytes] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _PendingLookup:
+    client: NodeId
+    client_req: int
+    key: bytes
+    replicas: list[NodeId]
+    tried: int
+    outstanding: set[NodeId]
+    best: dict[RecordKind, Record]
+    deadline: float
+    rounds: int
+    remote: bool = False
+
+
+@dataclass(slots=True)
+class _PendingStore:
+    client: NodeId
+    client_req: int
+    outstanding: set[NodeId]
+    accepted: int
+    deadline: float
+
+
+class SupernodeCore:
+    """The supernode role of one node (sans-I/O)."""
+
+    def __init__(
+        self,
+        keys: KeyPair,
+        body: MemberBody,
+        now: float,
+        rng: random.Random,
+        verifier: SignatureVerifier,
+        config: SupernodeConfig | None = None,
+        seed: bool = False,
+    ) -> None:
+        self.config = config or SupernodeConfig()
+        self.me = keys.node_id
+        self.rng = rng
+        self.verifier = verifier
+        self.seed = seed  # bootstrap supernodes never demote themselves
+        self.started = now
+        self.membership = Membership(keys, body, now, rng, verifier, self.config.membership)
+        self.store = RecordStore(verifier)
+        self.clients: dict[NodeId, ClientEntry] = {}
+        self.primary_count = 0
+        self.backup_count = 0
+        self.retired = False
+        self.retire_reason = ""
+        self.watching: dict[bytes, set[NodeId]] = {}  # key -> our clients watching it
+        self._last_notified: dict[bytes, int] = {}
+        self._lookups: dict[int, _PendingLookup] = {}
+        self._stores: dict[int, _PendingStore] = {}
+        self._req = 0
+        self._next_expire = now + self.config.expire_interval_s
+        self._next_resubscribe = now + self.config.resubscribe_interval_s
+        self._next_election = now + rng.uniform(0.0, self.config.election.interval_s)
+        self._last_promotion = -1e18
+        self._promoted: dict[NodeId, float] = {}
+        self.stats: dict[str, int] = {"redirected": 0, "promoted": 0, "rejected_records": 0}
+
+    @property
+    def record(self) -> Record:
+        return self.membership.record
+
+    # -- clients ----------------------------------------------------------------------------
+
+    def handle_attach(self, msg: Attach, src: NodeId, now: float) -> list[Send]:
+        if self.retired:
+            return [(src, AttachRedirect(msg.req, "leaving", self._hints(src)))]
+        entry = self.clients.get(src)
+        if entry is None or entry.primary != msg.primary:
+            full = (
+                self.primary_count >= self.config.max_clients
+                if msg.primary
+                else self.backup_count >= self.config.max_backups
+            )
+            if full:
+                self.stats["redirected"] += 1
+                return [(src, AttachRedirect(msg.req, "full", self._hints(src)))]
+            if entry is not None:
+                self._drop_client(src)
+            entry = ClientEntry(src, msg.primary, msg.capacity, now)
+            self.clients[src] = entry
+            if msg.primary:
+                self.primary_count += 1
+            else:
+                self.backup_count += 1
+            self.membership.load = self.primary_count
+        entry.capacity = msg.capacity
+        return [(src, AttachAccept(msg.req, self.record, self._hints(src)))]
+
+    def handle_detach(self, msg: Detach, src: NodeId, now: float) -> list[Send]:
+        self._drop_client(src)
+        return []
+
+    def client_lost(self, node: NodeId, now: float) -> list[Send]:
+        self._drop_client(node)
+        return []
+
+    def _drop_client(self, node: NodeId) -> None:
+        entry = self.clients.pop(node, None)
+        if entry is None:
+            return
+        if entry.primary:
+            self.primary_count -= 1
+        else:
+            self.backup_count -= 1
+        self.membership.load = self.primary_count
+        for key in entry.watches:
+            watchers = self.watching.get(key)
+            if watchers is not None:
+                watchers.discard(node)
+                if not watchers:
+                    del self.watching[key]  # the subscription at the replicas lapses
+
+    def _hints(self, exclude: NodeId) -> list[Record]:
+        members = self.membership.members
+        nodes = [n for n in members if n != exclude]
+        if len(nodes) > MAX_HINTS:
+            nodes = [nodes[i] for i in sorted(self.rng.sample(range(len(nodes)), MAX_HINTS))]
+        return [members[n].record for n in nodes]
+
+    def handle_publish(self, msg: Publish, src: NodeId, now: float) -> list[Send]:
+        entry = self.clients.get(src)
+        if entry is None or not entry.primary:
+            return [(src, PublishAck(msg.req, 0, "not attached here as primary"))]
+        key: bytes | None = None
+        for record in msg.records:
+            try:
+                body = check_record(record, now, self.verifier)
+            except RecordRejected as exc:
+                return [(src, PublishAck(msg.req, 0, exc.reason))]
+            if not isinstance(body, (NameBody, PresenceBody)):
+                return [(src, PublishAck(msg.req, 0, "not a directory record"))]
+            k = user_key(body.username)
+            if key is not None and k != key:
+                return [(src, PublishAck(msg.req, 0, "records of different users"))]
+            key = k
+        if key is None:
+            return [(src, PublishAck(msg.req, 0, "nothing to publish"))]
+        entry.key = key
+        entry.records = _merge(entry.records, msg.records)
+        req = self._next_req()
+        out, accepted, outstanding = self._replicate(key, entry.records, now, req)
+        if not outstanding:
+            return [*out, (src, PublishAck(msg.req, accepted, ""))]
+        self._stores[req] = _PendingStore(
+            src, msg.req, outstanding, accepted, now + self.config.store_timeout_s
+        )
+        return out
+
+    def _replicate(
+        self, key: bytes, records: list[Record], now: float, req: int
+    ) -> tuple[list[Send], int, set[NodeId]]:
+        """Send records to the key's replicas (acked under `req`); store locally if we are one."""
+        out: list[Send] = []
+        accepted = 0
+        outstanding: set[NodeId] = set()
+        for replica in self.membership.ring.replicas(key, self.config.replication):
+            if replica == self.me:
+                accepted += 1 if self._accept_all(records, now, out) else 0
+            else:
+                outstanding.add(replica)
+                out.append((replica, Store(req, list(records))))
+        return out, accepted, outstanding
+
+    def _accept_all(self, records: Iterable[Record], now: float, out: list[Send]) -> bool:
+        """Accept records as a replica, notifying subscribers; True if the last was kept."""
+        ok = False
+        for record in records:
+            try:
+                verdict, key, changed = self.store.accept(record, now)
+            except RecordRejected:
+                self.stats["rejected_records"] += 1
+                ok = False
+                continue
+            ok = True
+            if verdict is Verdict.STORED and changed:
+                self._notify_subscribers(key, now, out)
+        return ok
+
+    def _notify_subscribers(self, key: bytes, now: float, out: list[Send]) -> None:
+        entry = self.store.entries.get(key)
+        if entry is None or not entry.subscribers:
+            return
+        records = entry.records()
+        for sub in sorted(entry.subscribers):
+            if sub == self.me:
+                out.extend(self._deliver_notification(records, now))
+            else:
+                out.append((NodeId(sub), Notify(records)))
+
+    # -- lookups ----------------------------------------------------------------------------
+
+    def handle_lookup(self, msg: Lookup, src: NodeId, now: float) -> list[Send]:
+        if src not in self.clients:
+            return [(src, LookupResult(msg.req, [], 0, "not attached here"))]
+        if len(self._lookups) >= MAX_PENDING_REQUESTS:
+            return [(src, LookupResult(msg.req, [], 0, "busy"))]
+        key = user_key(msg.username)
+        replicas = self.membership.ring.replicas(key, self.config.replication)
+        if self.me in replicas:  # ask ourselves first: one hop fewer
+            replicas.remove(self.me)
+            replicas.insert(0, self.me)
+        pending = _PendingLookup(src, msg.req, key, replicas, 0, set(), {}, 0.0, 0)
+        req = self._next_req()
+        self._lookups[req] = pending
+        return self._lookup_round(req, pending, now)
+
+    def _lookup_round(self, req: int, pending: _PendingLookup, now: float) -> list[Send]:
+        out: list[Send] = []
+        pending.rounds += 1
+        batch = pending.replicas[pending.tried : pending.tried + LOOKUP_FANOUT]
+        pending.tried += len(batch)
+        for replica in batch:
+            if replica == self.me:
+                self._merge_best(pending, self.store.get(pending.key), now)
+            else:
+                pending.outstanding.add(replica)
+                pending.remote = True
+                out.append((replica, Fetch(req, pending.key)))
+        pending.deadline = now + self.config.fetch_timeout_s
+        if not pending.outstanding:
+            out.extend(self._finish_lookup(req, now))
+        return out
+
+    def _merge_best(self, pending: _PendingLookup, records: list[Record], now: float) -> None:
+        for record in records:
+            try:
+                body = check_record(record, now, self.verifier)
+            except RecordRejected:
+                continue
+            if not isinstance(body, (NameBody, PresenceBody)) or user_key(body.username) != pending.key:
+                continue
+            best = pending.best.get(record.kind)
+            if best is None or record.seq > best.seq:
+                pending.best[record.kind] = record
+
+    def handle_fetch(self, msg: Fetch, src: NodeId, now: float) -> list[Send]:
+        responsible = self.me in self.membership.ring.replicas(msg.key, self.config.replication)
+        return [(src, FetchResult(msg.req, self.store.get(msg.key), responsible))]
+
+    def handle_fetch_result(self, msg: FetchResult, src: NodeId, now: float) -> list[Send]:
+        pending = self._lookups.get(msg.req)
+        if pending is None or src not in pending.outstanding:
+            return []
+        pending.outstanding.discard(src)
+        self._merge_best(pending, msg.records, now)
+        if pending.outstanding:
+            return []
+        return self._finish_lookup(msg.req, now)
+
+    def _finish_lookup(self, req: int, now: float) -> list[Send]:
+        pending = self._lookups[req]
+        found = RecordKind.PRESENCE in pending.best
+        more = pending.tried < len(pending.replicas) and pending.rounds < self.config.lookup_rounds
+        if not found and more:
+            pending.outstanding.clear()
+            return self._lookup_round(req, pending, now)
+        del self._lookups[req]
+        records = [pending.best[k] for k in (RecordKind.NAME, RecordKind.PRESENCE) if k in pending.best]
+        hops = 2 if pending.remote else 1
+        reason = "" if records else "not found"
+        return [(pending.client, LookupResult(pending.client_req, records, hops, reason))]
+
+    # -- replica side -----------------------------------------------------------------------
+
+    def handle_store(self, msg: Store, src: NodeId, now: float) -> list[Send]:
+        if src not in self.membership.members:
+            return []  # only fellow supernodes replicate to us
+        out: list[Send] = []
+        accepted = 0
+        for record in msg.records:
+            if self._accept_all((record,), now, out):
+                accepted += 1
+        if msg.req:
+            out.append((src, StoreAck(msg.req, accepted, "")))
+        return out
+
+    def handle_store_ack(self, msg: StoreAck, src: NodeId, now: float) -> list[Send]:
+        pending = self._stores.get(msg.req)
+        if pending is None or src not in pending.outstanding:
+            return []
+        pending.outstanding.discard(src)
+        if msg.accepted:
+            pending.accepted += 1
+        if pending.outstanding:
+            return []
+        del self._stores[msg.req]
+        return [(pending.client, PublishAck(pending.client_req, pending.accepted, ""))]
+
+    # -- watches ----------------------------------------------------------------------------
+
+    def handle_watch(self, msg: Watch, src: NodeId, now: float) -> list[Send]:
+        entry = self.clients.get(src)
+        if entry is None:
+            return []
+        new_keys: list[bytes] = []
+        for name in msg.usernames:
+            key = user_key(name)
+            if msg.add:
+                if len(entry.watches) >= MAX_WATCHES_PER_CLIENT:
+                    break
+                entry.watches.add(key)
+                watchers = self.watching.setdefault(key, set())
+                if not watchers:
+                    new_keys.append(key)
+                watchers.add(src)
+            else:
+                entry.watches.discard(key)
+                watchers = self.watching.get(key)
+                if watchers is not None:
+                    watchers.discard(src)
+                    if not watchers:
+                        del self.watching[key]
+        return self._subscribe(new_keys, now)
+
+    def _subscribe(self, keys: Iterable[bytes], now: float) -> list[Send]:
+        batches: dict[NodeId, list[bytes]] = {}
+        out: list[Send] = []
+        for key in keys:
+            for replica in self.membership.ring.replicas(key, self.config.replication)[:LOOKUP_FANOUT]:
+                if replica == self.me:
+                    self.store.subscribe(key, self.me, now)
+                    out.extend(self._deliver_notification(self.store.get(key), now))
+                else:
+                    batches.setdefault(replica, []).append(key)
+        for replica in sorted(batches):
+            keys_for = batches[replica]
+            for i in range(0, len(keys_for), 256):
+                out.append((replica, Subscribe(keys_for[i : i + 256], True)))
+        return out
+
+    def handle_subscribe(self, msg: Subscribe, src: NodeId, now: float) -> list[Send]:
+        if src not in self.membership.members:
+            return []
+        current: list[Record] = []
+        for key in msg.keys:
+            if msg.add:
+                self.store.subscribe(key, src, now)
+                current.extend(self.store.get(key))
+            else:
+                self.store.unsubscribe(key, src)
+        out: list[Send] = []
+        for i in range(0, len(current), MAX_RECORDS_PER_MESSAGE):
+            out.append((src, Notify(current[i : i + MAX_RECORDS_PER_MESSAGE])))
+        return out
+
+    def handle_notify(self, msg: Notify, src: NodeId, now: float) -> list[Send]:
+        return self._deliver_notification(msg.records, now)
+
+    def _deliver_notification(self, records: list[Record], now: float) -> list[Send]:
+        by_key: dict[bytes, list[Record]] = {}
+        for record in records:
+            try:
+                body = check_record(record, now, self.verifier)
+            except RecordRejected:
+                continue
+            if isinstance(body, (NameBody, PresenceBody)):
+                by_key.setdefault(user_key(body.username), []).append(record)
+        out: list[Send] = []
+        for key in sorted(by_key):
+            group = by_key[key]
+            presences = [r.seq for r in group if r.kind is RecordKind.PRESENCE]
+            if not presences or max(presences) <= self._last_notified.get(key, -1):
+                continue
+            self._last_notified[key] = max(presences)
+            for client in sorted(self.watching.get(key, ())):
+                out.append((client, PresenceUpdate(group)))
+        return out
+
+    # -- membership and hand-over ---------------------------------------------------------
+
+    def handle_membership(self, msg: Message, src: NodeId, now: float) -> list[Send]:
+        m = self.membership
+        if isinstance(msg, Ping):
+            return m.handle_ping(msg, src, now)
+        if isinstance(msg, Ack):
+            return m.handle_ack(msg, src, now)
+        if isinstance(msg, PingReq):
+            return m.handle_ping_req(msg, src, now)
+        if isinstance(msg, IndirectAck):
+            return m.handle_indirect_ack(msg, src, now)
+        if isinstance(msg, Join):
+            return m.handle_join(msg, src, now)
+        if isinstance(msg, MembershipPage):
+            return m.handle_page(msg, src, now)
+        return []
+
+    def after_input(self, now: float) -> list[Send]:
+        """Hand records over for every ring change the last input caused."""
+        changes = self.membership.changes
+        if not changes:
+            return []
+        self.membership.changes = []
+        batches: dict[NodeId, list[Record]] = {}
+        resubscribe: list[bytes] = []
+        out: list[Send] = []
+        for node, joined in changes:
+            self._hand_over(node, joined, batches, resubscribe, now, out)
+            if joined and node in self._promoted:
+                out.extend(self._shed_to(node, now))
+        for dest in sorted(batches):
+            records = batches[dest]
+            for i in range(0, len(records), MAX_RECORDS_PER_MESSAGE):
+                out.append((dest, Store(0, records[i : i + MAX_RECORDS_PER_MESSAGE])))
+        out.extend(self._subscribe(sorted(set(resubscribe)), now))
+        return out
+
+    def _hand_over(
+        self,
+        node: NodeId,
+        joined: bool,
+        batches: dict[NodeId, list[Record]],
+        resubscribe: list[bytes],
+        now: float,
+        out: list[Send],
+    ) -> None:
+        r = self.config.replication
+        ring = self.membership.ring
+        arc = ring.affected_arc(node, r)
+        for key in keys_in_arc(self.store.sorted_keys, arc):
+            new = ring.replicas(key, r)
+            records = self.store.get(key)
+            if not records:
+                continue
+            if joined:
+                if node in new:
+                    pusher = next((n for n in new if n != node), None)
+                    if pusher == self.me or self.me not in new:
+                        batches.setdefault(node, []).extend(records)
+                if self.me not in new:
+                    self.store.drop(key)
+            elif len(new) == r and new[0] == self.me and new[-1] != self.me:
+                batches.setdefault(new[-1], []).extend(records)
+        if joined:
+            return
+        # a replica vanished: make sure our own clients' records survive even if every
+        # old replica is gone, and move our watches off the vanished node
+        for entry in self.clients.values():
+            if entry.primary and entry.key is not None and in_arc(entry.key, arc):
+                for replica in ring.replicas(entry.key, r):
+                    if replica == self.me:
+                        self._accept_all(entry.records, now, out)
+                    else:
+                        batches.setdefault(replica, []).extend(entry.records)
+        resubscribe.extend(k for k in self.watching if in_arc(k, arc))
+
+    # -- election ---------------------------------------------------------------------------
+
+    def _elect(self, now: float) -> list[Send]:
+        cfg = self.config.election
+        decision = election.decide(
+            self.membership.average_load(),
+            self.primary_count,
+            len(self.membership.ring),
+            now - self.started,
+            now - self._last_promotion,
+            cfg,
+            self.rng,
+        )
+        if decision is election.Decision.PROMOTE:
+            return self._promote(now)
+        if decision is election.Decision.DEMOTE and not self.seed:
+            return self.leave(now, "demoted: the tier has more capacity than it needs")
+        return []
+
+    def _promote(self, now: float) -> list[Send]:
+        cfg = self.config.election
+        members = self.membership.members
+        best: tuple[float, bytes] | None = None
+        for entry in self.clients.values():
+            if not entry.primary or entry.node in members or entry.node in self._promoted:
+                continue
+            cap = entry.capacity
+            uptime = cap.uptime_s + int(now - entry.since)
+            declared = Capacity(cap.reachable, uptime, cap.up_kbps, cap.down_kbps, cap.cpu_score)
+            if not election.eligible(declared, cfg):
+                continue
+            candidate = (election.score(declared), bytes(entry.node))
+            if best is None or candidate > best:
+                best = candidate
+        if best is None:
+            return []
+        node = NodeId(best[1])
+        self._promoted[node] = now
+        self._last_promotion = now
+        self.stats["promoted"] += 1
+        return [(node, Promote([self.record], len(self.membership.ring)))]
+
+    def _shed_to(self, node: NodeId, now: float) -> list[Send]:
+        """Move part of our load to a supernode we promoted, once it has joined."""
+        del self._promoted[node]
+        excess = self.primary_count - self.config.election.target
+        count = int(max(0.0, excess) / 2)
+        if count <= 0:
+            return []
+        hint = [self.membership.members[node].record]
+        movers = sorted(
+            n for n, e in self.clients.items() if e.primary and n != node
+        )
+        self.rng.shuffle(movers)
+        out: list[Send] = []
+        for mover in movers[:count]:
+            self._drop_client(mover)
+            out.append((mover, Redirect("load shedding", hint)))
+        return out
+
+    def leave(self, now: float, reason: str) -> list[Send]:
+        """Leave the tier: tell members, hand every record over, move every client."""
+        if self.retired:
+            return []
+        self.retired = True
+        self.retire_reason = reason
+        out = self.membership.leave(now)
+        ring = self.membership.ring
+        ring.remove(self.me)
+        batches: dict[NodeId, list[Record]] = {}
+        for key in self.store.sorted_keys:
+            new = ring.replicas(key, self.config.replication)
+            if new:
+                batches.setdefault(new[-1], []).extend(self.store.get(key))
+        for dest in sorted(batches):
+            records = batches[dest]
+            for i in range(0, len(records), MAX_RECORDS_PER_MESSAGE):
+                out.append((dest, Store(0, records[i : i + MAX_RECORDS_PER_MESSAGE])))
+        for node in sorted(self.clients):
+            out.append((node, Redirect(reason, self._hints(node))))
+        self.clients.clear()
+        self.primary_count = self.backup_count = 0
+        return out
+
+    # -- time -------------------------------------------------------------------------------
+
+    def next_timer(self) -> float:
+        t = min(
+            self.membership.next_timer(), self._next_expire, self._next_resubscribe,
+            self._next_election,
+        )
+        for lookup in self._lookups.values():
+            t = min(t, lookup.deadline)
+        for store in self._stores.values():
+            t = min(t, store.deadline)
+        return t
+
+    def handle_timer(self, now: float) -> list[Send]:
+        if self.retired:
+            return []
+        out = self.membership.handle_timer(now)
+        for req in sorted(r for r, p in self._lookups.items() if p.deadline <= now):
+            pending = self._lookups[req]
+            pending.outstanding.clear()
+            out.extend(self._finish_lookup(req, now))
+        for req in sorted(r for r, p in self._stores.items() if p.deadline <= now):
+            store = self._stores.pop(req)
+            out.append((store.client, PublishAck(store.client_req, store.accepted, "timeout")))
+        if now >= self._next_expire:
+            self._next_expire = now + self.config.expire_interval_s
+            self.store.expire(now)
+            stale = [k for k in self._last_notified if k not in self.watching]
+            for key in stale:
+                del self._last_notified[key]
+            for node in [n for n, t in self._promoted.items() if now - t > 120.0]:
+                del self._promoted[node]
+        if now >= self._next_resubscribe:
+            self._next_resubscribe = now + self.config.resubscribe_interval_s
+            out.extend(self._subscribe(sorted(self.watching), now))
+        if now >= self._next_election:
+            self._next_election = now + self.config.election.interval_s
+            out.extend(self._elect(now))
+        return out
+
+    def _next_req(self) -> int:
+        self._req += 1
+        return self._req
+
+
+def _merge(current: list[Record], new: list[Record]) -> list[Record]:
+    """Keep the newest record of each kind."""
+    by_kind = {r.kind: r for r in current}
+    for record in new:
+        old = by_kind.get(record.kind)
+        if old is None or record.seq >= old.seq:
+            by_kind[record.kind] = record
+    return [by_kind[k] for k in sorted(by_kind)]

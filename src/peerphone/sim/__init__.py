@@ -1,0 +1,1 @@
+"""Deterministic discrete-event simulator running the real overlay cores on virtual time."""

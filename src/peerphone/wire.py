@@ -1,0 +1,268 @@
+"""Every overlay message as a msgspec struct (msgpack on the wire), with explicit size limits.
+
+`decode_message(data)` either returns one of `Message` or raises `DecodeError`, whatever the
+bytes. Records travel inside messages as `Record` envelopes and are checked separately.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+import msgspec
+
+from peerphone.errors import DecodeError
+from peerphone.records import Capacity, Count, Key32, Record, Username
+
+MAX_MESSAGE_BYTES = 256 * 1024  # a full membership page is the biggest message (~150 KiB)
+MAX_RECORDS_PER_MESSAGE = 512
+MAX_GOSSIP_PER_MESSAGE = 16  # piggy-backed membership updates per probe
+MAX_NAMES_PER_WATCH = 256
+MAX_HINTS = 8  # supernode suggestions in a redirect or accept
+MAX_REASON_CHARS = 120
+
+ReqId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON_CHARS)]
+Records = Annotated[list[Record], msgspec.Meta(max_length=MAX_RECORDS_PER_MESSAGE)]
+Hints = Annotated[list[Record], msgspec.Meta(max_length=MAX_HINTS)]
+
+
+class _Msg(msgspec.Struct, frozen=True, array_like=True, tag=True, forbid_unknown_fields=True):
+    pass
+
+
+# --- client <-> its supernode -------------------------------------------------------------
+
+
+class Attach(_Msg, tag=1):
+    """A client asks a supernode to serve it; `primary` says whether as primary or backup."""
+
+    req: ReqId
+    capacity: Capacity
+    primary: bool
+
+
+class AttachAccept(_Msg, tag=2):
+    """The supernode serves the client; `others` are member records of further supernodes."""
+
+    req: ReqId
+    member: Record
+    others: Hints
+
+
+class AttachRedirect(_Msg, tag=3):
+    """The supernode refuses (full, leaving, policy) and suggests others."""
+
+    req: ReqId
+    reason: Reason
+    others: Hints
+
+
+class Publish(_Msg, tag=4):
+    """Store the client's own signed records (name and presence) in the directory."""
+
+    req: ReqId
+    records: Annotated[list[Record], msgspec.Meta(max_length=4)]
+
+
+class PublishAck(_Msg, tag=5):
+    req: ReqId
+    stored: Count  # replicas that accepted the newest record
+    reason: Reason
+
+
+class Lookup(_Msg, tag=6):
+    req: ReqId
+    username: Username
+
+
+class LookupResult(_Msg, tag=7):
+    """Name and presence records found (freshest of the replicas asked), or empty lists."""
+
+    req: ReqId
+    records: Annotated[list[Record], msgspec.Meta(max_length=4)]
+    hops: Count
+    reason: Reason
+
+
+class Watch(_Msg, tag=8):
+    """Subscribe (or with `add=False` unsubscribe) to presence changes of these users."""
+
+    req: ReqId
+    usernames: Annotated[list[Username], msgspec.Meta(max_length=MAX_NAMES_PER_WATCH)]
+    add: bool
+
+
+class PresenceUpdate(_Msg, tag=9):
+    """A watched user's presence changed; the client verifies the record itself."""
+
+    records: Records
+
+
+class Detach(_Msg, tag=10):
+    """The client leaves on purpose (logout); its supernode drops it at once."""
+
+    reason: Reason
+
+
+class Redirect(_Msg, tag=11):
+    """A supernode asks its client to move (shedding load or leaving the tier)."""
+
+    reason: Reason
+    others: Hints
+
+
+class Promote(_Msg, tag=12):
+    """The tier asks a candidate to become a supernode; `members` is a first membership page."""
+
+    members: Records
+    total: Count
+
+
+# --- supernode <-> supernode --------------------------------------------------------------
+
+
+class MemberState(enum.IntEnum):
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+    LEFT = 3
+
+
+class Gossip(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """One piggy-backed membership update (ALIVE ones carry the member's signed record)."""
+
+    state: MemberState
+    node: Key32
+    incarnation: Count
+    record: Record | None
+
+
+GossipList = Annotated[list[Gossip], msgspec.Meta(max_length=MAX_GOSSIP_PER_MESSAGE)]
+
+
+class Ping(_Msg, tag=20):
+    seq: ReqId
+    load: Count  # sender's attached clients, for the election's load estimate
+    gossip: GossipList
+
+
+class Ack(_Msg, tag=21):
+    seq: ReqId
+    load: Count
+    gossip: GossipList
+
+
+class PingReq(_Msg, tag=22):
+    """Ask a member to probe `target` for us (SWIM indirect probe)."""
+
+    seq: ReqId
+    target: Key32
+    gossip: GossipList
+
+
+class IndirectAck(_Msg, tag=23):
+    seq: ReqId
+    target: Key32
+
+
+class Join(_Msg, tag=24):
+    """A new supernode announces its signed member record and asks for the membership."""
+
+    record: Record
+    offset: Count
+
+
+class MembershipPage(_Msg, tag=25):
+    members: Records
+    offset: Count
+    total: Count
+
+
+class Store(_Msg, tag=26):
+    """Replicate records to a responsible replica (publish, refresh or hand-over)."""
+
+    req: ReqId
+    records: Records
+
+
+class StoreAck(_Msg, tag=27):
+    req: ReqId
+    accepted: Count
+    reason: Reason
+
+
+class Fetch(_Msg, tag=28):
+    """Ask a replica for the name and presence records under `key`."""
+
+    req: ReqId
+    key: Key32
+
+
+class FetchResult(_Msg, tag=29):
+    req: ReqId
+    records: Annotated[list[Record], msgspec.Meta(max_length=4)]
+    responsible: bool  # False: the replica does not think it is responsible for the key
+
+
+class Subscribe(_Msg, tag=30):
+    """A supernode registers (add) or drops its interest in changes under these keys."""
+
+    keys: Annotated[list[Key32], msgspec.Meta(max_length=MAX_NAMES_PER_WATCH)]
+    add: bool
+
+
+class Notify(_Msg, tag=31):
+    """A replica tells a subscribed supernode about new records under watched keys."""
+
+    records: Records
+
+
+Message = (
+    Attach
+    | AttachAccept
+    | AttachRedirect
+    | Publish
+    | PublishAck
+    | Lookup
+    | LookupResult
+    | Watch
+    | PresenceUpdate
+    | Detach
+    | Redirect
+    | Promote
+    | Ping
+    | Ack
+    | PingReq
+    | IndirectAck
+    | Join
+    | MembershipPage
+    | Store
+    | StoreAck
+    | Fetch
+    | FetchResult
+    | Subscribe
+    | Notify
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)  # type: ignore[arg-type]
+
+
+def encode_message(message: Message) -> bytes:
+    data = _encoder.encode(message)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ValueError(f"{type(message).__name__} encodes to {len(data)} bytes")
+    return data
+
+
+def decode_message(data: bytes) -> Message:
+    """Decode one message or raise DecodeError (never anything else)."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise DecodeError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        return _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise DecodeError(str(exc)) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # defensive
+        raise DecodeError(f"{type(exc).__name__}: {exc}") from None
