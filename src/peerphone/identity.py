@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from typing import NewType
+from collections.abc import Hashable
+from typing import Any, NewType
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -80,13 +81,21 @@ class SignatureVerifier:
     In the simulator one verifier is shared by every node, which is sound for the same reason.
     """
 
-    __slots__ = ("_cache", "hits", "max_entries", "misses")
+    __slots__ = ("_cache", "_memo", "hits", "max_entries", "misses")
 
     def __init__(self, max_entries: int = 200_000) -> None:
         self.max_entries = max_entries  # bound on remembered results (FIFO eviction)
         self._cache: dict[tuple[bytes, bytes, bytes], bool] = {}
+        self._memo: dict[Hashable, object] = {}
         self.hits = 0
         self.misses = 0
+
+    def recall(self, key: Hashable) -> object | None:
+        """A result remembered with `remember` (e.g. a checked record's body), or None."""
+        return self._memo.get(key)
+
+    def remember(self, key: Hashable, value: object) -> None:
+        _bounded_put(self._memo, key, value, self.max_entries)
 
     def verify(self, public_key: bytes, signature: bytes, data: bytes) -> bool:
         key = (public_key, signature, data)
@@ -96,9 +105,13 @@ class SignatureVerifier:
             return cached
         self.misses += 1
         result = verify_signature(public_key, signature, data)
-        if len(self._cache) >= self.max_entries:
-            # dicts keep insertion order: drop the oldest eighth in one go
-            for stale in list(self._cache)[: self.max_entries // 8 + 1]:
-                del self._cache[stale]
-        self._cache[key] = result
+        _bounded_put(self._cache, key, result, self.max_entries)
         return result
+
+
+def _bounded_put(cache: dict[Any, Any], key: Hashable, value: object, limit: int) -> None:
+    if len(cache) >= limit:
+        # dicts keep insertion order: drop the oldest eighth in one go
+        for stale in list(cache)[: limit // 8 + 1]:
+            del cache[stale]
+    cache[key] = value

@@ -106,6 +106,8 @@ class MemberBody(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fi
     max_clients: Count
 
 
+Body = NameBody | PresenceBody | MemberBody
+
 BODY_TYPES: dict[RecordKind, type[NameBody] | type[PresenceBody] | type[MemberBody]] = {
     RecordKind.NAME: NameBody,
     RecordKind.PRESENCE: PresenceBody,
@@ -195,14 +197,26 @@ def check_record(
         raise RecordRejected("expired")
     if expires > now + limits.max_ttl_s + limits.max_clock_skew_s:
         raise RecordRejected("expiry too far ahead")
+    # signature and body depend only on the record: remember the outcome per record
+    outcome = verifier.recall(record)
+    if outcome is None:
+        outcome = _check_content(record, verifier)
+        verifier.remember(record, outcome)
+    if isinstance(outcome, str):
+        raise RecordRejected(outcome)
+    return outcome  # type: ignore[return-value]
+
+
+def _check_content(record: Record, verifier: SignatureVerifier) -> Body | str:
+    """The record's body if signature and body are valid, else the reason they are not."""
     if not verifier.verify(record.owner, record.sig, record.signed_payload()):
-        raise RecordRejected("bad signature")
+        return "bad signature"
     try:
         body = decode_body(record)
     except DecodeError as exc:
-        raise RecordRejected(str(exc)) from None
+        return str(exc)
     if isinstance(body, (NameBody, PresenceBody)) and not valid_username(body.username):
-        raise RecordRejected("invalid username")
+        return "invalid username"
     return body
 
 

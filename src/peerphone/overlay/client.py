@@ -55,6 +55,7 @@ Send = tuple[NodeId, Message]
 MAX_HOST_CACHE = 200  # supernode member records remembered (persisted by the runtime)
 MAX_PENDING_LOOKUPS = 64
 MAX_WATCHED = 1000  # buddies per user
+NOT_ATTACHED = "not attached here as primary"  # PublishAck reason that makes us re-attach
 REFUSAL_MEMORY_S = 60.0  # a supernode that refused us is not asked again for this long
 
 
@@ -123,6 +124,7 @@ class ClientCore:
         self.addresses: list[str] = []
         self.pinned: dict[str, bytes] = {}  # username -> user key (trust on first use)
         self.watched: set[str] = set()
+        self.buddies: dict[str, Record] = {}  # last verified presence of each watched user
         self.events: list[Event] = []
         self._req = 0
         self._attach: tuple[int, NodeId, bool, float] | None = None  # req, target, primary, deadline
@@ -206,6 +208,8 @@ class ClientCore:
             self.watched.update(names)
         else:
             self.watched.difference_update(names)
+            for name in names:
+                self.buddies.pop(name, None)
         if self.primary is None or not names:
             return []
         return [(self.primary, Watch(self._next_req(), names, add))]
@@ -252,6 +256,8 @@ class ClientCore:
         if self._publish is None or self._publish[0] != msg.req or src != self.primary:
             return []
         if msg.stored == 0:
+            if msg.reason == NOT_ATTACHED:  # the supernode forgot us (e.g. restarted)
+                return self.connection_lost(src, now)
             return []  # the retry timer resends
         self._publish = None
         if self._presence is not None:
@@ -283,31 +289,39 @@ class ClientCore:
                 by_user.setdefault(body.username, []).append(record)
         for username in sorted(by_user):
             presence, _ = self._verified_presence(username, by_user[username], now)
-            if presence is not None:
-                self.events.append(
-                    PresenceChanged(username, _presence_body(presence).status, presence)
-                )
+            if presence is None:
+                continue
+            last = self.buddies.get(username)
+            if last is not None and (last.seq >= presence.seq or last.body == presence.body):
+                if last.seq < presence.seq:
+                    self.buddies[username] = presence  # a refresh: same content, newer
+                continue
+            self.buddies[username] = presence
+            self.events.append(
+                PresenceChanged(username, _presence_body(presence).status, presence)
+            )
         return []
 
     def handle_redirect(self, msg: Redirect, src: NodeId, now: float) -> list[Send]:
         self.learn_supernodes(list(msg.others), now)
         if src not in (self.primary, self.backup):
             return []
-        # prefer the hinted supernodes for the next attempt
-        for record in msg.others:
-            node = node_id_of(record.owner)
-            if node in self.host_cache:
-                self.host_cache[node] = self.host_cache.pop(node)
-                self.refused.pop(node, None)
-        self._hint = [node_id_of(r.owner) for r in msg.others]
-        return self.connection_lost(src, now)
+        hinted = [node_id_of(r.owner) for r in msg.others]
+        for node in hinted:
+            self.refused.pop(node, None)
+        return self.connection_lost(src, now, prefer=hinted)
 
-    def connection_lost(self, peer: NodeId, now: float) -> list[Send]:
-        """The runtime says the link to `peer` is gone (idle timeout, reset, redirect)."""
+    def connection_lost(
+        self, peer: NodeId, now: float, prefer: list[NodeId] | None = None
+    ) -> list[Send]:
+        """The link to `peer` is gone (idle timeout, reset, redirect); `prefer` says where
+        to go next (a redirect's hints), else the backup is asked to become primary."""
         if peer == self.backup:
             self.backup = None
             if self._attach is None and self._next_attempt is None:
                 self._next_attempt = now + self.rng.uniform(0.0, self.config.backoff_base_s)
+            if prefer:
+                self._hint = prefer
             return self.handle_timer(now)
         if peer != self.primary:
             if self._attach is not None and self._attach[1] == peer:
@@ -315,22 +329,29 @@ class ClientCore:
                 self._back_off(now)
             return []
         self.primary = None
-        if self.backup is not None:
-            self.primary, self.backup = self.backup, None
-            self._next_attempt = now + self.rng.uniform(0.0, self.config.backoff_base_s)
-            return self._after_new_primary(now)
-        self.state = ClientState.ATTACHING
-        self.events.append(AttachLost(peer))
         self._publish = None
+        self.state = ClientState.ATTACHING
+        if self.backup is not None:
+            # ask the backup to take us as primary (admission control applies again)
+            backup, self.backup = self.backup, None
+            self._attach = None
+            self._hint = prefer or [backup]
+            self._next_attempt = now
+            return self.handle_timer(now)
+        self.events.append(AttachLost(peer))
+        if prefer:
+            self._hint = prefer
         self._next_attempt = now + self.rng.uniform(0.0, self.config.backoff_base_s)
         return self.handle_timer(now)
 
     # -- time -------------------------------------------------------------------------------
 
     def next_timer(self) -> float | None:
-        times = [self._next_attempt, self._next_refresh]
+        times = [self._next_refresh]
         if self._attach is not None:
-            times.append(self._attach[3])
+            times.append(self._attach[3])  # the next attempt waits for this one to end
+        else:
+            times.append(self._next_attempt)
         if self._publish is not None:
             times.append(self._publish[1])
         for pending in self._lookups.values():

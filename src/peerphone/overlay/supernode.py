@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from peerphone.errors import RecordRejected
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier
 from peerphone.overlay import election
+from peerphone.overlay.client import NOT_ATTACHED
 from peerphone.overlay.directory import RecordStore, Verdict
 from peerphone.overlay.election import ElectionConfig
 from peerphone.overlay.membership import Membership, MembershipConfig
@@ -221,7 +222,7 @@ class SupernodeCore:
     def handle_publish(self, msg: Publish, src: NodeId, now: float) -> list[Send]:
         entry = self.clients.get(src)
         if entry is None or not entry.primary:
-            return [(src, PublishAck(msg.req, 0, "not attached here as primary"))]
+            return [(src, PublishAck(msg.req, 0, NOT_ATTACHED))]
         key: bytes | None = None
         for record in msg.records:
             try:
@@ -268,8 +269,10 @@ class SupernodeCore:
         for record in records:
             try:
                 verdict, key, changed = self.store.accept(record, now)
-            except RecordRejected:
+            except RecordRejected as exc:
                 self.stats["rejected_records"] += 1
+                reason = f"rejected: {exc.reason}"
+                self.stats[reason] = self.stats.get(reason, 0) + 1
                 ok = False
                 continue
             ok = True

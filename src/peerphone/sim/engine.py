@@ -7,12 +7,17 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from peerphone.errors import PeerphoneError
 from peerphone.identity import NodeId
 from peerphone.overlay.node import NodeCore, Send
 from peerphone.sim.network import Network
 from peerphone.wire import Message, decode_message, encode_message
 
 DELIVER, TIMER, LINK_LOST, ACTION = 0, 1, 2, 3
+
+
+class TimerStuck(PeerphoneError):
+    """A core's handle_timer left its next timer at or before now (it would spin forever)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -114,7 +119,11 @@ class Engine:
                 assert isinstance(node, SimNode)
                 if node.alive and node.timer_at == b:
                     node.timer_at = None
-                    self.send(node, node.core.handle_timer(at))
+                    sends = node.core.handle_timer(at)
+                    due = node.core.next_timer()
+                    if due is not None and due <= at:
+                        raise TimerStuck(f"node {node.index} left its timer at {due} <= now {at}")
+                    self.send(node, sends)
             elif kind == LINK_LOST:
                 node = a
                 assert isinstance(node, SimNode)

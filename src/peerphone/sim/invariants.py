@@ -41,7 +41,7 @@ class InvariantChecker:
             and (new.kind is RecordKind.PRESENCE or old.expires() > self.clock())
         ):
             self.fail("a record of another owner replaced a live one")
-        if self.accepts % self.verify_every == 0 or old is None or old.owner != new.owner:
+        if self.accepts % self.verify_every == 0 or (old is not None and old.owner != new.owner):
             self.checked_signatures += 1
             if not verify_signature(new.owner, new.sig, new.signed_payload()):
                 self.fail("accepted a record with a bad signature")

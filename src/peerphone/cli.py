@@ -1,0 +1,115 @@
+"""The `peerphone` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from peerphone.errors import PeerphoneError
+from peerphone.sim.world import SCENARIOS, SimConfig, simulate
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peerphone", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sim = sub.add_parser("simulate", help="run the overlay in the deterministic simulator")
+    sim.add_argument("--users", type=_positive_int, default=5000)
+    sim.add_argument("--duration", type=_positive_float, default=1800.0, help="simulated seconds")
+    sim.add_argument("--scenario", choices=SCENARIOS, default="steady")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--json", type=Path, help="also write the report as JSON to this path")
+    sim.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """The report as a short human-readable table."""
+    sn = report["supernodes"]
+    lk = report["lookups"]
+    rows = [
+        ("scenario", f"{report['scenario']} (seed {report['seed']})"),
+        ("users / online at end", f"{report['users']} / {report['online']}"),
+        ("supernodes", f"{sn['count']} ({sn['fraction'] * 100:.2f} % of online nodes, "
+                       f"max {sn['fraction_max'] * 100:.2f} %)"),
+        ("clients per supernode", f"p50 {sn['clients_per_supernode']['p50']:.0f}, max "
+                                  f"{sn['clients_per_supernode']['max_seen']} (limit "
+                                  f"{sn['clients_per_supernode']['admission_limit']})"),
+        ("promotions / demotions", f"{sn['promotions']} / {sn['demotions']}"),
+        ("lookups", f"{lk['succeeded']}/{lk['attempted']} ok ({lk['success_rate'] * 100:.3f} %)"),
+        ("lookup latency", "p50 {p50} ms, p95 {p95} ms, p99 {p99} ms".format(**lk["latency_ms"])),
+        ("lookup hops", "p50 {p50:.0f}, p99 {p99:.0f}, max {max}".format(**lk["hops"])),
+        ("presence propagation",
+         "p50 {p50} ms, p95 {p95} ms".format(**report["presence"]["propagation_ms"])),
+    ]
+    if "recovery_s" in report:
+        rec = report["recovery_s"]
+        rows.append(("recovery after event", "not recovered" if rec is None else f"{rec:.0f} s"))
+    sim = report["sim"]
+    rows.append(("simulation", f"{sim['virtual_s']:.0f} virtual s in {sim['wall_s']:.1f} wall s, "
+                               f"{sim['events']} events"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    config = SimConfig(
+        users=args.users, duration_s=args.duration, scenario=args.scenario, seed=args.seed
+    )
+    progress = None
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=int(config.duration_s), unit="vs", desc="simulating", file=sys.stderr,
+                   disable=None)
+
+        def progress(t: float) -> None:
+            assert bar is not None
+            bar.update(int(t) - bar.n)
+
+    try:
+        report = simulate(config, progress)
+    finally:
+        if bar is not None:
+            bar.update(bar.total - bar.n)
+            bar.close()
+    print(summary_table(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"report written to {args.json}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "simulate":
+            return cmd_simulate(args)
+    except PeerphoneError as exc:
+        print(f"peerphone: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"peerphone: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
