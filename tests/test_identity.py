@@ -304,3 +304,40 @@ def test_verifier_agrees_with_verify_signature(
     assert verifier.misses >= distinct  # every distinct question misses at least once
     if distinct <= max_entries:  # nothing was ever evicted: exactly one miss per question
         assert verifier.misses == distinct
+
+
+# --- SignatureVerifier.recall / remember (memo of other pure results) ----------------------
+
+
+def test_recall_returns_what_was_remembered() -> None:
+    verifier = SignatureVerifier()
+    assert verifier.recall(("record", 1)) is None
+    verifier.remember(("record", 1), "bad signature")
+    verifier.remember(("record", 2), {"body": 2})
+    assert verifier.recall(("record", 1)) == "bad signature"
+    assert verifier.recall(("record", 2)) == {"body": 2}
+    assert verifier.recall(("record", 3)) is None
+    verifier.remember(("record", 1), "invalid username")  # a later result replaces the old
+    assert verifier.recall(("record", 1)) == "invalid username"
+
+
+def test_memo_does_not_disturb_signature_cache_counters() -> None:
+    verifier = SignatureVerifier()
+    verifier.remember(b"k", True)
+    assert verifier.recall(b"k") is True
+    assert (verifier.hits, verifier.misses) == (0, 0)
+    signature = KEYS_A.sign(b"k")
+    assert verifier.verify(KEYS_A.public, signature, b"k") is True
+    assert (verifier.hits, verifier.misses) == (0, 1)
+
+
+@SETTINGS
+@given(max_entries=st.integers(1, 24), count=st.integers(0, 120))
+def test_memo_is_bounded_and_evicts_oldest(max_entries: int, count: int) -> None:
+    verifier = SignatureVerifier(max_entries=max_entries)
+    for i in range(count):
+        verifier.remember(i, i * 10)
+        assert len(verifier._memo) <= max_entries
+        assert verifier.recall(i) == i * 10  # the newest is always there
+    if count > max_entries:
+        assert verifier.recall(0) is None  # the oldest went first

@@ -363,12 +363,58 @@ def test_signature_without_domain_tag_is_rejected() -> None:
         assert rejection(record) == "bad signature"
 
 
-def test_check_record_uses_the_verifier_cache() -> None:
+def test_check_record_verifies_a_signature_once() -> None:
     verifier = SignatureVerifier()
     record = make_record(RecordKind.NAME, A, 1, NOW_MS, NameBody("alice"))
-    check_record(record, NOW, verifier)
-    check_record(record, NOW, verifier)
-    assert (verifier.hits, verifier.misses) == (1, 1)
+    assert check_record(record, NOW, verifier) == NameBody("alice")
+    assert check_record(record, NOW, verifier) == NameBody("alice")
+    assert verifier.misses == 1  # the second check needs no second verification
+
+
+def test_check_record_remembered_rejection_keeps_its_reason() -> None:
+    verifier = SignatureVerifier()
+    good = make_record(RecordKind.NAME, A, 1, NOW_MS, NameBody("alice"))
+    bad_sig = msgspec.structs.replace(good, sig=flip(good.sig))
+    bad_name = make_record(RecordKind.NAME, A, 1, NOW_MS, NameBody("Alice"))
+    bad_body = sign_raw(RecordKind.NAME, A, 1, NOW_MS, b"\xc1")
+    for _ in range(3):
+        for record, reason in ((bad_sig, "bad signature"), (bad_name, "invalid username")):
+            with pytest.raises(RecordRejected) as info:
+                check_record(record, NOW, verifier)
+            assert info.value.reason == reason
+        with pytest.raises(RecordRejected, match="bad NAME body"):
+            check_record(bad_body, NOW, verifier)
+        # remembered failures of look-alike records do not leak to the good one
+        assert check_record(good, NOW, verifier) == NameBody("alice")
+
+
+def test_check_record_remembered_record_still_expires() -> None:
+    """Expiry depends on `now`, so it must be checked on every call, remembered or not."""
+    verifier = SignatureVerifier()
+    record = make_record(RecordKind.NAME, A, 1, NOW_MS + 10_000, NameBody("alice"))
+    assert check_record(record, NOW, verifier) == NameBody("alice")
+    with pytest.raises(RecordRejected, match=r"^expired$"):
+        check_record(record, NOW + 10 + SKEW_S + 1, verifier)
+    with pytest.raises(RecordRejected, match="too far ahead"):
+        check_record(record, NOW - DEFAULT_LIMITS.max_ttl_s - SKEW_S - 1, verifier)
+    limits = RecordLimits(max_ttl_s=1.0, max_clock_skew_s=0.0)
+    with pytest.raises(RecordRejected, match="too far ahead"):
+        check_record(record, NOW, verifier, limits)
+
+
+def test_check_record_shared_verifier_across_stores() -> None:
+    # the simulator shares one verifier between every node: outcomes must not depend on order
+    verifier = SignatureVerifier(max_entries=4)
+    records = [
+        make_record(RecordKind.NAME, KEYS[i % 3], i, NOW_MS, NameBody(f"user{i}"))
+        for i in range(12)
+    ]
+    tampered = [msgspec.structs.replace(r, seq=r.seq + 100) for r in records]
+    for _ in range(2):
+        for record, bad in zip(records, tampered, strict=True):
+            assert check_record(record, NOW, verifier) == decode_body(record)
+            with pytest.raises(RecordRejected, match="bad signature"):
+                check_record(bad, NOW, verifier)
 
 
 # --- RecordStore: unit tests ------------------------------------------------------------------
@@ -451,6 +497,18 @@ def test_store_name_taken_by_live_record_of_other_key() -> None:
     store.accept(name_rec(A, 1, NOW_MS + 60_000), NOW)
     assert store_reason(store, name_rec(B, 9, NOW_MS + 60_000)) == "name taken by another key"
     assert store.get(user_key("alice"))[0].owner == A.public
+
+
+def test_store_name_is_free_from_its_expiry_instant() -> None:
+    # a name record is live while expires > now; from the expiry instant another key may take it
+    store = RecordStore(SignatureVerifier())
+    store.accept(name_rec(A, 1, NOW_MS + 10_000), NOW)
+    assert store_reason(store, name_rec(B, 1, NOW_MS + 60_000), NOW + 9) == (
+        "name taken by another key"
+    )
+    taken = name_rec(B, 1, NOW_MS + 60_000)
+    assert store.accept(taken, NOW + 10)[0] is Verdict.STORED
+    assert store.get(user_key("alice")) == [taken]
 
 
 def test_store_expired_name_can_be_taken_and_drops_old_presence() -> None:

@@ -369,6 +369,60 @@ def test_extra_or_missing_field_is_rejected(index: int, data: bytes) -> None:
         decode_message(raw(tree[:-1]))
 
 
+@pytest.mark.parametrize(("index", "data"), list(enumerate(ENCODINGS)))
+def test_extra_element_in_any_nested_array_is_rejected(index: int, data: bytes) -> None:
+    # every array in a message is a struct (extra field) or a list of structs, bytes or str
+    tree = msgspec.msgpack.decode(data)
+    for path in paths(tree):
+        node = tree
+        for i in path:
+            node = node[i]
+        if isinstance(node, list):
+            with pytest.raises(DecodeError):
+                decode_message(raw(replace_at(tree, path, [*node, 0])))
+
+
+WIRE_TAGS: dict[type[msgspec.Struct], int] = {
+    Attach: 1,
+    AttachAccept: 2,
+    AttachRedirect: 3,
+    Publish: 4,
+    PublishAck: 5,
+    Lookup: 6,
+    LookupResult: 7,
+    Watch: 8,
+    PresenceUpdate: 9,
+    Detach: 10,
+    Redirect: 11,
+    Promote: 12,
+    Ping: 20,
+    Ack: 21,
+    PingReq: 22,
+    IndirectAck: 23,
+    Join: 24,
+    MembershipPage: 25,
+    Store: 26,
+    StoreAck: 27,
+    Fetch: 28,
+    FetchResult: 29,
+    Subscribe: 30,
+    Notify: 31,
+}
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=sample_id)
+def test_wire_tags_are_stable(message: Message) -> None:
+    """Tags are the wire format: changing one breaks every peer running the old code."""
+    tag = WIRE_TAGS[type(message)]
+    assert msgspec.msgpack.decode(encode_message(message))[0] == tag
+
+
+def test_golden_encodings() -> None:
+    assert encode_message(Detach(reason="x")) == b"\x92\x0a\xa1x"
+    assert encode_message(Lookup(req=1, username="al")) == b"\x93\x06\x01\xa2al"
+    assert decode_message(b"\x94\x15\x07\x00\x90") == Ack(seq=7, load=0, gossip=[])
+
+
 @pytest.mark.parametrize("tag", [0, 13, 19, 32, 99, -1, "1", None])
 def test_unknown_tag_is_rejected(tag: object) -> None:
     with pytest.raises(DecodeError):
@@ -608,6 +662,17 @@ def test_decode_record_structured_mutations(st_data: st.DataObject) -> None:
     path = st_data.draw(st.sampled_from(paths(tree)), label="path")
     value = st_data.draw(plain_values, label="value")
     assert_record_decodes_or_decode_error(raw(replace_at(tree, path, value)))
+
+
+def test_decode_record_rejects_extra_or_missing_field() -> None:
+    tree = msgspec.msgpack.decode(encode_record(NAME))
+    with pytest.raises(DecodeError):
+        decode_record(raw([*tree, 0]))
+    with pytest.raises(DecodeError):
+        decode_record(raw(tree[:-1]))
+    names = [f.name for f in msgspec.structs.fields(Record)]
+    with pytest.raises(DecodeError):
+        decode_record(raw(dict(zip(names, tree, strict=True))))  # map form
 
 
 def test_decode_record_rejects_out_of_range_fields() -> None:

@@ -429,8 +429,13 @@ class ClientCore:
         candidates = self._candidates(now)
         self._hint = []
         if not candidates:
-            # everyone refused recently: forget refusals and try again after backing off
-            self.refused.clear()
+            # every known supernode refused recently: ask the one that refused longest ago
+            taken = {self.primary, self.backup}
+            candidates = sorted(
+                (n for n in self.host_cache if n not in taken),
+                key=lambda n: (self.refused.get(n, 0.0), n),
+            )
+        if not candidates:
             self._back_off(now)
             return []
         target = candidates[0]

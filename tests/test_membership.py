@@ -1,0 +1,200 @@
+"""SWIM membership: probes, indirect probes, suspicion, refutation and joins, on virtual time."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from peerphone.identity import KeyPair, NodeId, SignatureVerifier
+from peerphone.overlay.membership import Membership, MembershipConfig, Send
+from peerphone.records import Capacity, MemberBody
+from peerphone.wire import (
+    Ack,
+    Gossip,
+    IndirectAck,
+    Join,
+    MembershipPage,
+    MemberState,
+    Message,
+    Ping,
+    PingReq,
+)
+
+CONFIG = MembershipConfig(probe_interval_s=2.0, probe_timeout_s=0.8, indirect_probes=3,
+                          suspicion_timeout_s=6.0)
+BODY = MemberBody(["192.0.2.1:4433"], Capacity(True, 3600, 10_000, 10_000, 100), 600)
+
+
+def handle(m: Membership, msg: Message, src: NodeId, now: float) -> list[Send]:
+    if isinstance(msg, Ping):
+        return m.handle_ping(msg, src, now)
+    if isinstance(msg, Ack):
+        return m.handle_ack(msg, src, now)
+    if isinstance(msg, PingReq):
+        return m.handle_ping_req(msg, src, now)
+    if isinstance(msg, IndirectAck):
+        return m.handle_indirect_ack(msg, src, now)
+    if isinstance(msg, Join):
+        return m.handle_join(msg, src, now)
+    assert isinstance(msg, MembershipPage)
+    return m.handle_page(msg, src, now)
+
+
+class Cluster:
+    """Membership cores exchanging messages instantly (latency 0) on virtual time."""
+
+    def __init__(self, n: int, seed: int = 7) -> None:
+        self.verifier = SignatureVerifier()
+        keys = random.Random(seed)
+        self.members = [
+            Membership(KeyPair.from_rng(keys), BODY, 0.0, random.Random(seed + i), self.verifier,
+                       CONFIG)
+            for i in range(n)
+        ]
+        for m in self.members:
+            for other in self.members:
+                m.add_record(other.record, 0.0)
+            m.changes.clear()
+        self.down: set[NodeId] = set()
+        self.by_id = {m.me: m for m in self.members}
+        self.sent: list[tuple[float, NodeId, NodeId, Message]] = []
+
+    def deliver(self, src: NodeId, sends: list[Send], now: float) -> None:
+        queue = [(src, dst, msg) for dst, msg in sends]
+        while queue:
+            s, d, msg = queue.pop(0)
+            self.sent.append((now, s, d, msg))
+            if d in self.down:
+                continue
+            out = handle(self.by_id[d], msg, s, now)
+            queue.extend((d, dst, m) for dst, m in out)
+
+    def run_until(self, t: float) -> float:
+        now = 0.0
+        while True:
+            live = [m for m in self.members if m.me not in self.down]
+            m = min(live, key=lambda x: x.next_timer())
+            now = m.next_timer()
+            if now > t:
+                return t
+            self.deliver(m.me, m.handle_timer(now), now)
+
+
+def test_first_probe_is_jittered_within_one_interval_and_then_periodic() -> None:
+    c = Cluster(2)
+    a = c.members[0]
+    first = a.next_timer()
+    assert 0.0 <= first < CONFIG.probe_interval_s
+    sends = a.handle_timer(first)
+    assert len(sends) == 1 and isinstance(sends[0][1], Ping)
+    assert sends[0][0] == c.members[1].me
+    # until the ack arrives the next wake-up is the direct-probe timeout
+    assert a.next_timer() == pytest.approx(first + CONFIG.probe_timeout_s)
+    c.deliver(a.me, sends, first)
+    assert a.next_timer() == pytest.approx(first + CONFIG.probe_interval_s)
+
+
+def test_dead_member_is_probed_indirectly_then_suspected_then_removed() -> None:
+    c = Cluster(5)
+    victim = c.members[4]
+    c.down.add(victim.me)
+    a = c.members[0]
+    # find when a first probes the victim
+    now = 0.0
+    while True:
+        now = a.next_timer()
+        sends = a.handle_timer(now)
+        pings = [d for d, m in sends if isinstance(m, Ping)]
+        c.deliver(a.me, sends, now)
+        if victim.me in pings:
+            break
+    t0 = now
+    assert a.next_timer() == pytest.approx(t0 + 0.8)
+    sends = a.handle_timer(t0 + 0.8)
+    reqs = [(d, m) for d, m in sends if isinstance(m, PingReq)]
+    assert len(reqs) == 3 and all(m.target == victim.me for _, m in reqs)
+    assert victim.me not in [d for d, _ in reqs]
+    c.deliver(a.me, sends, t0 + 0.8)
+    assert a.next_timer() == pytest.approx(t0 + 2.0 * 0.95)
+    a.handle_timer(t0 + 1.9)
+    assert a.members[victim.me].state is MemberState.SUSPECT
+    assert victim.me in a.ring
+    c.deliver(a.me, a.handle_timer(t0 + 2.0), t0 + 2.0)
+    assert a.next_timer() <= t0 + 1.9 + 6.0
+    a.handle_timer(t0 + 1.9 + 6.0)
+    assert victim.me not in a.members and victim.me not in a.ring
+    assert (victim.me, False) in a.changes
+
+
+def test_whole_cluster_learns_of_a_death_by_gossip() -> None:
+    c = Cluster(8)
+    victim = c.members[3]
+    c.down.add(victim.me)
+    c.run_until(40.0)
+    for m in c.members:
+        if m is not victim:
+            assert victim.me not in m.ring, m.me.hex()[:8]
+
+
+def test_suspected_member_refutes_with_higher_incarnation() -> None:
+    c = Cluster(3)
+    a, b = c.members[0], c.members[1]
+    before = b.record.seq
+    rumour = Gossip(MemberState.SUSPECT, b.me, b.incarnation, None)
+    b.apply_gossip([rumour], 1.0)
+    assert b.incarnation == before + 1 and b.record.seq == before + 1
+    # the refutation travels with b's next message and clears the suspicion at a
+    a.apply_gossip([rumour], 1.0)
+    assert a.members[b.me].state is MemberState.SUSPECT
+    ack = b.handle_ping(Ping(1, 0, []), a.me, 1.1)[0][1]
+    assert isinstance(ack, Ack)
+    a.handle_ack(ack, b.me, 1.1)
+    assert a.members[b.me].state is MemberState.ALIVE
+    assert a.members[b.me].incarnation == before + 1
+
+
+def test_stale_gossip_cannot_kill_a_refuted_member() -> None:
+    c = Cluster(3)
+    a, b = c.members[0], c.members[1]
+    b.apply_gossip([Gossip(MemberState.SUSPECT, b.me, 0, None)], 1.0)
+    a.add_record(b.record, 1.0)
+    a.apply_gossip([Gossip(MemberState.DEAD, b.me, 0, None)], 1.2)  # older incarnation
+    assert b.me in a.members and b.me in a.ring
+
+
+def test_join_sends_pages_and_new_member_learns_everyone() -> None:
+    c = Cluster(4)
+    keys = KeyPair.from_rng(random.Random(99))
+    newcomer = Membership(keys, BODY, 5.0, random.Random(1), c.verifier, CONFIG)
+    a = c.members[0]
+    pages = a.handle_join(Join(newcomer.record, 0), newcomer.me, 5.0)
+    assert newcomer.me in a.members and (newcomer.me, True) in a.changes
+    assert len(pages) == 1 and isinstance(pages[0][1], MembershipPage)
+    page = pages[0][1]
+    assert page.total == 5
+    assert newcomer.handle_page(page, a.me, 5.0) == []
+    assert sorted(newcomer.ring.ids()) == sorted([m.me for m in c.members] + [newcomer.me])
+
+
+def test_forged_member_record_is_ignored() -> None:
+    c = Cluster(2)
+    a = c.members[0]
+    victim = c.members[1]
+    forged = type(victim.record)(
+        victim.record.kind, victim.record.owner, victim.record.seq + 5, victim.record.expires_ms,
+        victim.record.body, bytes(64),
+    )
+    assert not a.add_record(forged, 1.0)
+    assert a.members[victim.me].incarnation == victim.record.seq
+
+
+def test_leave_tells_members_and_they_drop_it() -> None:
+    c = Cluster(4)
+    leaver = c.members[2]
+    sends = leaver.leave(3.0)
+    assert {d for d, _ in sends} == {m.me for m in c.members if m is not leaver}
+    c.deliver(leaver.me, sends, 3.0)
+    for m in c.members:
+        if m is not leaver:
+            assert leaver.me not in m.ring
