@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return cmd_simulate(args)
-    except PeerphoneError as exc:
+    except (PeerphoneError, ValueError) as exc:
         print(f"peerphone: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

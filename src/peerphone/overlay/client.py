@@ -56,6 +56,7 @@ MAX_HOST_CACHE = 200  # supernode member records remembered (persisted by the ru
 MAX_PENDING_LOOKUPS = 64
 MAX_WATCHED = 1000  # buddies per user
 NOT_ATTACHED = "not attached here as primary"  # PublishAck reason that makes us re-attach
+NOT_ATTACHED_LOOKUP = "not attached here"  # the same for a LookupResult
 REFUSAL_MEMORY_S = 60.0  # a supernode that refused us is not asked again for this long
 
 
@@ -69,8 +70,8 @@ class ClientState(enum.Enum):
 class ClientConfig:
     """Timers and limits of attachment and publishing."""
 
-    refresh_interval_s: float = 300.0
-    presence_ttl_s: float = 900.0
+    refresh_interval_s: float = 600.0  # soft state: a presence lives 3 refreshes
+    presence_ttl_s: float = 1800.0
     name_ttl_s: float = 30 * 86_400.0
     attach_timeout_s: float = 2.0
     publish_timeout_s: float = 2.0
@@ -265,9 +266,14 @@ class ClientCore:
         return []
 
     def handle_lookup_result(self, msg: LookupResult, src: NodeId, now: float) -> list[Send]:
-        pending = self._lookups.pop(msg.req, None)
+        pending = self._lookups.get(msg.req)
         if pending is None:
             return []
+        if msg.reason == NOT_ATTACHED_LOOKUP and src == pending.sent_to:
+            # the supernode forgot us: re-attach; the lookup goes out again once attached
+            pending.sent_to = None
+            return self.connection_lost(src, now) if src == self.primary else []
+        del self._lookups[msg.req]
         presence, reason = self._verified_presence(pending.username, msg.records, now)
         status = None
         if presence is not None:
@@ -380,6 +386,7 @@ class ClientCore:
             else:
                 out.extend(self._publish_presence(now, tries + 1, bump=False))
         if self._next_refresh is not None and now >= self._next_refresh:
+            self._next_refresh = None  # re-armed by the publish (or by the next attach)
             out.extend(self._publish_presence(now))
         for req in [r for r, p in self._lookups.items() if now >= p.deadline]:
             p = self._lookups.pop(req)
@@ -394,6 +401,12 @@ class ClientCore:
     def _next_req(self) -> int:
         self._req += 1
         return self._req
+
+    def _next_seq(self, now: float) -> int:
+        """Sequence numbers follow the clock (milliseconds), so a restarted node that lost
+        its counter still outranks the records of its previous run."""
+        self._seq = max(self._seq + 1, int(now * 1000))
+        return self._seq
 
     def _reset(self) -> None:
         self.primary = self.backup = None
@@ -470,21 +483,20 @@ class ClientCore:
         cfg = self.config
         name = self._name_record
         if name is None or name.expires() - now < cfg.name_ttl_s / 2:
-            self._seq += 1
             name = make_record(
-                RecordKind.NAME, self.user_keys, self._seq, int((now + cfg.name_ttl_s) * 1000),
+                RecordKind.NAME, self.user_keys, self._next_seq(now), int((now + cfg.name_ttl_s) * 1000),
                 NameBody(self.username),
             )
             self._name_record = name
         if bump or self._presence is None:
-            self._seq += 1
+            seq = self._next_seq(now)
             supernodes = [sn for sn in (self.primary, self.backup) if sn is not None]
             body = PresenceBody(
                 self.username, self.device, self.status, [bytes(s) for s in supernodes],
                 list(self.addresses), ["voice"],
             )
             self._presence = make_record(
-                RecordKind.PRESENCE, self.user_keys, self._seq,
+                RecordKind.PRESENCE, self.user_keys, seq,
                 int((now + cfg.presence_ttl_s) * 1000), body,
             )
             self._next_refresh = now + cfg.refresh_interval_s

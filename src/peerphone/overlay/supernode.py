@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from peerphone.errors import RecordRejected
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier
 from peerphone.overlay import election
-from peerphone.overlay.client import NOT_ATTACHED
+from peerphone.overlay.client import NOT_ATTACHED, NOT_ATTACHED_LOOKUP
 from peerphone.overlay.directory import RecordStore, Verdict
 from peerphone.overlay.election import ElectionConfig
 from peerphone.overlay.membership import Membership, MembershipConfig
@@ -65,6 +65,9 @@ Send = tuple[NodeId, Message]
 MAX_PENDING_REQUESTS = 10_000  # lookups and stores in flight on one supernode
 MAX_WATCHES_PER_CLIENT = 1000
 LOOKUP_FANOUT = 2  # replicas asked per lookup round ("ask two, take the freshest")
+# Replicas a watching supernode subscribes at. One is enough: ring changes move the
+# subscription at once and it is renewed every resubscribe_interval_s anyway.
+WATCH_FANOUT = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +298,7 @@ class SupernodeCore:
 
     def handle_lookup(self, msg: Lookup, src: NodeId, now: float) -> list[Send]:
         if src not in self.clients:
-            return [(src, LookupResult(msg.req, [], 0, "not attached here"))]
+            return [(src, LookupResult(msg.req, [], 0, NOT_ATTACHED_LOOKUP))]
         if len(self._lookups) >= MAX_PENDING_REQUESTS:
             return [(src, LookupResult(msg.req, [], 0, "busy"))]
         key = user_key(msg.username)
@@ -420,7 +423,8 @@ class SupernodeCore:
         batches: dict[NodeId, list[bytes]] = {}
         out: list[Send] = []
         for key in keys:
-            for replica in self.membership.ring.replicas(key, self.config.replication)[:LOOKUP_FANOUT]:
+            replicas = self.membership.ring.replicas(key, self.config.replication)
+            for replica in replicas[:WATCH_FANOUT]:
                 if replica == self.me:
                     self.store.subscribe(key, self.me, now)
                     out.extend(self._deliver_notification(self.store.get(key), now))
@@ -534,10 +538,12 @@ class SupernodeCore:
                     self.store.drop(key)
             elif len(new) == r and new[0] == self.me and new[-1] != self.me:
                 batches.setdefault(new[-1], []).extend(records)
+        # watches of our clients follow the keys' replicas (a dropped replica forgets them)
+        resubscribe.extend(k for k in self.watching if in_arc(k, arc))
         if joined:
             return
         # a replica vanished: make sure our own clients' records survive even if every
-        # old replica is gone, and move our watches off the vanished node
+        # old replica is gone
         for entry in self.clients.values():
             if entry.primary and entry.key is not None and in_arc(entry.key, arc):
                 for replica in ring.replicas(entry.key, r):
@@ -545,7 +551,6 @@ class SupernodeCore:
                         self._accept_all(entry.records, now, out)
                     else:
                         batches.setdefault(replica, []).extend(entry.records)
-        resubscribe.extend(k for k in self.watching if in_arc(k, arc))
 
     # -- election ---------------------------------------------------------------------------
 

@@ -127,7 +127,11 @@ class Engine:
             elif kind == LINK_LOST:
                 node = a
                 assert isinstance(node, SimNode)
-                if node.alive:  # even if the peer rebooted since, that connection is gone
+                dead = c
+                assert isinstance(dead, SimNode)
+                # a peer that rebooted and connected to us again has a new, live connection:
+                # only the old one timed out, which the runtime would not report
+                if node.alive and not (dead.alive and node.core.id in dead.links):
                     node.links.discard(b)  # type: ignore[arg-type]
                     self.send(node, node.core.connection_lost(b, at))  # type: ignore[arg-type]
             else:

@@ -1,0 +1,105 @@
+"""The simulator: determinism, invariants and the three scenarios at small size."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from peerphone.records import make_record
+from peerphone.sim.invariants import InvariantViolation
+from peerphone.sim.world import SimConfig, World, simulate
+
+
+def without_wall(report: dict[str, Any]) -> dict[str, Any]:
+    copy = dict(report)
+    copy["sim"] = {k: v for k, v in report["sim"].items() if k != "wall_s"}
+    return copy
+
+
+def test_same_seed_same_report_and_other_seed_differs() -> None:
+    config = SimConfig(users=200, duration_s=400.0, ramp_s=100.0, seed=11)
+    first = simulate(config)
+    second = simulate(config)
+    assert without_wall(first) == without_wall(second)
+    other = simulate(SimConfig(users=200, duration_s=400.0, ramp_s=100.0, seed=12))
+    assert without_wall(other) != without_wall(first)
+
+
+def test_steady_small_network_finds_online_users() -> None:
+    report = simulate(SimConfig(users=600, duration_s=1200.0, seed=3))
+    lookups = report["lookups"]
+    assert lookups["attempted"] > 500
+    assert lookups["success_rate"] >= 0.99, (report["seed"], lookups)
+    assert lookups["hops"]["p99"] <= 2
+    sn = report["supernodes"]
+    assert sn["clients_per_supernode"]["max_seen"] <= sn["clients_per_supernode"]["admission_limit"]
+    assert report["presence"]["propagations"] > 0
+    assert report["invariants"]["records_checked"] > 1000
+
+
+def test_every_message_survives_the_wire_codec() -> None:
+    report = simulate(SimConfig(users=120, duration_s=400.0, ramp_s=60.0, encode_messages=True,
+                                seed=4))
+    assert report["lookups"]["success_rate"] >= 0.98
+    assert report["network"]["messages"] > 1000
+
+
+def test_growth_promotes_only_eligible_nodes() -> None:
+    # many users, few seeds and a low high-water mark force promotions
+    from peerphone.overlay.election import ElectionConfig
+    from peerphone.overlay.supernode import SupernodeConfig
+
+    config = SimConfig(
+        users=800, duration_s=900.0, seed=5, seeds=4,
+        supernode=SupernodeConfig(max_clients=300, election=ElectionConfig(high_water=100,
+                                                                          low_water=30)),
+    )
+    world = World(config)
+    report = world.run()
+    assert report["supernodes"]["promotions"] > 0
+    for index in world.supernodes:
+        assert world.by_node[index].eligible
+    assert report["supernodes"]["clients_per_supernode"]["max_seen"] <= 300
+
+
+@pytest.mark.parametrize("scenario", ["mass-reboot", "login-storm"])
+def test_disaster_scenarios_recover(scenario: str) -> None:
+    config = SimConfig(users=800, duration_s=1200.0, scenario=scenario, seed=6, event_at=600.0)
+    report = simulate(config)
+    assert report["event_at_s"] == 600.0
+    assert report["recovery_s"] is not None, report
+    assert report["recovery_s"] <= 120.0, report
+    sn = report["supernodes"]["clients_per_supernode"]
+    assert sn["max_seen"] <= sn["admission_limit"]
+
+
+def test_invariant_violation_names_the_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Break the acceptance rule on purpose: the checker must stop the run with the seed."""
+    from peerphone.overlay import directory
+
+    original = directory.RecordStore.accept
+    calls = {"n": 0}
+
+    def buggy_accept(self: directory.RecordStore, record: Any, now: float) -> Any:
+        result = original(self, record, now)
+        calls["n"] += 1
+        if calls["n"] == 200 and self.observer is not None:
+            # pretend the store took an older copy over the current one
+            older = make_record.__globals__["Record"](
+                record.kind, record.owner, max(record.seq - 1, 0), record.expires_ms,
+                record.body, record.sig,
+            )
+            self.observer(result[1], record, older)
+        return result
+
+    monkeypatch.setattr(directory.RecordStore, "accept", buggy_accept)
+    with pytest.raises(InvariantViolation, match=r"--seed 77"):
+        simulate(SimConfig(users=100, duration_s=300.0, ramp_s=50.0, seed=77))
+
+
+def test_bad_config_is_refused() -> None:
+    with pytest.raises(ValueError, match="scenario"):
+        SimConfig(scenario="meteor")
+    with pytest.raises(ValueError, match="users"):
+        SimConfig(users=3)
