@@ -38,7 +38,7 @@ def test_login_attaches_primary_and_backup_and_publishes() -> None:
     # then: the refresh is due exactly refresh_interval_s later
     publish_sent = [t for t, src, _, m in net.sent_log if src == alice.id and isinstance(m, Publish)]
     assert publish_sent[0] == pytest.approx(0.02)
-    assert alice.client._next_refresh == pytest.approx(0.02 + 300.0)
+    assert alice.client._next_refresh == pytest.approx(0.02 + alice.client.config.refresh_interval_s)
 
 
 def test_presence_stored_on_exactly_the_ring_replicas() -> None:

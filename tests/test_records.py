@@ -256,11 +256,6 @@ def test_valid_usernames_accepted(username: str) -> None:
     assert check_record(record, NOW, SignatureVerifier()) == NameBody(username)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: USERNAME_RE uses '$', which also matches before a trailing newline, so "
-    "'alice\\n' is a valid username distinct from 'alice' (use re.fullmatch or '\\Z')",
-)
 @pytest.mark.parametrize("username", ["alice\n", "a" * 31 + "\n"])
 def test_username_with_trailing_newline_is_invalid(username: str) -> None:
     assert not valid_username(username)
@@ -299,12 +294,6 @@ def test_check_rejects_bad_body_bytes(kind: RecordKind, body: bytes) -> None:
     assert rejection(record).startswith(f"bad {kind.name} body")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="BUG: a validly signed record whose body has a non-UTF-8 string makes check_record "
-    "(and so RecordStore.accept) raise UnicodeDecodeError instead of RecordRejected",
-)
 @pytest.mark.parametrize("store", [False, True])
 def test_check_rejects_body_with_invalid_utf8(store: bool) -> None:
     record = sign_raw(RecordKind.NAME, A, 1, NOW_MS, b"\x91\xa1\xff")  # [username="\xff"]
@@ -526,12 +515,6 @@ def test_store_expired_name_can_be_taken_and_drops_old_presence() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: accept() computes `changed` from the body bytes only; a NAME body is just the "
-    "username, so a change of owner (which also drops the old presence) reports "
-    "changed=False and the supernode does not notify subscribers",
-)
 def test_store_change_of_name_owner_counts_as_changed() -> None:
     store = RecordStore(SignatureVerifier())
     store.accept(name_rec(A, 7, NOW_MS + 10_000), NOW)
@@ -611,12 +594,6 @@ def test_expire_drops_records_past_grace() -> None:
     assert store.sorted_keys == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: expire() can drop a name record but keep its owner's longer-lived presence; "
-    "a new owner then takes the name (current is None there, so the old presence is not "
-    "dropped) and the store serves key B's name with key A's presence",
-)
 def test_presence_outliving_its_name_is_not_served_under_a_new_owner() -> None:
     store = RecordStore(SignatureVerifier())
     store.accept(name_rec(A, 1, NOW_MS + 10_000), NOW)
@@ -984,11 +961,6 @@ def test_store_structure_with_expiry(steps: list[Step], n_keys: int, n_users: in
     run_steps(steps, n_keys, n_users, use_model=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (see test_presence_outliving_its_name_is_not_served_under_a_new_owner): "
-    "after expire() a stale presence survives a change of name owner",
-)
 @SETTINGS
 @given(
     steps=step_lists(with_expire=True),

@@ -167,17 +167,12 @@ def assert_record_decodes_or_decode_error(data: bytes) -> None:
     assert decode_record(encode_record(record)) == record
 
 
-def assert_body_decodes_or_decode_error(record: Record, tolerate_utf8_bug: bool = False) -> bool:
-    """The decoder rule for decode_body. Returns False, instead of raising, only when told to
-    tolerate the known UnicodeDecodeError bug and that is what happened."""
+def assert_body_decodes_or_decode_error(record: Record) -> bool:
+    """The decoder rule for decode_body: a valid body of the record's kind, or DecodeError."""
     try:
         body = decode_body(record)
     except DecodeError:
         return True
-    except UnicodeDecodeError:
-        if not tolerate_utf8_bug:
-            raise
-        return False
     expected = {
         RecordKind.NAME: NameBody,
         RecordKind.PRESENCE: PresenceBody,
@@ -599,8 +594,8 @@ def test_limits_are_inclusive(what: str, message: Message) -> None:
 
 # --- the same rule for records.decode_record and records.decode_body ------------------------
 
-# decode_body lets msgspec's UnicodeDecodeError (a ValueError) escape for a string field that is
-# not UTF-8; test_decode_body_invalid_utf8_is_decode_error pins it down (strict xfail).
+# msgspec raises UnicodeDecodeError (a ValueError) for a string field that is not UTF-8;
+# decode_body must turn it into DecodeError like every other malformation.
 
 INVALID_UTF8_BODIES: list[tuple[RecordKind, bytes]] = [
     (RecordKind.NAME, b"\x91\xa1\xff"),  # [username="\xff"]
@@ -615,12 +610,6 @@ def test_invalid_utf8_bodies_are_otherwise_well_formed(kind: RecordKind, body: b
     assert isinstance(decode_body(fixed), (NameBody, PresenceBody, MemberBody))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="BUG: decode_body catches msgspec.DecodeError/ValidationError/KeyError but not the "
-    "UnicodeDecodeError msgspec raises for a str that is not UTF-8",
-)
 @pytest.mark.parametrize(("kind", "body"), INVALID_UTF8_BODIES)
 def test_decode_body_invalid_utf8_is_decode_error(kind: RecordKind, body: bytes) -> None:
     with pytest.raises(DecodeError):
@@ -708,18 +697,14 @@ def test_decode_body_truncations_flips_and_junk(record: Record) -> None:
     for length in range(len(body)):
         with pytest.raises(DecodeError):
             decode_body(msgspec.structs.replace(record, body=body[:length]))
-    known_bug_hits = 0
     for position in range(len(body)):
         for mask in (rng.randrange(1, 256), 0x80, 0x01):
             flipped = bytearray(body)
             flipped[position] ^= mask
             tampered = msgspec.structs.replace(record, body=bytes(flipped))
-            if not assert_body_decodes_or_decode_error(tampered, tolerate_utf8_bug=True):
-                known_bug_hits += 1
+            assert assert_body_decodes_or_decode_error(tampered)
     with pytest.raises(DecodeError):
         decode_body(msgspec.structs.replace(record, body=body + b"\x00"))
-    if known_bug_hits:  # everything else held; report the known bug rather than pass
-        pytest.xfail(f"{known_bug_hits} flipped bodies raised UnicodeDecodeError (known bug)")
 
 
 def test_decode_body_of_other_kind_is_rejected() -> None:

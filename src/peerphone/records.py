@@ -29,7 +29,7 @@ MAX_CAPABILITIES = 16
 MAX_CAPABILITY_CHARS = 32
 MAX_SEQ = 2**62
 
-USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")  # use with fullmatch
 
 Key32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 Address = Annotated[str, msgspec.Meta(max_length=MAX_ADDRESS_CHARS)]
@@ -130,7 +130,7 @@ def user_key(username: str) -> bytes:
 
 
 def valid_username(username: str) -> bool:
-    return USERNAME_RE.match(username) is not None
+    return USERNAME_RE.fullmatch(username) is not None
 
 
 def make_record(
@@ -154,7 +154,8 @@ def decode_body(record: Record) -> NameBody | PresenceBody | MemberBody:
     """Decode a record's body by its kind, or raise DecodeError."""
     try:
         return _body_decoders[record.kind].decode(record.body)
-    except (msgspec.DecodeError, msgspec.ValidationError, KeyError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, KeyError, ValueError) as exc:
+        # ValueError: msgspec raises UnicodeDecodeError for a str that is not UTF-8
         raise DecodeError(f"bad {getattr(record.kind, 'name', record.kind)} body: {exc}") from None
 
 

@@ -16,6 +16,8 @@ from peerphone.records import Capacity, Count, Key32, Record, Username
 
 MAX_MESSAGE_BYTES = 256 * 1024  # a full membership page is the biggest message (~150 KiB)
 MAX_RECORDS_PER_MESSAGE = 512
+# Records a sender puts in one message: 128 of the largest (~1.2 KiB) still fit the limit.
+RECORDS_PER_BATCH = 128
 MAX_GOSSIP_PER_MESSAGE = 16  # piggy-backed membership updates per probe
 MAX_NAMES_PER_WATCH = 256
 MAX_HINTS = 8  # supernode suggestions in a redirect or accept

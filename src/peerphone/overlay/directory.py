@@ -106,13 +106,13 @@ class RecordStore:
         if current is None:
             self.record_count += 1
         if record.kind is RecordKind.NAME:
-            if current is not None and current.owner != record.owner and entry.presence:
-                entry.presence = None  # the expired owner's presence is meaningless now
+            if entry.presence is not None and entry.presence.owner != record.owner:
+                entry.presence = None  # a previous owner's presence is meaningless now
                 self.record_count -= 1
             entry.name = record
         else:
             entry.presence = record
-        changed = current is None or current.body != record.body
+        changed = current is None or current.owner != record.owner or current.body != record.body
         return Verdict.STORED, key, changed
 
     def get(self, key: bytes) -> list[Record]:

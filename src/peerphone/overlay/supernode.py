@@ -32,7 +32,7 @@ from peerphone.records import (
 )
 from peerphone.wire import (
     MAX_HINTS,
-    MAX_RECORDS_PER_MESSAGE,
+    RECORDS_PER_BATCH,
     Ack,
     Attach,
     AttachAccept,
@@ -447,8 +447,8 @@ class SupernodeCore:
             else:
                 self.store.unsubscribe(key, src)
         out: list[Send] = []
-        for i in range(0, len(current), MAX_RECORDS_PER_MESSAGE):
-            out.append((src, Notify(current[i : i + MAX_RECORDS_PER_MESSAGE])))
+        for i in range(0, len(current), RECORDS_PER_BATCH):
+            out.append((src, Notify(current[i : i + RECORDS_PER_BATCH])))
         return out
 
     def handle_notify(self, msg: Notify, src: NodeId, now: float) -> list[Send]:
@@ -505,10 +505,7 @@ class SupernodeCore:
             self._hand_over(node, joined, batches, resubscribe, now, out)
             if joined and node in self._promoted:
                 out.extend(self._shed_to(node, now))
-        for dest in sorted(batches):
-            records = batches[dest]
-            for i in range(0, len(records), MAX_RECORDS_PER_MESSAGE):
-                out.append((dest, Store(0, records[i : i + MAX_RECORDS_PER_MESSAGE])))
+        out.extend(_store_batches(batches))
         out.extend(self._subscribe(sorted(set(resubscribe)), now))
         return out
 
@@ -626,10 +623,7 @@ class SupernodeCore:
             new = ring.replicas(key, self.config.replication)
             if new:
                 batches.setdefault(new[-1], []).extend(self.store.get(key))
-        for dest in sorted(batches):
-            records = batches[dest]
-            for i in range(0, len(records), MAX_RECORDS_PER_MESSAGE):
-                out.append((dest, Store(0, records[i : i + MAX_RECORDS_PER_MESSAGE])))
+        out.extend(_store_batches(batches))
         for node in sorted(self.clients):
             out.append((node, Redirect(reason, self._hints(node))))
         self.clients.clear()
@@ -689,3 +683,13 @@ def _merge(current: list[Record], new: list[Record]) -> list[Record]:
         if old is None or record.seq >= old.seq:
             by_kind[record.kind] = record
     return [by_kind[k] for k in sorted(by_kind)]
+
+
+def _store_batches(batches: dict[NodeId, list[Record]]) -> list[Send]:
+    """Unacknowledged Store messages (hand-over), each small enough for the wire."""
+    out: list[Send] = []
+    for dest in sorted(batches):
+        records = batches[dest]
+        for i in range(0, len(records), RECORDS_PER_BATCH):
+            out.append((dest, Store(0, records[i : i + RECORDS_PER_BATCH])))
+    return out
