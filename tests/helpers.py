@@ -39,19 +39,30 @@ class FakeNet:
         self._count = itertools.count()
         self._keys = random.Random(seed + 1000)
 
-    def node(self, name: str, capacity: Capacity = ELIGIBLE,
-             client: ClientConfig | None = None,
-             supernode: SupernodeConfig | None = None) -> NodeCore:
+    def node(
+        self,
+        name: str,
+        capacity: Capacity = ELIGIBLE,
+        client: ClientConfig | None = None,
+        supernode: SupernodeConfig | None = None,
+    ) -> NodeCore:
         core = NodeCore(
-            KeyPair.from_rng(self._keys), KeyPair.from_rng(self._keys), name, self.rng,
-            self.verifier, capacity=capacity, client_config=client, supernode_config=supernode,
+            KeyPair.from_rng(self._keys),
+            KeyPair.from_rng(self._keys),
+            name,
+            self.rng,
+            self.verifier,
+            capacity=capacity,
+            client_config=client,
+            supernode_config=supernode,
         )
         self.nodes[core.id] = core
         self.events[core.id] = []
         return core
 
-    def supernodes(self, names: list[str], config: SupernodeConfig | None = None,
-                   seed: bool = True) -> list[NodeCore]:
+    def supernodes(
+        self, names: list[str], config: SupernodeConfig | None = None, seed: bool = True
+    ) -> list[NodeCore]:
         """Make already-elected supernodes that know each other (a bootstrapped tier)."""
         cores = [self.node(n, supernode=config) for n in names]
         for core in cores:
@@ -68,7 +79,9 @@ class FakeNet:
         for dst, msg in sends:
             self.sent_log.append((self.now, src, dst, msg))
             msg = decode_message(encode_message(msg))
-            heapq.heappush(self._queue, (self.now + self.latency_s, next(self._count), src, dst, msg))
+            heapq.heappush(
+                self._queue, (self.now + self.latency_s, next(self._count), src, dst, msg)
+            )
 
     def _collect(self, core: NodeCore) -> None:
         self.events[core.id].extend(core.pop_events())
@@ -129,5 +142,7 @@ class FakeNet:
             self.send(other_id, other.connection_lost(core.id, self.now))
             self._collect(other)
 
-    def sent(self, kind: type, src: NodeId | None = None) -> list[tuple[float, NodeId, NodeId, Message]]:
+    def sent(
+        self, kind: type, src: NodeId | None = None
+    ) -> list[tuple[float, NodeId, NodeId, Message]]:
         return [e for e in self.log if isinstance(e[3], kind) and (src is None or e[1] == src)]

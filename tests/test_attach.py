@@ -36,9 +36,13 @@ def test_login_attaches_primary_and_backup_and_publishes() -> None:
     assert attached[0].primary == alice.client.primary
     # Attach left at 0.00, the accept came back at 0.02 and the first presence was signed
     # then: the refresh is due exactly refresh_interval_s later
-    publish_sent = [t for t, src, _, m in net.sent_log if src == alice.id and isinstance(m, Publish)]
+    publish_sent = [
+        t for t, src, _, m in net.sent_log if src == alice.id and isinstance(m, Publish)
+    ]
     assert publish_sent[0] == pytest.approx(0.02)
-    assert alice.client._next_refresh == pytest.approx(0.02 + alice.client.config.refresh_interval_s)
+    assert alice.client._next_refresh == pytest.approx(
+        0.02 + alice.client.config.refresh_interval_s
+    )
 
 
 def test_presence_stored_on_exactly_the_ring_replicas() -> None:
@@ -152,8 +156,9 @@ def test_full_supernode_redirects_and_client_follows_hint() -> None:
 def test_attach_backs_off_exponentially_with_jitter() -> None:
     net = FakeNet()
     tier = _tier(net, 1)
-    alice = net.node("alice", client=ClientConfig(attach_timeout_s=2.0, backoff_base_s=1.0,
-                                                  backoff_max_s=8.0))
+    alice = net.node(
+        "alice", client=ClientConfig(attach_timeout_s=2.0, backoff_base_s=1.0, backoff_max_s=8.0)
+    )
     alice.learn_supernodes([tier[0].supernode.record], 0.0)
     net.down.add(tier[0].id)  # nobody answers
     net.call(alice, alice.login(0.0))

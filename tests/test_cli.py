@@ -12,15 +12,34 @@ from peerphone.cli import main
 
 def test_simulate_writes_report_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "report.json"
-    rc = main(["simulate", "--users", "150", "--duration", "300", "--seed", "9",
-               "--scenario", "steady", "--json", str(out), "--no-progress"])
+    rc = main(
+        [
+            "simulate",
+            "--users",
+            "150",
+            "--duration",
+            "300",
+            "--seed",
+            "9",
+            "--scenario",
+            "steady",
+            "--json",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["seed"] == 9 and report["users"] == 150 and report["scenario"] == "steady"
     assert set(report["supernodes"]) >= {"count", "fraction", "clients_per_supernode"}
     assert set(report["supernodes"]["clients_per_supernode"]) >= {"p50", "max"}
-    assert set(report["lookups"]) >= {"attempted", "succeeded", "success_rate", "latency_ms",
-                                      "hops"}
+    assert set(report["lookups"]) >= {
+        "attempted",
+        "succeeded",
+        "success_rate",
+        "latency_ms",
+        "hops",
+    }
     assert set(report["lookups"]["latency_ms"]) == {"p50", "p95", "p99"}
     assert set(report["lookups"]["hops"]) >= {"p50", "max"}
     assert set(report["sim"]) == {"virtual_s", "wall_s", "events"}
@@ -31,8 +50,23 @@ def test_simulate_writes_report_json(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_disaster_report_has_recovery(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    assert main(["simulate", "--users", "150", "--duration", "700", "--scenario", "login-storm",
-                 "--json", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--users",
+                "150",
+                "--duration",
+                "700",
+                "--scenario",
+                "login-storm",
+                "--json",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "recovery_s" in json.loads(out.read_text())
 
 
@@ -48,5 +82,18 @@ def test_bad_arguments_exit_with_a_clear_error(capsys: pytest.CaptureFixture[str
 
 def test_unwritable_json_path_is_an_error_not_a_crash(tmp_path: Path) -> None:
     target = tmp_path / "missing-dir" / "r.json"
-    assert main(["simulate", "--users", "50", "--duration", "60", "--json", str(target),
-                 "--no-progress"]) == 1
+    assert (
+        main(
+            [
+                "simulate",
+                "--users",
+                "50",
+                "--duration",
+                "60",
+                "--json",
+                str(target),
+                "--no-progress",
+            ]
+        )
+        == 1
+    )

@@ -57,8 +57,15 @@ def test_score_prefers_more_bandwidth() -> None:
         (50, 20, 10, 100, 1000, Always(), Decision.STAY),  # too young to demote
     ],
 )
-def test_decide_table(avg: float, own: int, size: int, age: float, since: float,
-                      rng: random.Random, expected: Decision) -> None:
+def test_decide_table(
+    avg: float,
+    own: int,
+    size: int,
+    age: float,
+    since: float,
+    rng: random.Random,
+    expected: Decision,
+) -> None:
     assert decide(avg, own, size, age, since, CFG, rng) is expected
 
 
@@ -67,8 +74,12 @@ def test_promotion_probability_scales_with_overload() -> None:
     narrow = ElectionConfig(high_water=300, low_water=250)
     rng = random.Random(5)
     runs = 4000
-    mild = sum(decide(310, 400, 100, 1e4, 1e4, narrow, rng) is Decision.PROMOTE for _ in range(runs))
-    heavy = sum(decide(330, 400, 100, 1e4, 1e4, narrow, rng) is Decision.PROMOTE for _ in range(runs))
+    mild = sum(
+        decide(310, 400, 100, 1e4, 1e4, narrow, rng) is Decision.PROMOTE for _ in range(runs)
+    )
+    heavy = sum(
+        decide(330, 400, 100, 1e4, 1e4, narrow, rng) is Decision.PROMOTE for _ in range(runs)
+    )
     # p = 2 * (avg / target - 1): 0.255 and 0.4 for target 275
     assert abs(mild / runs - 0.2545) < 0.03
     assert abs(heavy / runs - 0.4) < 0.03

@@ -21,8 +21,9 @@ from peerphone.wire import (
     PingReq,
 )
 
-CONFIG = MembershipConfig(probe_interval_s=2.0, probe_timeout_s=0.8, indirect_probes=3,
-                          suspicion_timeout_s=6.0)
+CONFIG = MembershipConfig(
+    probe_interval_s=2.0, probe_timeout_s=0.8, indirect_probes=3, suspicion_timeout_s=6.0
+)
 BODY = MemberBody(["192.0.2.1:4433"], Capacity(True, 3600, 10_000, 10_000, 100), 600)
 
 
@@ -48,8 +49,9 @@ class Cluster:
         self.verifier = SignatureVerifier()
         keys = random.Random(seed)
         self.members = [
-            Membership(KeyPair.from_rng(keys), BODY, 0.0, random.Random(seed + i), self.verifier,
-                       CONFIG)
+            Membership(
+                KeyPair.from_rng(keys), BODY, 0.0, random.Random(seed + i), self.verifier, CONFIG
+            )
             for i in range(n)
         ]
         for m in self.members:
@@ -182,8 +184,12 @@ def test_forged_member_record_is_ignored() -> None:
     a = c.members[0]
     victim = c.members[1]
     forged = type(victim.record)(
-        victim.record.kind, victim.record.owner, victim.record.seq + 5, victim.record.expires_ms,
-        victim.record.body, bytes(64),
+        victim.record.kind,
+        victim.record.owner,
+        victim.record.seq + 5,
+        victim.record.expires_ms,
+        victim.record.body,
+        bytes(64),
     )
     assert not a.add_record(forged, 1.0)
     assert a.members[victim.me].incarnation == victim.record.seq

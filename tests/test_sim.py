@@ -39,8 +39,9 @@ def test_steady_small_network_finds_online_users() -> None:
 
 
 def test_every_message_survives_the_wire_codec() -> None:
-    report = simulate(SimConfig(users=120, duration_s=400.0, ramp_s=60.0, encode_messages=True,
-                                seed=4))
+    report = simulate(
+        SimConfig(users=120, duration_s=400.0, ramp_s=60.0, encode_messages=True, seed=4)
+    )
     assert report["lookups"]["success_rate"] >= 0.98
     assert report["network"]["messages"] > 1000
 
@@ -51,9 +52,13 @@ def test_growth_promotes_only_eligible_nodes() -> None:
     from peerphone.overlay.supernode import SupernodeConfig
 
     config = SimConfig(
-        users=800, duration_s=900.0, seed=5, seeds=4,
-        supernode=SupernodeConfig(max_clients=300, election=ElectionConfig(high_water=100,
-                                                                          low_water=30)),
+        users=800,
+        duration_s=900.0,
+        seed=5,
+        seeds=4,
+        supernode=SupernodeConfig(
+            max_clients=300, election=ElectionConfig(high_water=100, low_water=30)
+        ),
     )
     world = World(config)
     report = world.run()
@@ -87,8 +92,12 @@ def test_invariant_violation_names_the_seed(monkeypatch: pytest.MonkeyPatch) -> 
         if calls["n"] == 200 and self.observer is not None:
             # pretend the store took an older copy over the current one
             older = make_record.__globals__["Record"](
-                record.kind, record.owner, max(record.seq - 1, 0), record.expires_ms,
-                record.body, record.sig,
+                record.kind,
+                record.owner,
+                max(record.seq - 1, 0),
+                record.expires_ms,
+                record.body,
+                record.sig,
             )
             self.observer(result[1], record, older)
         return result

@@ -46,24 +46,37 @@ def summary_table(report: dict[str, Any]) -> str:
     rows = [
         ("scenario", f"{report['scenario']} (seed {report['seed']})"),
         ("users / online at end", f"{report['users']} / {report['online']}"),
-        ("supernodes", f"{sn['count']} ({sn['fraction'] * 100:.2f} % of online nodes, "
-                       f"max {sn['fraction_max'] * 100:.2f} %)"),
-        ("clients per supernode", f"p50 {sn['clients_per_supernode']['p50']:.0f}, max "
-                                  f"{sn['clients_per_supernode']['max_seen']} (limit "
-                                  f"{sn['clients_per_supernode']['admission_limit']})"),
+        (
+            "supernodes",
+            f"{sn['count']} ({sn['fraction'] * 100:.2f} % of online nodes, "
+            f"max {sn['fraction_max'] * 100:.2f} %)",
+        ),
+        (
+            "clients per supernode",
+            f"p50 {sn['clients_per_supernode']['p50']:.0f}, max "
+            f"{sn['clients_per_supernode']['max_seen']} (limit "
+            f"{sn['clients_per_supernode']['admission_limit']})",
+        ),
         ("promotions / demotions", f"{sn['promotions']} / {sn['demotions']}"),
         ("lookups", f"{lk['succeeded']}/{lk['attempted']} ok ({lk['success_rate'] * 100:.3f} %)"),
         ("lookup latency", "p50 {p50} ms, p95 {p95} ms, p99 {p99} ms".format(**lk["latency_ms"])),
         ("lookup hops", "p50 {p50:.0f}, p99 {p99:.0f}, max {max}".format(**lk["hops"])),
-        ("presence propagation",
-         "p50 {p50} ms, p95 {p95} ms".format(**report["presence"]["propagation_ms"])),
+        (
+            "presence propagation",
+            "p50 {p50} ms, p95 {p95} ms".format(**report["presence"]["propagation_ms"]),
+        ),
     ]
     if "recovery_s" in report:
         rec = report["recovery_s"]
         rows.append(("recovery after event", "not recovered" if rec is None else f"{rec:.0f} s"))
     sim = report["sim"]
-    rows.append(("simulation", f"{sim['virtual_s']:.0f} virtual s in {sim['wall_s']:.1f} wall s, "
-                               f"{sim['events']} events"))
+    rows.append(
+        (
+            "simulation",
+            f"{sim['virtual_s']:.0f} virtual s in {sim['wall_s']:.1f} wall s, "
+            f"{sim['events']} events",
+        )
+    )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
@@ -77,8 +90,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if not args.no_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=int(config.duration_s), unit="vs", desc="simulating", file=sys.stderr,
-                   disable=None)
+        bar = tqdm(
+            total=int(config.duration_s),
+            unit="vs",
+            desc="simulating",
+            file=sys.stderr,
+            disable=None,
+        )
 
         def progress(t: float) -> None:
             assert bar is not None
@@ -88,7 +106,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         report = simulate(config, progress)
     finally:
         if bar is not None:
-            bar.update(bar.total - bar.n)
+            bar.update(int(config.duration_s) - bar.n)
             bar.close()
     print(summary_table(report))
     if args.json is not None:

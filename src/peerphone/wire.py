@@ -36,7 +36,7 @@ class _Msg(msgspec.Struct, frozen=True, array_like=True, tag=True, forbid_unknow
 # --- client <-> its supernode -------------------------------------------------------------
 
 
-class Attach(_Msg, tag=1):
+class Attach(_Msg, tag=1, frozen=True):
     """A client asks a supernode to serve it; `primary` says whether as primary or backup."""
 
     req: ReqId
@@ -44,7 +44,7 @@ class Attach(_Msg, tag=1):
     primary: bool
 
 
-class AttachAccept(_Msg, tag=2):
+class AttachAccept(_Msg, tag=2, frozen=True):
     """The supernode serves the client; `others` are member records of further supernodes."""
 
     req: ReqId
@@ -52,7 +52,7 @@ class AttachAccept(_Msg, tag=2):
     others: Hints
 
 
-class AttachRedirect(_Msg, tag=3):
+class AttachRedirect(_Msg, tag=3, frozen=True):
     """The supernode refuses (full, leaving, policy) and suggests others."""
 
     req: ReqId
@@ -60,25 +60,25 @@ class AttachRedirect(_Msg, tag=3):
     others: Hints
 
 
-class Publish(_Msg, tag=4):
+class Publish(_Msg, tag=4, frozen=True):
     """Store the client's own signed records (name and presence) in the directory."""
 
     req: ReqId
     records: Annotated[list[Record], msgspec.Meta(max_length=4)]
 
 
-class PublishAck(_Msg, tag=5):
+class PublishAck(_Msg, tag=5, frozen=True):
     req: ReqId
     stored: Count  # replicas that accepted the newest record
     reason: Reason
 
 
-class Lookup(_Msg, tag=6):
+class Lookup(_Msg, tag=6, frozen=True):
     req: ReqId
     username: Username
 
 
-class LookupResult(_Msg, tag=7):
+class LookupResult(_Msg, tag=7, frozen=True):
     """Name and presence records found (freshest of the replicas asked), or empty lists."""
 
     req: ReqId
@@ -87,7 +87,7 @@ class LookupResult(_Msg, tag=7):
     reason: Reason
 
 
-class Watch(_Msg, tag=8):
+class Watch(_Msg, tag=8, frozen=True):
     """Subscribe (or with `add=False` unsubscribe) to presence changes of these users."""
 
     req: ReqId
@@ -95,26 +95,26 @@ class Watch(_Msg, tag=8):
     add: bool
 
 
-class PresenceUpdate(_Msg, tag=9):
+class PresenceUpdate(_Msg, tag=9, frozen=True):
     """A watched user's presence changed; the client verifies the record itself."""
 
     records: Records
 
 
-class Detach(_Msg, tag=10):
+class Detach(_Msg, tag=10, frozen=True):
     """The client leaves on purpose (logout); its supernode drops it at once."""
 
     reason: Reason
 
 
-class Redirect(_Msg, tag=11):
+class Redirect(_Msg, tag=11, frozen=True):
     """A supernode asks its client to move (shedding load or leaving the tier)."""
 
     reason: Reason
     others: Hints
 
 
-class Promote(_Msg, tag=12):
+class Promote(_Msg, tag=12, frozen=True):
     """The tier asks a candidate to become a supernode; `members` is a first membership page."""
 
     members: Records
@@ -143,19 +143,19 @@ class Gossip(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields
 GossipList = Annotated[list[Gossip], msgspec.Meta(max_length=MAX_GOSSIP_PER_MESSAGE)]
 
 
-class Ping(_Msg, tag=20):
+class Ping(_Msg, tag=20, frozen=True):
     seq: ReqId
     load: Count  # sender's attached clients, for the election's load estimate
     gossip: GossipList
 
 
-class Ack(_Msg, tag=21):
+class Ack(_Msg, tag=21, frozen=True):
     seq: ReqId
     load: Count
     gossip: GossipList
 
 
-class PingReq(_Msg, tag=22):
+class PingReq(_Msg, tag=22, frozen=True):
     """Ask a member to probe `target` for us (SWIM indirect probe)."""
 
     seq: ReqId
@@ -163,58 +163,58 @@ class PingReq(_Msg, tag=22):
     gossip: GossipList
 
 
-class IndirectAck(_Msg, tag=23):
+class IndirectAck(_Msg, tag=23, frozen=True):
     seq: ReqId
     target: Key32
 
 
-class Join(_Msg, tag=24):
+class Join(_Msg, tag=24, frozen=True):
     """A new supernode announces its signed member record and asks for the membership."""
 
     record: Record
     offset: Count
 
 
-class MembershipPage(_Msg, tag=25):
+class MembershipPage(_Msg, tag=25, frozen=True):
     members: Records
     offset: Count
     total: Count
 
 
-class Store(_Msg, tag=26):
+class Store(_Msg, tag=26, frozen=True):
     """Replicate records to a responsible replica (publish, refresh or hand-over)."""
 
     req: ReqId
     records: Records
 
 
-class StoreAck(_Msg, tag=27):
+class StoreAck(_Msg, tag=27, frozen=True):
     req: ReqId
     accepted: Count
     reason: Reason
 
 
-class Fetch(_Msg, tag=28):
+class Fetch(_Msg, tag=28, frozen=True):
     """Ask a replica for the name and presence records under `key`."""
 
     req: ReqId
     key: Key32
 
 
-class FetchResult(_Msg, tag=29):
+class FetchResult(_Msg, tag=29, frozen=True):
     req: ReqId
     records: Annotated[list[Record], msgspec.Meta(max_length=4)]
     responsible: bool  # False: the replica does not think it is responsible for the key
 
 
-class Subscribe(_Msg, tag=30):
+class Subscribe(_Msg, tag=30, frozen=True):
     """A supernode registers (add) or drops its interest in changes under these keys."""
 
     keys: Annotated[list[Key32], msgspec.Meta(max_length=MAX_NAMES_PER_WATCH)]
     add: bool
 
 
-class Notify(_Msg, tag=31):
+class Notify(_Msg, tag=31, frozen=True):
     """A replica tells a subscribed supernode about new records under watched keys."""
 
     records: Records
@@ -248,7 +248,7 @@ Message = (
 )
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)  # type: ignore[arg-type]
+_decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
 
 
 def encode_message(message: Message) -> bytes:

@@ -128,7 +128,9 @@ class ClientCore:
         self.buddies: dict[str, Record] = {}  # last verified presence of each watched user
         self.events: list[Event] = []
         self._req = 0
-        self._attach: tuple[int, NodeId, bool, float] | None = None  # req, target, primary, deadline
+        self._attach: tuple[int, NodeId, bool, float] | None = (
+            None  # req, target, primary, deadline
+        )
         self._failures = 0
         self._redirects = 0
         self._next_attempt: float | None = None
@@ -195,7 +197,9 @@ class ClientCore:
         req = self._req
         cfg = self.config
         if len(self._lookups) >= MAX_PENDING_LOOKUPS:
-            self.events.append(LookupDone(req, username, None, None, 0, now, now, "too many lookups"))
+            self.events.append(
+                LookupDone(req, username, None, None, 0, now, now, "too many lookups")
+            )
             return req, []
         pending = _PendingLookup(username, now, now + cfg.lookup_deadline_s, 0.0, None)
         self._lookups[req] = pending
@@ -279,8 +283,16 @@ class ClientCore:
         if presence is not None:
             status = _presence_body(presence).status
         self.events.append(
-            LookupDone(msg.req, pending.username, presence, status, msg.hops, pending.started, now,
-                       reason or msg.reason)
+            LookupDone(
+                msg.req,
+                pending.username,
+                presence,
+                status,
+                msg.hops,
+                pending.started,
+                now,
+                reason or msg.reason,
+            )
         )
         return []
 
@@ -303,9 +315,7 @@ class ClientCore:
                     self.buddies[username] = presence  # a refresh: same content, newer
                 continue
             self.buddies[username] = presence
-            self.events.append(
-                PresenceChanged(username, _presence_body(presence).status, presence)
-            )
+            self.events.append(PresenceChanged(username, _presence_body(presence).status, presence))
         return []
 
     def handle_redirect(self, msg: Redirect, src: NodeId, now: float) -> list[Send]:
@@ -390,7 +400,9 @@ class ClientCore:
             out.extend(self._publish_presence(now))
         for req in [r for r, p in self._lookups.items() if now >= p.deadline]:
             p = self._lookups.pop(req)
-            self.events.append(LookupDone(req, p.username, None, None, 0, p.started, now, "timeout"))
+            self.events.append(
+                LookupDone(req, p.username, None, None, 0, p.started, now, "timeout")
+            )
         for req, p in sorted(self._lookups.items()):
             if p.sent_to is None or now >= p.try_deadline:
                 out.extend(self._send_lookup(req, p, now))
@@ -415,8 +427,9 @@ class ClientCore:
         self._next_refresh = None
         self._next_attempt = None
         for req, p in sorted(self._lookups.items()):
-            self.events.append(LookupDone(req, p.username, None, None, 0, p.started, p.started,
-                                          "logged out"))
+            self.events.append(
+                LookupDone(req, p.username, None, None, 0, p.started, p.started, "logged out")
+            )
         self._lookups.clear()
 
     def _back_off(self, now: float) -> None:
@@ -429,7 +442,8 @@ class ClientCore:
         taken = {self.primary, self.backup}
         hint = [n for n in self._hint if n in self.host_cache and n not in taken]
         rest = [
-            n for n in self.host_cache
+            n
+            for n in self.host_cache
             if n not in taken and self.refused.get(n, 0.0) <= now and n not in hint
         ]
         self.rng.shuffle(rest)
@@ -484,7 +498,10 @@ class ClientCore:
         name = self._name_record
         if name is None or name.expires() - now < cfg.name_ttl_s / 2:
             name = make_record(
-                RecordKind.NAME, self.user_keys, self._next_seq(now), int((now + cfg.name_ttl_s) * 1000),
+                RecordKind.NAME,
+                self.user_keys,
+                self._next_seq(now),
+                int((now + cfg.name_ttl_s) * 1000),
                 NameBody(self.username),
             )
             self._name_record = name
@@ -492,12 +509,19 @@ class ClientCore:
             seq = self._next_seq(now)
             supernodes = [sn for sn in (self.primary, self.backup) if sn is not None]
             body = PresenceBody(
-                self.username, self.device, self.status, [bytes(s) for s in supernodes],
-                list(self.addresses), ["voice"],
+                self.username,
+                self.device,
+                self.status,
+                [bytes(s) for s in supernodes],
+                list(self.addresses),
+                ["voice"],
             )
             self._presence = make_record(
-                RecordKind.PRESENCE, self.user_keys, seq,
-                int((now + cfg.presence_ttl_s) * 1000), body,
+                RecordKind.PRESENCE,
+                self.user_keys,
+                seq,
+                int((now + cfg.presence_ttl_s) * 1000),
+                body,
             )
             self._next_refresh = now + cfg.refresh_interval_s
         req = self._next_req()

@@ -148,7 +148,7 @@ class RecordStore:
                 del self.sorted_keys[i]
 
     def expire(self, now: float) -> int:
-        """Forget records past expiry (plus skew grace) and lapsed watches; return records dropped."""
+        """Forget expired records (after the skew grace) and lapsed watches; count records."""
         grace = self.limits.max_clock_skew_s
         dropped = 0
         empty: list[bytes] = []

@@ -245,9 +245,11 @@ class Membership:
         return []
 
     def handle_join(self, msg: Join, src: NodeId, now: float) -> list[Send]:
-        if msg.offset == 0 and (
-            node_id_of(msg.record.owner) != src or not self.add_record(msg.record, now)
-        ) and src not in self.members:
+        if (
+            msg.offset == 0
+            and (node_id_of(msg.record.owner) != src or not self.add_record(msg.record, now))
+            and src not in self.members
+        ):
             return []
         return [(src, self.page(msg.offset))]
 
@@ -262,9 +264,7 @@ class Membership:
     def page(self, offset: int) -> MembershipPage:
         """Member records (ours first) from `offset`, for a joining supernode."""
         ordered = [self.record] + [self.members[n].record for n in sorted(self.members)]
-        return MembershipPage(
-            ordered[offset : offset + MEMBERSHIP_PAGE_SIZE], offset, len(ordered)
-        )
+        return MembershipPage(ordered[offset : offset + MEMBERSHIP_PAGE_SIZE], offset, len(ordered))
 
     def _heard(self, node: NodeId, load: int) -> None:
         # Hearing from a suspect does not clear it: only a higher incarnation does (SWIM).
@@ -297,7 +297,9 @@ class Membership:
         if probe is not None and not probe.acked:
             if not probe.indirect_sent and now >= probe.indirect_at:
                 probe.indirect_sent = True
-                helpers = [n for n in self._sample(self.config.indirect_probes + 1) if n != probe.target]
+                helpers = [
+                    n for n in self._sample(self.config.indirect_probes + 1) if n != probe.target
+                ]
                 for helper in helpers[: self.config.indirect_probes]:
                     out.append((helper, PingReq(probe.seq, probe.target, self._take_gossip())))
             if now >= probe.give_up_at:

@@ -110,9 +110,7 @@ class NodeCore:
     # -- roles ------------------------------------------------------------------------------
 
     def become_supernode(self, now: float, reason: str, seed: bool = False) -> SupernodeCore:
-        body = MemberBody(
-            self.addresses, self.client.capacity, self.supernode_config.max_clients
-        )
+        body = MemberBody(self.addresses, self.client.capacity, self.supernode_config.max_clients)
         self.supernode = SupernodeCore(
             self.node_keys, body, now, self.rng, self.verifier, self.supernode_config, seed
         )

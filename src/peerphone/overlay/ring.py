@@ -79,4 +79,7 @@ def keys_in_arc(sorted_keys: list[bytes], arc: tuple[bytes, bytes] | None) -> li
     low, high = arc
     if low < high:
         return sorted_keys[bisect_right(sorted_keys, low) : bisect_right(sorted_keys, high)]
-    return sorted_keys[bisect_right(sorted_keys, low) :] + sorted_keys[: bisect_right(sorted_keys, high)]
+    return (
+        sorted_keys[bisect_right(sorted_keys, low) :]
+        + sorted_keys[: bisect_right(sorted_keys, high)]
+    )

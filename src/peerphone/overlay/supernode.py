@@ -334,7 +334,10 @@ class SupernodeCore:
                 body = check_record(record, now, self.verifier)
             except RecordRejected:
                 continue
-            if not isinstance(body, (NameBody, PresenceBody)) or user_key(body.username) != pending.key:
+            if (
+                not isinstance(body, (NameBody, PresenceBody))
+                or user_key(body.username) != pending.key
+            ):
                 continue
             best = pending.best.get(record.kind)
             if best is None or record.seq > best.seq:
@@ -362,7 +365,9 @@ class SupernodeCore:
             pending.outstanding.clear()
             return self._lookup_round(req, pending, now)
         del self._lookups[req]
-        records = [pending.best[k] for k in (RecordKind.NAME, RecordKind.PRESENCE) if k in pending.best]
+        records = [
+            pending.best[k] for k in (RecordKind.NAME, RecordKind.PRESENCE) if k in pending.best
+        ]
         hops = 2 if pending.remote else 1
         reason = "" if records else "not found"
         return [(pending.client, LookupResult(pending.client_req, records, hops, reason))]
@@ -412,10 +417,10 @@ class SupernodeCore:
                 watchers.add(src)
             else:
                 entry.watches.discard(key)
-                watchers = self.watching.get(key)
-                if watchers is not None:
-                    watchers.discard(src)
-                    if not watchers:
+                current = self.watching.get(key)
+                if current is not None:
+                    current.discard(src)
+                    if not current:
                         del self.watching[key]
         return self._subscribe(new_keys, now)
 
@@ -599,9 +604,7 @@ class SupernodeCore:
         if count <= 0:
             return []
         hint = [self.membership.members[node].record]
-        movers = sorted(
-            n for n, e in self.clients.items() if e.primary and n != node
-        )
+        movers = sorted(n for n, e in self.clients.items() if e.primary and n != node)
         self.rng.shuffle(movers)
         out: list[Send] = []
         for mover in movers[:count]:
@@ -634,7 +637,9 @@ class SupernodeCore:
 
     def next_timer(self) -> float:
         t = min(
-            self.membership.next_timer(), self._next_expire, self._next_resubscribe,
+            self.membership.next_timer(),
+            self._next_expire,
+            self._next_resubscribe,
             self._next_election,
         )
         for lookup in self._lookups.values():

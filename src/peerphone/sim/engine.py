@@ -6,6 +6,7 @@ import heapq
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from peerphone.errors import PeerphoneError
 from peerphone.identity import NodeId
@@ -41,7 +42,7 @@ class Engine:
         self.now = 0.0
         self.nodes: dict[NodeId, SimNode] = {}
         self.events = 0
-        self._queue: list[tuple[float, int, int, object, object, object]] = []
+        self._queue: list[tuple[float, int, int, Any, Any, Any]] = []
         self._counter = itertools.count()
         self.on_events: Callable[[SimNode], None] | None = None
         self.link_timeout: Callable[[], float] = lambda: 10.0
@@ -112,8 +113,8 @@ class Engine:
                 node = a
                 assert isinstance(node, SimNode)
                 if node.alive:
-                    node.links.add(b)  # type: ignore[arg-type]
-                    self.send(node, node.core.receive(c, b, at))  # type: ignore[arg-type]
+                    node.links.add(b)
+                    self.send(node, node.core.receive(c, b, at))
             elif kind == TIMER:
                 node = a
                 assert isinstance(node, SimNode)
@@ -132,10 +133,10 @@ class Engine:
                 # a peer that rebooted and connected to us again has a new, live connection:
                 # only the old one timed out, which the runtime would not report
                 if node.alive and not (dead.alive and node.core.id in dead.links):
-                    node.links.discard(b)  # type: ignore[arg-type]
-                    self.send(node, node.core.connection_lost(b, at))  # type: ignore[arg-type]
+                    node.links.discard(b)
+                    self.send(node, node.core.connection_lost(b, at))
             else:
-                a(*b)  # type: ignore[operator]
+                a(*b)
         self.now = max(self.now, until)
 
 

@@ -54,7 +54,9 @@ class InvariantChecker:
         if primaries != sn.primary_count:
             self.fail("supernode's client count drifted from its client table")
         if primaries > sn.config.max_clients:
-            self.fail(f"supernode holds {primaries} clients, admission limit {sn.config.max_clients}")
+            self.fail(
+                f"supernode holds {primaries} clients, admission limit {sn.config.max_clients}"
+            )
         return primaries
 
     def check_promotion(self, eligible: bool, seed_node: bool, node: str) -> None:

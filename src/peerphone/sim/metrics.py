@@ -29,7 +29,9 @@ class Metrics:
     demotions: int = 0
     max_clients_seen: int = 0
 
-    def record_lookup(self, started: float, ok: bool, latency: float, hops: int, reason: str) -> None:
+    def record_lookup(
+        self, started: float, ok: bool, latency: float, hops: int, reason: str
+    ) -> None:
         self.lookup_started.append(started)
         self.lookup_ok.append(ok)
         if ok:
@@ -38,8 +40,9 @@ class Metrics:
         else:
             self.failure_reasons[reason] = self.failure_reasons.get(reason, 0) + 1
 
-    def recovery_s(self, event_at: float, end: float, window_s: float = 10.0,
-                   target: float = 0.99) -> float | None:
+    def recovery_s(
+        self, event_at: float, end: float, window_s: float = 10.0, target: float = 0.99
+    ) -> float | None:
         """Seconds from `event_at` until windowed lookup success is back at `target` for good.
 
         For each whole second t after the event, the window holds lookups started in
@@ -54,7 +57,7 @@ class Metrics:
             if ok:
                 bins_ok[b] = bins_ok.get(b, 0) + 1
         last_bad: int | None = None
-        start = int(math.ceil(event_at))
+        start = math.ceil(event_at)
         stop = int(end)
         total_ok = sum(bins_ok.get(s, 0) for s in range(start - int(window_s), start))
         total_all = sum(bins_all.get(s, 0) for s in range(start - int(window_s), start))

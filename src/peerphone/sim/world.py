@@ -15,7 +15,6 @@ from typing import Any
 
 from peerphone.identity import KeyPair, SignatureVerifier, short
 from peerphone.overlay.client import ClientConfig
-from peerphone.overlay.election import eligible
 from peerphone.overlay.events import LookupDone, PresenceChanged, Published, RoleChanged
 from peerphone.overlay.node import NodeCore
 from peerphone.overlay.supernode import SupernodeConfig
@@ -58,7 +57,9 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
-            raise ValueError(f"unknown scenario {self.scenario!r}; choose from {', '.join(SCENARIOS)}")
+            raise ValueError(
+                f"unknown scenario {self.scenario!r}; choose from {', '.join(SCENARIOS)}"
+            )
         if self.users < 10:
             raise ValueError("need at least 10 users")
         if self.duration_s <= 0:
@@ -143,17 +144,25 @@ class World:
 
     # -- population -------------------------------------------------------------------------
 
-    def _make_core(self, user_index: int, node_keys: KeyPair, user_keys: KeyPair,
-                   is_eligible: bool) -> NodeCore:
+    def _make_core(
+        self, user_index: int, node_keys: KeyPair, user_keys: KeyPair, is_eligible: bool
+    ) -> NodeCore:
         if is_eligible:
             capacity = Capacity(True, 6 * 3600 + user_index % 3600, 10_000, 50_000, 150)
         else:
             capacity = Capacity(False, user_index % 7200, 800, 8_000, 40)
         return NodeCore(
-            node_keys, user_keys, f"user{user_index}", self.core_rng, self.verifier,
-            capacity=capacity, addresses=[f"10.{user_index >> 16 & 255}.{user_index >> 8 & 255}."
-                                          f"{user_index & 255}:4433"],
-            client_config=self.config.client, supernode_config=self.config.supernode,
+            node_keys,
+            user_keys,
+            f"user{user_index}",
+            self.core_rng,
+            self.verifier,
+            capacity=capacity,
+            addresses=[
+                f"10.{user_index >> 16 & 255}.{user_index >> 8 & 255}.{user_index & 255}:4433"
+            ],
+            client_config=self.config.client,
+            supernode_config=self.config.supernode,
         )
 
     def build(self) -> None:
@@ -198,8 +207,10 @@ class World:
 
     def buddies_of(self, user: User) -> list[str]:
         n = self.config.users
-        return [f"user{(user.index * 2654435761 + (j + 1) * 40503) % n}"
-                for j in range(self.config.buddies)]
+        return [
+            f"user{(user.index * 2654435761 + (j + 1) * 40503) % n}"
+            for j in range(self.config.buddies)
+        ]
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -266,8 +277,11 @@ class World:
             target = self.users[self.online.choice(self.work_rng)]
             if issuer is not target and target.published_seq is not None:
                 req, out = issuer.node.core.lookup(target.name, now)
-                self._pending[(issuer.index, req)] = (target.index, target.session,
-                                                      target.published_seq)
+                self._pending[(issuer.index, req)] = (
+                    target.index,
+                    target.session,
+                    target.published_seq,
+                )
                 self.engine.send(issuer.node, out)
         rate = max(len(self.online), 1) / cfg.lookup_interval_s
         self.engine.schedule(now + self.work_rng.expovariate(rate), self._lookup_tick)
@@ -290,8 +304,11 @@ class World:
             self.metrics.max_clients_seen = max(
                 self.metrics.max_clients_seen, self.checker.check_admission(sn)
             )
-        online_nodes = sum(1 for u in self.users if u.online) if len(self.users) < 20_000 else (
-            len(self.online))
+        online_nodes = (
+            sum(1 for u in self.users if u.online)
+            if len(self.users) < 20_000
+            else (len(self.online))
+        )
         self.samples.append((now, len(self.supernodes), online_nodes))
         self.engine.schedule(now + 10.0, self._audit)
 
@@ -311,8 +328,9 @@ class World:
                     self.metrics.propagation_s.append(now - created)
             elif isinstance(event, RoleChanged):
                 if event.supernode:
-                    self.checker.check_promotion(user.eligible, user.index in self.seed_nodes,
-                                                 short(node.core.id))
+                    self.checker.check_promotion(
+                        user.eligible, user.index in self.seed_nodes, short(node.core.id)
+                    )
                     self.metrics.promotions += 1
                     self._watch_supernode(node)
                 else:
@@ -327,12 +345,15 @@ class World:
         target = self.users[target_index]
         if not target.online or target.session != session:
             return  # the target left meanwhile: not a lookup of an online user
-        ok = event.presence is not None and event.status is not Status.OFFLINE and (
-            event.presence.seq >= seq
+        ok = (
+            event.presence is not None
+            and event.status is not Status.OFFLINE
+            and (event.presence.seq >= seq)
         )
         reason = event.reason or ("stale record" if event.presence is not None else "not found")
-        self.metrics.record_lookup(event.started, ok, event.finished - event.started, event.hops,
-                                   "" if ok else reason)
+        self.metrics.record_lookup(
+            event.started, ok, event.finished - event.started, event.hops, "" if ok else reason
+        )
 
     # -- scenarios --------------------------------------------------------------------------
 
@@ -361,8 +382,12 @@ class World:
         count = round(len(clients) * (cfg.disaster_fraction or 0.50))
         for index in self.work_rng.sample(clients, count):
             user = self.users[index]
-            self.engine.schedule(now + self.work_rng.uniform(0.0, 5.0), self._reboot, user,
-                                 self.work_rng.uniform(0.0, 55.0))
+            self.engine.schedule(
+                now + self.work_rng.uniform(0.0, 5.0),
+                self._reboot,
+                user,
+                self.work_rng.uniform(0.0, 55.0),
+            )
 
     # -- running ----------------------------------------------------------------------------
 
@@ -384,7 +409,8 @@ class World:
         cfg = self.config
         m = self.metrics
         loads = sorted(
-            sn.core.supernode.primary_count for sn in self.supernodes.values()
+            sn.core.supernode.primary_count
+            for sn in self.supernodes.values()
             if sn.core.supernode is not None
         )
         online = sum(1 for u in self.users if u.online)
