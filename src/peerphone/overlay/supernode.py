@@ -18,6 +18,7 @@ from peerphone.overlay import election
 from peerphone.overlay.client import NOT_ATTACHED, NOT_ATTACHED_LOOKUP
 from peerphone.overlay.directory import RecordStore, Verdict
 from peerphone.overlay.election import ElectionConfig
+from peerphone.overlay.lookups import LookupCoordinator
 from peerphone.overlay.membership import Membership, MembershipConfig
 from peerphone.overlay.ring import in_arc, keys_in_arc
 from peerphone.records import (
@@ -62,9 +63,7 @@ from peerphone.wire import (
 
 Send = tuple[NodeId, Message]
 
-MAX_PENDING_REQUESTS = 10_000  # lookups and stores in flight on one supernode
 MAX_WATCHES_PER_CLIENT = 1000
-LOOKUP_FANOUT = 2  # replicas asked per lookup round ("ask two, take the freshest")
 # Replicas a watching supernode subscribes at. One is enough: ring changes move the
 # subscription at once and it is renewed every resubscribe_interval_s anyway.
 WATCH_FANOUT = 1
@@ -97,20 +96,6 @@ class ClientEntry:
     key: bytes | None = None
     records: list[Record] = field(default_factory=list)
     watches: set[bytes] = field(default_factory=set)
-
-
-@dataclass(slots=True)
-class _PendingLookup:
-    client: NodeId
-    client_req: int
-    key: bytes
-    replicas: list[NodeId]
-    tried: int
-    outstanding: set[NodeId]
-    best: dict[RecordKind, Record]
-    deadline: float
-    rounds: int
-    remote: bool = False
 
 
 @dataclass(slots=True)
@@ -150,7 +135,13 @@ class SupernodeCore:
         self.retire_reason = ""
         self.watching: dict[bytes, set[NodeId]] = {}  # key -> our clients watching it
         self._last_notified: dict[bytes, int] = {}
-        self._lookups: dict[int, _PendingLookup] = {}
+        self.lookups = LookupCoordinator(
+            self.me,
+            verifier,
+            self.store.get,
+            self.config.fetch_timeout_s,
+            self.config.lookup_rounds,
+        )
         self._stores: dict[int, _PendingStore] = {}
         self._req = 0
         self._next_expire = now + self.config.expire_interval_s
@@ -299,78 +290,15 @@ class SupernodeCore:
     def handle_lookup(self, msg: Lookup, src: NodeId, now: float) -> list[Send]:
         if src not in self.clients:
             return [(src, LookupResult(msg.req, [], 0, NOT_ATTACHED_LOOKUP))]
-        if len(self._lookups) >= MAX_PENDING_REQUESTS:
-            return [(src, LookupResult(msg.req, [], 0, "busy"))]
-        key = user_key(msg.username)
-        replicas = self.membership.ring.replicas(key, self.config.replication)
-        if self.me in replicas:  # ask ourselves first: one hop fewer
-            replicas.remove(self.me)
-            replicas.insert(0, self.me)
-        pending = _PendingLookup(src, msg.req, key, replicas, 0, set(), {}, 0.0, 0)
-        req = self._next_req()
-        self._lookups[req] = pending
-        return self._lookup_round(req, pending, now)
-
-    def _lookup_round(self, req: int, pending: _PendingLookup, now: float) -> list[Send]:
-        out: list[Send] = []
-        pending.rounds += 1
-        batch = pending.replicas[pending.tried : pending.tried + LOOKUP_FANOUT]
-        pending.tried += len(batch)
-        for replica in batch:
-            if replica == self.me:
-                self._merge_best(pending, self.store.get(pending.key), now)
-            else:
-                pending.outstanding.add(replica)
-                pending.remote = True
-                out.append((replica, Fetch(req, pending.key)))
-        pending.deadline = now + self.config.fetch_timeout_s
-        if not pending.outstanding:
-            out.extend(self._finish_lookup(req, now))
-        return out
-
-    def _merge_best(self, pending: _PendingLookup, records: list[Record], now: float) -> None:
-        for record in records:
-            try:
-                body = check_record(record, now, self.verifier)
-            except RecordRejected:
-                continue
-            if (
-                not isinstance(body, (NameBody, PresenceBody))
-                or user_key(body.username) != pending.key
-            ):
-                continue
-            best = pending.best.get(record.kind)
-            if best is None or record.seq > best.seq:
-                pending.best[record.kind] = record
+        replicas = self.membership.ring.replicas(user_key(msg.username), self.config.replication)
+        return self.lookups.start(src, msg.req, msg.username, replicas, now)
 
     def handle_fetch(self, msg: Fetch, src: NodeId, now: float) -> list[Send]:
         responsible = self.me in self.membership.ring.replicas(msg.key, self.config.replication)
         return [(src, FetchResult(msg.req, self.store.get(msg.key), responsible))]
 
     def handle_fetch_result(self, msg: FetchResult, src: NodeId, now: float) -> list[Send]:
-        pending = self._lookups.get(msg.req)
-        if pending is None or src not in pending.outstanding:
-            return []
-        pending.outstanding.discard(src)
-        self._merge_best(pending, msg.records, now)
-        if pending.outstanding:
-            return []
-        return self._finish_lookup(msg.req, now)
-
-    def _finish_lookup(self, req: int, now: float) -> list[Send]:
-        pending = self._lookups[req]
-        found = RecordKind.PRESENCE in pending.best
-        more = pending.tried < len(pending.replicas) and pending.rounds < self.config.lookup_rounds
-        if not found and more:
-            pending.outstanding.clear()
-            return self._lookup_round(req, pending, now)
-        del self._lookups[req]
-        records = [
-            pending.best[k] for k in (RecordKind.NAME, RecordKind.PRESENCE) if k in pending.best
-        ]
-        hops = 2 if pending.remote else 1
-        reason = "" if records else "not found"
-        return [(pending.client, LookupResult(pending.client_req, records, hops, reason))]
+        return self.lookups.handle_result(msg, src, now)
 
     # -- replica side -----------------------------------------------------------------------
 
@@ -642,8 +570,9 @@ class SupernodeCore:
             self._next_resubscribe,
             self._next_election,
         )
-        for lookup in self._lookups.values():
-            t = min(t, lookup.deadline)
+        lookup_due = self.lookups.next_timer()
+        if lookup_due is not None:
+            t = min(t, lookup_due)
         for store in self._stores.values():
             t = min(t, store.deadline)
         return t
@@ -652,10 +581,7 @@ class SupernodeCore:
         if self.retired:
             return []
         out = self.membership.handle_timer(now)
-        for req in sorted(r for r, p in self._lookups.items() if p.deadline <= now):
-            pending = self._lookups[req]
-            pending.outstanding.clear()
-            out.extend(self._finish_lookup(req, now))
+        out.extend(self.lookups.handle_timer(now))
         for req in sorted(r for r, p in self._stores.items() if p.deadline <= now):
             store = self._stores.pop(req)
             out.append((store.client, PublishAck(store.client_req, store.accepted, "timeout")))

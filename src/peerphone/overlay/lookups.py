@@ -1,0 +1,138 @@
+"""Lookups on the supernode that serves the asking client: ask two replicas, keep the freshest.
+
+A lookup asks `LOOKUP_FANOUT` replicas of the user's key (itself first when it is one, one
+hop fewer); if no presence comes back within `fetch_timeout_s` it asks the next ones, up
+to `rounds` rounds. Every record is checked (signature, body, key) before it can win.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from peerphone.errors import RecordRejected
+from peerphone.identity import NodeId, SignatureVerifier
+from peerphone.records import NameBody, PresenceBody, Record, RecordKind, check_record, user_key
+from peerphone.wire import Fetch, FetchResult, LookupResult, Message
+
+Send = tuple[NodeId, Message]
+
+LOOKUP_FANOUT = 2  # replicas asked per round ("ask two, take the freshest")
+MAX_PENDING_LOOKUPS = 10_000  # in flight on one supernode
+
+
+@dataclass(slots=True)
+class _Pending:
+    client: NodeId
+    client_req: int
+    key: bytes
+    replicas: list[NodeId]
+    tried: int = 0
+    rounds: int = 0
+    deadline: float = 0.0
+    remote: bool = False
+    outstanding: set[NodeId] = field(default_factory=set)
+    best: dict[RecordKind, Record] = field(default_factory=dict)
+
+
+class LookupCoordinator:
+    """The lookups one supernode runs on behalf of its clients (sans-I/O)."""
+
+    def __init__(
+        self,
+        me: NodeId,
+        verifier: SignatureVerifier,
+        local_records: Callable[[bytes], list[Record]],
+        fetch_timeout_s: float,
+        rounds: int,
+    ) -> None:
+        self.me = me
+        self.verifier = verifier
+        self.local_records = local_records
+        self.fetch_timeout_s = fetch_timeout_s
+        self.rounds = rounds
+        self._pending: dict[int, _Pending] = {}
+        self._req = 0
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def start(
+        self, client: NodeId, client_req: int, username: str, replicas: list[NodeId], now: float
+    ) -> list[Send]:
+        if len(self._pending) >= MAX_PENDING_LOOKUPS:
+            return [(client, LookupResult(client_req, [], 0, "busy"))]
+        if self.me in replicas:  # ask ourselves first: one hop fewer
+            replicas.remove(self.me)
+            replicas.insert(0, self.me)
+        self._req += 1
+        pending = _Pending(client, client_req, user_key(username), replicas)
+        self._pending[self._req] = pending
+        return self._round(self._req, pending, now)
+
+    def handle_result(self, msg: FetchResult, src: NodeId, now: float) -> list[Send]:
+        pending = self._pending.get(msg.req)
+        if pending is None or src not in pending.outstanding:
+            return []
+        pending.outstanding.discard(src)
+        self._merge(pending, msg.records, now)
+        if pending.outstanding:
+            return []
+        return self._finish(msg.req, now)
+
+    def next_timer(self) -> float | None:
+        return min((p.deadline for p in self._pending.values()), default=None)
+
+    def handle_timer(self, now: float) -> list[Send]:
+        out: list[Send] = []
+        for req in sorted(r for r, p in self._pending.items() if p.deadline <= now):
+            self._pending[req].outstanding.clear()
+            out.extend(self._finish(req, now))
+        return out
+
+    def _round(self, req: int, pending: _Pending, now: float) -> list[Send]:
+        out: list[Send] = []
+        pending.rounds += 1
+        batch = pending.replicas[pending.tried : pending.tried + LOOKUP_FANOUT]
+        pending.tried += len(batch)
+        for replica in batch:
+            if replica == self.me:
+                self._merge(pending, self.local_records(pending.key), now)
+            else:
+                pending.outstanding.add(replica)
+                pending.remote = True
+                out.append((replica, Fetch(req, pending.key)))
+        pending.deadline = now + self.fetch_timeout_s
+        if not pending.outstanding:
+            out.extend(self._finish(req, now))
+        return out
+
+    def _merge(self, pending: _Pending, records: list[Record], now: float) -> None:
+        for record in records:
+            try:
+                body = check_record(record, now, self.verifier)
+            except RecordRejected:
+                continue
+            if (
+                not isinstance(body, (NameBody, PresenceBody))
+                or user_key(body.username) != pending.key
+            ):
+                continue
+            best = pending.best.get(record.kind)
+            if best is None or record.seq > best.seq:
+                pending.best[record.kind] = record
+
+    def _finish(self, req: int, now: float) -> list[Send]:
+        pending = self._pending[req]
+        found = RecordKind.PRESENCE in pending.best
+        more = pending.tried < len(pending.replicas) and pending.rounds < self.rounds
+        if not found and more:
+            pending.outstanding.clear()
+            return self._round(req, pending, now)
+        del self._pending[req]
+        records = [
+            pending.best[k] for k in (RecordKind.NAME, RecordKind.PRESENCE) if k in pending.best
+        ]
+        hops = 2 if pending.remote else 1
+        reason = "" if records else "not found"
+        return [(pending.client, LookupResult(pending.client_req, records, hops, reason))]
