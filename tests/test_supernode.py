@@ -1,0 +1,125 @@
+"""Supernode core: hand-over on joins and leaves, promotion, and refusing bad input."""
+
+from __future__ import annotations
+
+import msgspec
+
+from peerphone.overlay.election import ElectionConfig
+from peerphone.overlay.events import RoleChanged
+from peerphone.overlay.node import NodeCore
+from peerphone.overlay.supernode import SupernodeConfig
+from peerphone.records import Capacity, RecordKind, user_key
+from peerphone.wire import Join, Promote, Publish, PublishAck, Redirect, Store
+
+from .helpers import FakeNet
+
+
+def online_users(net: FakeNet, tier: list[NodeCore], count: int) -> list[NodeCore]:
+    records = [c.supernode.record for c in tier if c.supernode]
+    users = [net.node(f"user{i}") for i in range(count)]
+    for user in users:
+        user.learn_supernodes(records, 0.0)
+        net.call(user, user.login(net.now))
+    net.run_until(net.now + 3.0)
+    return users
+
+
+def holders(tier: list[NodeCore], name: str) -> set[bytes]:
+    return {c.id for c in tier if c.supernode is not None and c.supernode.store.get(user_key(name))}
+
+
+def test_joining_supernode_receives_the_records_of_its_arc() -> None:
+    net = FakeNet(seed=3)
+    tier = net.supernodes([f"sn{i}" for i in range(5)])
+    users = online_users(net, tier, 30)
+    newcomer = net.node("newsn")
+    newcomer.become_supernode(net.now, "test")
+    assert newcomer.supernode is not None
+    newcomer.supernode.membership.add_record(tier[0].supernode.record, net.now)  # type: ignore[union-attr]
+    newcomer.supernode.membership.changes.clear()
+    net.send(newcomer.id, [(tier[0].id, Join(newcomer.supernode.record, 0))])
+    net.run_until(net.now + 60.0)  # gossip spreads the new member to everyone
+    everyone = [*tier, newcomer]
+    for core in everyone:
+        assert core.supernode is not None
+        assert len(core.supernode.membership.ring) == 6
+    ring = newcomer.supernode.membership.ring
+    for user in users:
+        name = user.client.username
+        expected = set(ring.replicas(user_key(name), 4))
+        assert holders(everyone, name) == expected, name
+
+
+def test_leaving_supernode_hands_over_and_redirects_clients() -> None:
+    net = FakeNet(seed=4)
+    tier = net.supernodes([f"sn{i}" for i in range(6)])
+    users = online_users(net, tier, 30)
+    leaver = max(tier, key=lambda c: c.supernode.primary_count if c.supernode else 0)
+    served = [u for u in users if leaver.id in (u.client.primary, u.client.backup)]
+    assert served
+    net.call(leaver, leaver.logout(net.now))
+    assert leaver.supernode is None
+    assert any(isinstance(e, RoleChanged) and not e.supernode for e in net.events[leaver.id])
+    assert any(src == leaver.id and isinstance(m, Redirect) for _, src, _, m in net.sent_log)
+    net.run_until(net.now + 30.0)
+    remaining = [c for c in tier if c is not leaver]
+    for user in served:
+        assert user.client.primary not in (None, leaver.id)
+    ring = remaining[0].supernode.membership.ring  # type: ignore[union-attr]
+    assert leaver.id not in ring
+    for user in users:
+        name = user.client.username
+        assert holders(remaining, name) == set(ring.replicas(user_key(name), 4)), name
+
+
+def test_overloaded_tier_promotes_an_eligible_client_which_takes_load() -> None:
+    config = SupernodeConfig(
+        max_clients=50,
+        election=ElectionConfig(high_water=8, low_water=2, min_supernodes=4, interval_s=5.0),
+    )
+    net = FakeNet(seed=5)
+    tier = net.supernodes([f"sn{i}" for i in range(4)], config)
+    weak = Capacity(False, 100, 100, 100, 10)
+    records = [c.supernode.record for c in tier if c.supernode]
+    users = []
+    for i in range(60):
+        user = net.node(
+            f"u{i}",
+            capacity=Capacity(True, 86_400, 20_000, 50_000, 200) if i % 10 == 0 else weak,
+            supernode=config,
+        )
+        user.learn_supernodes(records, 0.0)
+        net.call(user, user.login(0.0))
+        users.append(user)
+    net.run_until(40.0)
+    promoted = [u for u in users if u.supernode is not None]
+    assert promoted, "no promotion although mean load is far above high water"
+    assert all(u.client.capacity.reachable for u in promoted)  # only eligible ones
+    assert net.sent(Promote)
+    assert any(u.supernode.primary_count > 0 for u in promoted if u.supernode)
+
+
+def test_store_from_a_non_member_is_ignored() -> None:
+    net = FakeNet(seed=6)
+    tier = net.supernodes([f"sn{i}" for i in range(4)])
+    users = online_users(net, tier, 2)
+    stranger = net.node("stranger")
+    victim = tier[0]
+    records = [r for r in victim.supernode.store.get(user_key(users[0].client.username))]  # type: ignore[union-attr]
+    before = victim.supernode.store.record_count  # type: ignore[union-attr]
+    assert victim.receive(Store(1, records), stranger.id, net.now) == []
+    assert victim.supernode.store.record_count == before  # type: ignore[union-attr]
+
+
+def test_publish_with_a_forged_signature_is_refused_with_reason() -> None:
+    net = FakeNet(seed=7)
+    tier = net.supernodes([f"sn{i}" for i in range(4)])
+    users = online_users(net, tier, 1)
+    alice = users[0]
+    presence = alice.client._presence
+    assert presence is not None and presence.kind is RecordKind.PRESENCE
+    forged = msgspec.structs.replace(presence, seq=presence.seq + 10)  # signature no longer fits
+    primary = net.nodes[alice.client.primary]  # type: ignore[index]
+    out = primary.receive(Publish(99, [forged]), alice.id, net.now)
+    acks = [m for _, m in out if isinstance(m, PublishAck)]
+    assert acks and acks[0].stored == 0 and acks[0].reason == "bad signature"
