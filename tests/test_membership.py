@@ -12,7 +12,6 @@ from peerphone.records import Capacity, MemberBody
 from peerphone.wire import (
     Ack,
     Gossip,
-    IndirectAck,
     Join,
     MembershipPage,
     MemberState,
@@ -28,18 +27,7 @@ BODY = MemberBody(["192.0.2.1:4433"], Capacity(True, 3600, 10_000, 10_000, 100),
 
 
 def handle(m: Membership, msg: Message, src: NodeId, now: float) -> list[Send]:
-    if isinstance(msg, Ping):
-        return m.handle_ping(msg, src, now)
-    if isinstance(msg, Ack):
-        return m.handle_ack(msg, src, now)
-    if isinstance(msg, PingReq):
-        return m.handle_ping_req(msg, src, now)
-    if isinstance(msg, IndirectAck):
-        return m.handle_indirect_ack(msg, src, now)
-    if isinstance(msg, Join):
-        return m.handle_join(msg, src, now)
-    assert isinstance(msg, MembershipPage)
-    return m.handle_page(msg, src, now)
+    return m.receive(msg, src, now)
 
 
 class Cluster:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from peerphone.errors import RecordRejected
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier, node_id_of
@@ -207,6 +209,11 @@ class Membership:
 
     # -- messages -------------------------------------------------------------------------
 
+    def receive(self, msg: Message, src: NodeId, now: float) -> list[Send]:
+        """Dispatch a membership message (Ping, Ack, PingReq, IndirectAck, Join, page)."""
+        handler = _HANDLERS.get(type(msg))
+        return handler(self, msg, src, now) if handler is not None else []
+
     def alive_members(self) -> list[NodeId]:
         return sorted(self.members)
 
@@ -364,3 +371,13 @@ class Membership:
         loads = [m.load for m in self.members.values()]
         loads.append(self.load)
         return sum(loads) / len(loads)
+
+
+_HANDLERS: dict[type, Callable[[Membership, Any, NodeId, float], list[Send]]] = {
+    Ping: Membership.handle_ping,
+    Ack: Membership.handle_ack,
+    PingReq: Membership.handle_ping_req,
+    IndirectAck: Membership.handle_indirect_ack,
+    Join: Membership.handle_join,
+    MembershipPage: Membership.handle_page,
+}

@@ -34,22 +34,16 @@ from peerphone.records import (
 from peerphone.wire import (
     MAX_HINTS,
     RECORDS_PER_BATCH,
-    Ack,
     Attach,
     AttachAccept,
     AttachRedirect,
     Detach,
     Fetch,
     FetchResult,
-    IndirectAck,
-    Join,
     Lookup,
     LookupResult,
-    MembershipPage,
     Message,
     Notify,
-    Ping,
-    PingReq,
     PresenceUpdate,
     Promote,
     Publish,
@@ -410,20 +404,7 @@ class SupernodeCore:
     # -- membership and hand-over ---------------------------------------------------------
 
     def handle_membership(self, msg: Message, src: NodeId, now: float) -> list[Send]:
-        m = self.membership
-        if isinstance(msg, Ping):
-            return m.handle_ping(msg, src, now)
-        if isinstance(msg, Ack):
-            return m.handle_ack(msg, src, now)
-        if isinstance(msg, PingReq):
-            return m.handle_ping_req(msg, src, now)
-        if isinstance(msg, IndirectAck):
-            return m.handle_indirect_ack(msg, src, now)
-        if isinstance(msg, Join):
-            return m.handle_join(msg, src, now)
-        if isinstance(msg, MembershipPage):
-            return m.handle_page(msg, src, now)
-        return []
+        return self.membership.receive(msg, src, now)
 
     def after_input(self, now: float) -> list[Send]:
         """Hand records over for every ring change the last input caused."""
