@@ -192,3 +192,15 @@ def test_leave_tells_members_and_they_drop_it() -> None:
     for m in c.members:
         if m is not leaver:
             assert leaver.me not in m.ring
+
+
+def test_members_that_declared_each_other_dead_merge_again() -> None:
+    """A healed partition: a rejoin ping makes both sides refute and re-add each other."""
+    c = Cluster(2)
+    a, b = c.members
+    a.apply_gossip([Gossip(MemberState.DEAD, b.me, b.incarnation, None)], 1.0)
+    b.apply_gossip([Gossip(MemberState.DEAD, a.me, a.incarnation, None)], 1.0)
+    assert b.me not in a.ring and a.me not in b.ring
+    c.run_until(60.0)  # rejoin pings go out every 5th probe interval
+    assert b.me in a.ring and a.me in b.ring
+    assert a.incarnation >= 1 and b.incarnation >= 1  # both refuted

@@ -112,3 +112,35 @@ def test_bad_config_is_refused() -> None:
         SimConfig(scenario="meteor")
     with pytest.raises(ValueError, match="users"):
         SimConfig(users=3)
+
+
+def test_partition_heals_and_lookups_recover() -> None:
+    """Cut the network in two halves for two minutes; after the heal lookups succeed again."""
+    config = SimConfig(users=400, duration_s=1200.0, ramp_s=100.0, seed=8)
+    world = World(config)
+    cut_at, heal_at = 500.0, 620.0
+
+    def cut() -> None:
+        world.network.partition = {
+            n.index: int(n.coord[0] < 0.5) for n in world.engine.nodes.values()
+        }
+
+    def heal() -> None:
+        world.network.partition = None
+
+    world.engine.schedule(cut_at, cut)
+    world.engine.schedule(heal_at, heal)
+    report = world.run()
+    m = world.metrics
+    during = [
+        ok for s, ok in zip(m.lookup_started, m.lookup_ok, strict=True) if cut_at + 30 < s < heal_at
+    ]
+    after = [ok for s, ok in zip(m.lookup_started, m.lookup_ok, strict=True) if s > heal_at + 120]
+    assert world.network.lost > 0
+    assert during and sum(during) < len(during)  # the cut really hurt
+    assert after and sum(after) / len(after) >= 0.99, report["lookups"]
+    # the two halves' membership merged again: every supernode knows every other one
+    supernodes = [n.core.supernode for n in world.supernodes.values() if n.core.supernode]
+    everyone = sorted(n.core.id for n in world.supernodes.values())
+    for sn in supernodes:
+        assert sorted(sn.membership.ring.ids()) == everyone

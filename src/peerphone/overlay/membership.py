@@ -38,7 +38,9 @@ Send = tuple[NodeId, Message]
 
 MEMBERSHIP_PAGE_SIZE = 256  # member records per MembershipPage
 MAX_MEMBERS = 200_000  # one-hop table bound: 100 k supernodes x ~200 B = 20 MB
-TOMBSTONE_TTL_S = 600.0  # how long a dead member's incarnation is remembered
+TOMBSTONE_TTL_S = 3600.0  # how long a dead member's incarnation is remembered
+MAX_TOMBSTONES = 10_000
+REJOIN_EVERY_PROBES = 5  # every 5th probe interval, ping one dead member: heals partitions
 LEAVE_FANOUT = 8  # members told directly when this supernode leaves
 
 
@@ -109,6 +111,7 @@ class Membership:
         self._relays: dict[int, tuple[NodeId, int, NodeId, float]] = {}
         self.left = False
         self._suspects: dict[NodeId, float] = {}  # suspect -> deadline (kept small)
+        self._probes_started = 0
 
     # -- own record -----------------------------------------------------------------------
 
@@ -202,6 +205,8 @@ class Membership:
         if member is None:
             return
         self._suspects.pop(node, None)
+        if len(self.tombstones) >= MAX_TOMBSTONES:
+            del self.tombstones[next(iter(self.tombstones))]
         self.tombstones[node] = (incarnation, now + TOMBSTONE_TTL_S)
         self.ring.remove(node)
         self.changes.append((node, False))
@@ -220,11 +225,19 @@ class Membership:
     def handle_ping(self, msg: Ping, src: NodeId, now: float) -> list[Send]:
         self._heard(src, msg.load)
         self.apply_gossip(msg.gossip, now)
-        return [(src, Ack(msg.seq, self.load, self._take_gossip()))]
+        gossip = self._take_gossip()
+        tomb = self.tombstones.get(src)
+        if tomb is not None and len(gossip) < MAX_GOSSIP_PER_MESSAGE:
+            # a member we declared dead is talking to us: tell it, so that it refutes
+            gossip.append(Gossip(MemberState.DEAD, src, tomb[0], None))
+        return [(src, Ack(msg.seq, self.load, gossip))]
 
     def handle_ack(self, msg: Ack, src: NodeId, now: float) -> list[Send]:
         self._heard(src, msg.load)
         self.apply_gossip(msg.gossip, now)
+        tomb = self.tombstones.get(src)
+        if tomb is not None:  # (see handle_ping) it answered our rejoin ping: tell it too
+            return [(src, Ping(0, self.load, [Gossip(MemberState.DEAD, src, tomb[0], None)]))]
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:
             requester, their_seq, target, _ = relay
@@ -321,7 +334,19 @@ class Membership:
             self._next_probe = now + self.config.probe_interval_s
             out.extend(self._start_probe(now))
             self._expire(now)
+            self._probes_started += 1
+            if self.tombstones and self._probes_started % REJOIN_EVERY_PROBES == 0:
+                out.extend(self._rejoin_ping())
         return out
+
+    def _rejoin_ping(self) -> list[Send]:
+        """Ping one member we think dead. If it is alive (a healed partition, a false
+        suspicion) each side tells the other it was declared dead, both refute with a
+        higher incarnation, and the refutations spread through the usual gossip."""
+        dead = sorted(self.tombstones)
+        node = dead[int(self.rng.random() * len(dead))]
+        note = [Gossip(MemberState.DEAD, node, self.tombstones[node][0], None)]
+        return [(node, Ping(0, self.load, note))]
 
     def _start_probe(self, now: float) -> list[Send]:
         target = self._next_target()
