@@ -38,7 +38,9 @@ class SimConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     supernode: SupernodeConfig = field(default_factory=SupernodeConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
-    seeds: int = 0  # bootstrap supernodes; 0 = max(4, users // 2500)
+    seeds: int = 0  # bootstrap supernodes that never leave; 0 = max(4, users // 25000)
+    initial_supernodes: int = 0  # warm start: tier at t=0 (incl. seeds); 0 = users // 250
+    host_cache_seed: int = 20  # supernode records a client knows when it first starts
     eligible_fraction: float = 0.08  # reachable, well-connected machines
     ramp_s: float = 300.0  # first logins spread over this time
     session_shape: float = 0.8  # Weibull shape of session lengths
@@ -66,7 +68,10 @@ class SimConfig:
             raise ValueError("duration must be positive")
 
     def bootstrap_count(self) -> int:
-        return self.seeds or max(self.supernode.replication, self.users // 2500)
+        return self.seeds or max(self.supernode.replication, self.users // 25_000)
+
+    def initial_tier(self) -> int:
+        return max(self.initial_supernodes or self.users // 250, self.bootstrap_count())
 
     def disaster_time(self) -> float:
         return self.event_at or max(self.ramp_s + 300.0, self.duration_s / 3)
@@ -138,6 +143,7 @@ class World:
         self.online = IndexedSet()  # users online and published: lookup targets and issuers
         self.supernodes: dict[int, SimNode] = {}
         self.seed_nodes: set[int] = set()
+        self.initial_tier_nodes: set[int] = set()
         self._pending: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._bootstrap: list[Record] = []
         self.samples: list[tuple[float, int, int]] = []  # (t, supernodes, online)
@@ -179,11 +185,17 @@ class World:
             self.users.append(user)
             self.by_node[i] = user
         eligible_users = [u for u in self.users if u.eligible]
-        seeds = eligible_users[: cfg.bootstrap_count()]
-        for user in seeds:
-            sn = user.node.core.become_supernode(0.0, "bootstrap supernode", seed=True)
+        # a warm start: the network has been running, so a tier of eligible nodes exists;
+        # the first few are bootstrap supernodes that stay up for the whole run
+        seeds = eligible_users[: cfg.initial_tier()]
+        for rank, user in enumerate(seeds):
+            is_seed = rank < cfg.bootstrap_count()
+            reason = "bootstrap supernode" if is_seed else "supernode at start"
+            sn = user.node.core.become_supernode(0.0, reason, seed=is_seed)
             self._watch_supernode(user.node)
-            self.seed_nodes.add(user.index)
+            if is_seed:
+                self.seed_nodes.add(user.index)
+            self.initial_tier_nodes.add(user.index)
             self._bootstrap.append(sn.record)
         for user in seeds:
             sn_core = user.node.core.supernode
@@ -194,9 +206,12 @@ class World:
             user.node.core.pop_events()
             user.node.alive = True
             self.engine.rearm(user.node)
+        count = min(cfg.host_cache_seed, len(self._bootstrap))
         for user in self.users:
-            user.node.core.learn_supernodes(self._bootstrap, 0.0)
-            delay = 0.0 if user.index in self.seed_nodes else rng.uniform(0.0, cfg.ramp_s)
+            known = rng.sample(self._bootstrap, count)
+            user.node.core.learn_supernodes(known, 0.0)
+            in_tier = user.index in self.initial_tier_nodes
+            delay = 0.0 if in_tier else rng.uniform(0.0, cfg.ramp_s)
             self.engine.schedule(delay, self._login, user, user.session + 1)
 
     def _watch_supernode(self, node: SimNode) -> None:
