@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, plus the linters that keep it honest.
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+# The network-namespace NAT lab (tests/netlab.py) needs root, nftables and iproute2.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+    && { ! command -v nft >/dev/null || ! command -v ip >/dev/null; }; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq nftables iproute2 >/dev/null
+fi
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"
