@@ -130,7 +130,8 @@ class World:
         self.work_rng = random.Random(f"{seed}:workload")
         self.core_rng = random.Random(f"{seed}:cores")
         self.key_rng = random.Random(f"{seed}:keys")
-        self.verifier = SignatureVerifier()
+        # every live record must fit the memo, or evictions turn into re-verifications
+        self.verifier = SignatureVerifier(max_entries=max(200_000, 10 * config.users))
         self.network = Network(config.network, self.net_rng)
         self.engine = Engine(self.network, config.encode_messages)
         lo, hi = config.link_timeout_s
