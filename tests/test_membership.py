@@ -204,3 +204,13 @@ def test_members_that_declared_each_other_dead_merge_again() -> None:
     c.run_until(60.0)  # rejoin pings go out every 5th probe interval
     assert b.me in a.ring and a.me in b.ring
     assert a.incarnation >= 1 and b.incarnation >= 1  # both refuted
+
+
+def test_join_pages_only_for_the_record_owner_or_members() -> None:
+    c = Cluster(3)
+    a = c.members[0]
+    outsider = KeyPair.from_rng(random.Random(1234))
+    someone_else = c.members[1].record  # a valid record, but not the sender's own
+    assert a.handle_join(Join(someone_else, 0), outsider.node_id, 1.0) == []
+    assert a.handle_join(Join(someone_else, 1), outsider.node_id, 1.0) == []
+    assert outsider.node_id not in a.members

@@ -265,11 +265,11 @@ class Membership:
         return []
 
     def handle_join(self, msg: Join, src: NodeId, now: float) -> list[Send]:
-        if (
-            msg.offset == 0
-            and (node_id_of(msg.record.owner) != src or not self.add_record(msg.record, now))
-            and src not in self.members
-        ):
+        """Pages of the membership, only for a supernode that signed its own member record
+        (first page) or that we already count as a member (later pages)."""
+        if msg.offset == 0 and node_id_of(msg.record.owner) == src:
+            self.add_record(msg.record, now)
+        if src not in self.members:
             return []
         return [(src, self.page(msg.offset))]
 
