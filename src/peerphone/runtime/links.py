@@ -1,0 +1,492 @@
+"""QUIC links between nodes over one UDP socket, keyed by the NodeId each link proved.
+
+A node accepts inbound QUIC connections and dials outbound ones from the same socket, so
+a supernode's listening address is also the source of everything it sends. aioquic is
+sans-I/O: `LinkManager` routes each datagram by destination connection id to its
+`QuicConnection` (as aioquic's ``asyncio/server.py`` does), handles the events, and
+transmits what every touched connection has to send before returning.
+
+Overlay messages travel as frames (4-byte big-endian length, then the msgpack message)
+on one unidirectional stream per direction of a link. Streams rather than QUIC DATAGRAM
+frames because overlay messages must arrive (hand-overs, stores and membership pages are
+not retried by the cores) and are too large for a datagram (a membership page is
+~150 KiB, a datagram ~1.2 KiB). Unidirectional because a QUIC server may not send on a
+client-initiated stream before the client has opened it: each side opens its own.
+
+Garbage never escapes `datagram_received`: it is dropped and counted in `stats`; a frame
+that does not decode is counted and skipped, and its link stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import cast
+
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported, untyped
+from aioquic.quic import events
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.packet import QuicHeader, QuicPacketType, encode_quic_retry, pull_quic_header
+from aioquic.quic.retry import QuicRetryTokenHandler
+
+from peerphone.errors import DecodeError
+from peerphone.identity import KeyPair, NodeId, short
+from peerphone.overlay.node import Send
+from peerphone.runtime import quic_identity
+from peerphone.wire import MAX_MESSAGE_BYTES, Message, decode_message, encode_message
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+# aioquic never sends datagrams above its max_datagram_size (1200 by default; checked in
+# LinkManager.__init__); anything larger is not QUIC from a peerphone node.
+MAX_DATAGRAM_BYTES = 1500
+INITIAL_MIN_BYTES = 1200  # RFC 9000 §14.1: a client Initial fills at least this much
+MAX_LINKS = 4096  # QUIC connections (handshaking or up) per node; inbound beyond are dropped
+MAX_QUEUED_PER_PEER = 256  # messages waiting for a link to come up, per peer
+MAX_ADDRESS_BOOK = 100_000  # NodeId -> address entries learned from inbound links
+HANDSHAKE_TIMEOUT_S = 5.0  # a link not authenticated by then is closed (in or out)
+HANDSHAKE_SAMPLES = 64  # recent handshake durations kept for status and benchmarks
+FRAME_HEADER_BYTES = 4
+
+
+@dataclass(eq=False, slots=True)
+class Link:
+    """One QUIC connection to or from another node; `peer` is set once it is authenticated."""
+
+    connection: QuicConnection
+    addr: Address
+    outbound: bool
+    expected: NodeId | None  # the NodeId dialled (None: dialled by address, or inbound)
+    started: float
+    up_since: float = float("inf")  # when it was authenticated
+    peer: NodeId | None = None
+    tx_stream: int | None = None
+    rx_stream: int | None = None
+    rx: bytearray = field(default_factory=bytearray)
+    skip: int = 0  # bytes of an oversized frame still to discard
+    bootstrap: bool = False  # dialled by address only, to learn who listens there
+    cids: set[bytes] = field(default_factory=set)
+    timer: asyncio.TimerHandle | None = None
+    timer_at: float | None = None
+    deadline: asyncio.TimerHandle | None = None
+
+
+class LinkManager(asyncio.DatagramProtocol):
+    """All QUIC links of one node on one UDP socket; a table of authenticated links by NodeId.
+
+    `send_many` puts each message on the link to its destination, dialling it (address
+    from `resolve`, else the address book) and queueing until the link is authenticated.
+    Authenticated messages go to `on_message(peer, msg)`; the end of a link (close, idle
+    timeout, failed dial) goes to `on_link_lost(peer)`.
+    """
+
+    def __init__(
+        self,
+        keys: KeyPair,
+        on_message: Callable[[NodeId, Message], None],
+        on_link_lost: Callable[[NodeId], None],
+        stats: Counter[str],
+        resolve: Callable[[NodeId], Address | None] = lambda node: None,
+        on_link_up: Callable[[NodeId, Link], None] = lambda node, link: None,
+        idle_timeout_s: float = 15.0,
+        retry: bool = True,
+    ) -> None:
+        self.me = keys.node_id
+        self.on_message = on_message
+        self.on_link_lost = on_link_lost
+        self.on_link_up = on_link_up
+        self.resolve = resolve
+        self.stats = stats
+        self.links: dict[NodeId, Link] = {}  # authenticated, one per peer
+        self.addresses: dict[NodeId, Address] = {}  # learned from inbound links and dials
+        self.handshake_s: deque[float] = deque(maxlen=HANDSHAKE_SAMPLES)
+        configure = quic_identity.make_configuration
+        self._client_config = configure(keys, True, idle_timeout_s=idle_timeout_s)
+        self._server_config = configure(keys, False, idle_timeout_s=idle_timeout_s)
+        assert self._client_config.max_datagram_size <= MAX_DATAGRAM_BYTES
+        # Retry makes a client prove its address before any state exists for it (no state
+        # and no reply larger than the request for spoofed traffic), at one round trip.
+        self._retry = QuicRetryTokenHandler() if retry else None
+        self._by_cid: dict[bytes, Link] = {}
+        self._all: set[Link] = set()
+        self._dialing: dict[NodeId, Link] = {}
+        self._queued: dict[NodeId, list[bytes]] = {}
+        self._dirty: set[Link] = set()
+        self._ping_uid = 0
+        self._closing = False
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.DatagramTransport | None = None
+
+    # -- socket ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # not a DatagramTransport subclass on every loop (CPython 3.11's selector loop)
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def error_received(self, exc: Exception) -> None:
+        self.stats["socket_errors"] += 1
+
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        try:
+            self._datagram(data, (addr[0], addr[1]))
+        except Exception:  # a bug, never garbage: garbage is dropped below, and counted
+            self.stats["internal_errors"] += 1
+            log.exception("datagram from %s crashed the handler", addr)
+
+    def _datagram(self, data: bytes, addr: Address) -> None:
+        self.stats["datagrams_in"] += 1
+        if self._closing:
+            return
+        if len(data) > MAX_DATAGRAM_BYTES:
+            return self._drop("oversized")
+        try:
+            header = pull_quic_header(Buffer(data=data), self._server_config.connection_id_length)
+        except ValueError:
+            return self._drop("bad_header")
+        link = self._by_cid.get(header.destination_cid)
+        if link is None:
+            refusal = self._refusal(header, data)
+            link = None if refusal else self._accept(header, addr)
+            if link is None:
+                return self._drop(refusal) if refusal else None
+        link.connection.receive_datagram(data, addr, now=self._loop.time())
+        self._service(link)
+
+    def _refusal(self, header: QuicHeader, data: bytes) -> str | None:
+        """Why a datagram for no connection we know cannot open one (None: it can)."""
+        if header.packet_type is not QuicPacketType.INITIAL:
+            return "unknown_cid"
+        if header.version is None or header.version not in self._server_config.supported_versions:
+            return "bad_version"  # no version negotiation: all peers speak QUIC v1
+        if len(data) < INITIAL_MIN_BYTES:
+            return "short_initial"
+        return "too_many_links" if len(self._all) >= MAX_LINKS else None
+
+    def _accept(self, header: QuicHeader, addr: Address) -> Link | None:
+        """A new inbound connection, once the client proved its address (Retry), else None."""
+        version = header.version
+        assert version is not None
+        now = self._loop.time()
+        original_cid, retry_cid = header.destination_cid, None
+        if self._retry is not None:
+            if not header.token:
+                source_cid = os.urandom(self._server_config.connection_id_length)
+                token = self._retry.create_token(
+                    address=addr,
+                    original_destination_connection_id=header.destination_cid,
+                    retry_source_connection_id=source_cid,
+                    now=now,
+                )
+                self._sendto(
+                    encode_quic_retry(
+                        version, source_cid, header.source_cid, header.destination_cid, token
+                    ),
+                    addr,
+                )
+                self.stats["retry_sent"] += 1
+                return None
+            try:
+                original_cid = self._retry.validate_token(
+                    address=addr,
+                    destination_cid=header.destination_cid,
+                    token=header.token,
+                    now=now,
+                )
+            except ValueError:
+                self._drop("bad_token")  # silently: no reply to what may be spoofed
+                return None
+            retry_cid = header.destination_cid
+        connection = QuicConnection(
+            configuration=self._server_config,
+            original_destination_connection_id=original_cid,
+            retry_source_connection_id=retry_cid,
+        )
+        quic_identity.request_client_certificate(connection)
+        link = self._new_link(connection, addr, outbound=False, expected=None)
+        self._register(link, header.destination_cid)
+        return link
+
+    # -- sending --------------------------------------------------------------------------
+
+    def send_many(self, sends: Iterable[Send]) -> None:
+        """Send each message over the link to its destination, then transmit."""
+        for dest, msg in sends:
+            if not self._closing:
+                self._send(dest, msg)
+        self._flush()
+
+    def _send(self, dest: NodeId, msg: Message) -> None:
+        try:
+            payload = encode_message(msg)
+        except ValueError:  # a core built a message over the wire limit: our bug
+            self.stats["unencodable"] += 1
+            log.error("cannot encode %s for %s", type(msg).__name__, short(dest))
+            return
+        frame = len(payload).to_bytes(FRAME_HEADER_BYTES, "big") + payload
+        link = self.links.get(dest)
+        if link is not None:
+            self._write(link, frame)
+            return
+        queue = self._queued.setdefault(dest, [])
+        if len(queue) >= MAX_QUEUED_PER_PEER:
+            return self._drop("queue_full")
+        queue.append(frame)
+        if dest not in self._dialing:
+            self._dial(dest)
+
+    def flush(self, *links: Link) -> None:
+        """Transmit what became sendable, also on `links` whose connections were used directly."""
+        self._dirty.update(link for link in links if link in self._all)
+        self._flush()
+
+    def keep_alive(self, peers: Iterable[NodeId]) -> None:
+        """PING these peers' links so that neither idle timeouts nor NAT mappings end them."""
+        for peer in peers:
+            link = self.links.get(peer)
+            if link is not None:
+                self._ping_uid += 1
+                link.connection.send_ping(self._ping_uid)
+                self._dirty.add(link)
+        self._flush()
+
+    def dial_address(self, addr: Address) -> None:
+        """Open a link to whoever listens at `addr` (bootstrap); `on_link_up` names it."""
+        if self._closing or len(self._all) >= MAX_LINKS:
+            return
+        if not any(link.outbound and link.addr == addr for link in self._all):
+            self._connect(addr, expected=None).bootstrap = True
+            self._flush()
+
+    def _dial(self, dest: NodeId) -> None:
+        addr = self.resolve(dest) or self.addresses.get(dest)
+        if addr is None or len(self._all) >= MAX_LINKS:
+            self.stats["drop_no_address" if addr is None else "drop_too_many_links"] += len(
+                self._queued.pop(dest, [])
+            )
+            self._loop.call_soon(self._lost_unless_linked, dest)
+            return
+        # a bootstrap dial to that address, still handshaking, becomes this dial (one
+        # connection instead of two; which of two links each end uses: see _keeps)
+        for link in self._all:
+            if link.bootstrap and link.addr == addr and link.expected is None and not link.peer:
+                link.expected = dest
+                self._dialing[dest] = link
+                return
+        self._dialing[dest] = self._connect(addr, expected=dest)
+
+    def _connect(self, addr: Address, expected: NodeId | None) -> Link:
+        connection = QuicConnection(configuration=self._client_config)
+        connection.connect(addr, now=self._loop.time())
+        link = self._new_link(connection, addr, outbound=True, expected=expected)
+        self._dirty.add(link)
+        return link
+
+    def _write(self, link: Link, frame: bytes) -> None:
+        if link.tx_stream is None:
+            link.tx_stream = link.connection.get_next_available_stream_id(is_unidirectional=True)
+        link.connection.send_stream_data(link.tx_stream, frame)
+        self.stats["messages_out"] += 1
+        self._dirty.add(link)
+
+    def _sendto(self, data: bytes, addr: NetworkAddress) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.sendto(data, addr)
+            self.stats["datagrams_out"] += 1
+
+    def _flush(self) -> None:
+        now = self._loop.time()
+        while self._dirty:
+            link = self._dirty.pop()
+            for data, addr in link.connection.datagrams_to_send(now=now):
+                self._sendto(data, addr)
+            self._arm(link)
+
+    # -- link life ------------------------------------------------------------------------
+
+    def _new_link(
+        self, connection: QuicConnection, addr: Address, outbound: bool, expected: NodeId | None
+    ) -> Link:
+        link = Link(connection, addr, outbound, expected, self._loop.time())
+        link.deadline = self._loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout, link)
+        self._all.add(link)
+        self._register(link, connection.host_cid)
+        return link
+
+    def _drop(self, reason: str) -> None:
+        self.stats["drop_" + reason] += 1
+
+    def _register(self, link: Link, cid: bytes) -> None:
+        self._by_cid[cid] = link
+        link.cids.add(cid)
+
+    def _handshake_timeout(self, link: Link) -> None:
+        self.stats["handshake_timeouts"] += 1
+        link.connection.close(reason_phrase="handshake timeout")
+        self._service(link)
+
+    def _service(self, link: Link) -> None:
+        """Handle the events of `link`, then transmit everything that became sendable."""
+        self._dirty.add(link)
+        connection = link.connection
+        while (event := connection.next_event()) is not None:
+            if isinstance(event, events.StreamDataReceived):
+                self._stream_data(link, event)
+            elif isinstance(event, events.HandshakeCompleted):
+                self._handshake_completed(link)
+            elif isinstance(event, events.ConnectionIdIssued):
+                self._register(link, event.connection_id)
+            elif isinstance(event, events.ConnectionIdRetired):
+                link.cids.discard(event.connection_id)
+                self._by_cid.pop(event.connection_id, None)
+            elif isinstance(event, events.ConnectionTerminated):
+                self._terminated(link)
+        self._flush()
+
+    def _handshake_completed(self, link: Link) -> None:
+        peer = quic_identity.authenticate(link.connection, link.expected)
+        if peer is None or peer == self.me:
+            self.stats["auth_failed"] += 1
+            if peer == self.me:
+                link.connection.close(reason_phrase="connected to myself")
+            return
+        if link.deadline is not None:
+            link.deadline.cancel()  # the handshake timeout
+        link.peer, link.up_since = peer, self._loop.time()
+        self.handshake_s.append(link.up_since - link.started)
+        if link.outbound or peer not in self.addresses:
+            if len(self.addresses) >= MAX_ADDRESS_BOOK and peer not in self.addresses:
+                del self.addresses[next(iter(self.addresses))]
+            self.addresses[peer] = link.addr
+        if self._dialing.get(peer) is link:
+            del self._dialing[peer]
+        current = self.links.get(peer)
+        if current is not None and self._keeps(current, link):
+            return
+        self.links[peer] = link
+        for frame in self._queued.pop(peer, []):
+            self._write(link, frame)
+        self.on_link_up(peer, link)
+
+    def _keeps(self, current: Link, new: Link) -> bool:
+        """Whether to keep sending on `current` rather than on `new`, another link to its peer.
+
+        Links dialled concurrently by both ends (the new one began before the current one
+        was up): the one opened by the smaller NodeId, so both ends usually pick the same.
+        Otherwise the new one: the peer dialled again, so it restarted or lost the old one.
+        The loser is not closed (messages may be in flight on it): unused, it idles out.
+        """
+        opener_current = self.me if current.outbound else current.peer
+        opener_new = self.me if new.outbound else new.peer
+        assert opener_current is not None and opener_new is not None
+        concurrent = new.started < current.up_since and opener_current != opener_new
+        return concurrent and opener_current < opener_new
+
+    def _stream_data(self, link: Link, event: events.StreamDataReceived) -> None:
+        if link.peer is None:
+            return self._drop("unauthenticated")
+        # only the peer's own unidirectional stream carries frames
+        peer_opened = (event.stream_id & 1) == (1 if link.outbound else 0)
+        if link.rx_stream is None and peer_opened and event.stream_id & 2:
+            link.rx_stream = event.stream_id
+        if event.stream_id != link.rx_stream:
+            return self._drop("stray_stream")
+        link.rx += event.data
+        self._read_frames(link, link.peer)
+
+    def _read_frames(self, link: Link, peer: NodeId) -> None:
+        rx = link.rx
+        while True:
+            skipped = min(link.skip, len(rx))
+            del rx[:skipped]
+            link.skip -= skipped
+            if link.skip or len(rx) < FRAME_HEADER_BYTES:
+                return
+            end = FRAME_HEADER_BYTES + int.from_bytes(rx[:FRAME_HEADER_BYTES], "big")
+            if end - FRAME_HEADER_BYTES > MAX_MESSAGE_BYTES:  # skip it, never buffer it
+                self._drop("oversized_frame")
+                link.skip = end
+                continue
+            if len(rx) < end:
+                return
+            payload = bytes(rx[FRAME_HEADER_BYTES:end])
+            del rx[:end]
+            try:
+                msg = decode_message(payload)
+            except DecodeError:
+                self.stats["drop_undecodable"] += 1
+                continue
+            self.stats["messages_in"] += 1
+            self.on_message(peer, msg)
+
+    def _terminated(self, link: Link) -> None:
+        self._forget(link)
+        lost = link.peer if link.peer is not None else link.expected
+        if link.expected is not None and self._dialing.get(link.expected) is link:
+            del self._dialing[link.expected]
+            self.stats["dial_failed"] += 1
+            self.stats["drop_dial_failed"] += len(self._queued.pop(link.expected, []))
+        if link.peer is not None and self.links.get(link.peer) is link:
+            del self.links[link.peer]
+            others = [other for other in self._all if other.peer == link.peer]
+            if others:  # a duplicate link is still up: carry on over the newest
+                self.links[link.peer] = max(others, key=lambda other: other.up_since)
+                return
+        elif link.peer is not None or link.expected is None:
+            return  # a duplicate, or an inbound/bootstrap link that never authenticated
+        if lost is not None:
+            self._lost_unless_linked(lost)
+
+    def _lost_unless_linked(self, peer: NodeId) -> None:
+        if peer not in self.links and peer not in self._dialing and not self._closing:
+            self.on_link_lost(peer)
+
+    def _forget(self, link: Link) -> None:
+        self._all.discard(link)
+        self._dirty.discard(link)
+        for cid in link.cids:
+            if self._by_cid.get(cid) is link:
+                del self._by_cid[cid]
+        for handle in (link.timer, link.deadline):
+            if handle is not None:
+                handle.cancel()
+        link.timer = link.deadline = None
+
+    def _arm(self, link: Link) -> None:
+        if link not in self._all:
+            return
+        at = link.connection.get_timer()
+        if at == link.timer_at and link.timer is not None:
+            return
+        if link.timer is not None:
+            link.timer.cancel()
+        link.timer_at = at
+        link.timer = None if at is None else self._loop.call_at(at, self._on_timer, link)
+
+    def _on_timer(self, link: Link) -> None:
+        link.timer = None
+        try:  # asyncio may fire a hair early: never hand aioquic a time before its timer
+            link.connection.handle_timer(now=max(link.timer_at or 0.0, self._loop.time()))
+            self._service(link)
+        except Exception:  # a bug (the core's, when a lost link is reported): count it
+            self.stats["internal_errors"] += 1
+            log.exception("timer of the link to %s crashed", link.addr)
+
+    def close(self, notify: bool = True) -> None:
+        """Close every link, then the socket. With `notify` the peers see CONNECTION_CLOSE
+        at once; without, they find out by idle timeout, as after a crash."""
+        for link in list(self._all) if notify else ():
+            link.connection.close(reason_phrase="node stopping")
+            self._dirty.add(link)
+        self._flush()
+        self._closing = True
+        for link in list(self._all):
+            self._forget(link)
+        self.links.clear()
+        if self._transport is not None:
+            self._transport.close()
