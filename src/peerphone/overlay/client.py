@@ -55,6 +55,7 @@ Send = tuple[NodeId, Message]
 MAX_HOST_CACHE = 200  # supernode member records remembered (persisted by the runtime)
 MAX_PENDING_LOOKUPS = 64
 MAX_WATCHED = 1000  # buddies per user
+_INF = float("inf")
 NOT_ATTACHED = "not attached here as primary"  # PublishAck reason that makes us re-attach
 NOT_ATTACHED_LOOKUP = "not attached here"  # the same for a LookupResult
 REFUSAL_MEMORY_S = 60.0  # a supernode that refused us is not asked again for this long
@@ -363,19 +364,20 @@ class ClientCore:
     # -- time -------------------------------------------------------------------------------
 
     def next_timer(self) -> float | None:
-        times = [self._next_refresh]
+        # called after every input, so written for speed rather than brevity
+        inf = _INF
+        t = self._next_refresh if self._next_refresh is not None else inf
         if self._attach is not None:
-            times.append(self._attach[3])  # the next attempt waits for this one to end
-        else:
-            times.append(self._next_attempt)
+            t = min(t, self._attach[3])  # the next attempt waits for this one to end
+        elif self._next_attempt is not None:
+            t = min(t, self._next_attempt)
         if self._publish is not None:
-            times.append(self._publish[1])
-        for pending in self._lookups.values():
-            times.append(pending.deadline)
-            if pending.sent_to is not None:
-                times.append(pending.try_deadline)
-        present = [t for t in times if t is not None]
-        return min(present) if present else None
+            t = min(t, self._publish[1])
+        if self._lookups:
+            for pending in self._lookups.values():
+                due = pending.try_deadline if pending.sent_to is not None else pending.deadline
+                t = min(t, due, pending.deadline)
+        return None if t == inf else t
 
     def handle_timer(self, now: float) -> list[Send]:
         out: list[Send] = []

@@ -551,11 +551,12 @@ class SupernodeCore:
             self._next_resubscribe,
             self._next_election,
         )
-        lookup_due = self.lookups.next_timer()
-        if lookup_due is not None:
-            t = min(t, lookup_due)
-        for store in self._stores.values():
-            t = min(t, store.deadline)
+        if len(self.lookups):
+            lookup_due = self.lookups.next_timer()
+            if lookup_due is not None:
+                t = min(t, lookup_due)
+        if self._stores:
+            t = min(t, min(store.deadline for store in self._stores.values()))
         return t
 
     def handle_timer(self, now: float) -> list[Send]:
