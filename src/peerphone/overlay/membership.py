@@ -219,9 +219,6 @@ class Membership:
         handler = _HANDLERS.get(type(msg))
         return handler(self, msg, src, now) if handler is not None else []
 
-    def alive_members(self) -> list[NodeId]:
-        return sorted(self.members)
-
     def handle_ping(self, msg: Ping, src: NodeId, now: float) -> list[Send]:
         self._heard(src, msg.load)
         self.apply_gossip(msg.gossip, now)

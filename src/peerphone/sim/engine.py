@@ -12,7 +12,7 @@ from peerphone.errors import PeerphoneError
 from peerphone.identity import NodeId
 from peerphone.overlay.node import NodeCore, Send
 from peerphone.sim.network import Network
-from peerphone.wire import Message, decode_message, encode_message
+from peerphone.wire import decode_message, encode_message
 
 DELIVER, TIMER, LINK_LOST, ACTION = 0, 1, 2, 3
 
@@ -138,7 +138,3 @@ class Engine:
             else:
                 a(*b)
         self.now = max(self.now, until)
-
-
-def message_name(msg: Message) -> str:
-    return type(msg).__name__
