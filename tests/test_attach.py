@@ -6,9 +6,10 @@ import pytest
 
 from peerphone.overlay.client import ClientConfig, ClientState
 from peerphone.overlay.events import Attached, LookupDone, PresenceChanged, Published
+from peerphone.overlay.node import NodeCore
 from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.records import Status
-from peerphone.wire import Attach, AttachRedirect, Lookup, Publish, Store
+from peerphone.wire import Attach, AttachAccept, AttachRedirect, Lookup, Publish, Store
 
 from .helpers import FakeNet
 
@@ -265,3 +266,39 @@ def test_lookups_queue_while_attaching() -> None:
     done = [e for e in net.events[alice.id] if isinstance(e, LookupDone) and e.req == req]
     assert done and done[0].presence is not None
     assert net.sent(Lookup, alice.id)
+
+
+def state_of(core: NodeCore) -> ClientState:
+    return core.client.state
+
+
+def test_client_attaches_to_a_supernode_known_only_by_node_id() -> None:
+    """Bootstrap by address: the runtime learns who answered; the core attaches there and
+    learns the supernode's member record (and hints) from the AttachAccept."""
+    net = FakeNet()
+    tier = _tier(net, 5)
+    alice = net.node("alice")
+    net.call(alice, alice.login(0.0))
+    net.run_until(5.0)
+    assert state_of(alice) is ClientState.ATTACHING  # nothing known: backing off
+    net.call(alice, alice.learn_bootstrap([tier[0].id], net.now))
+    net.run_until(net.now + 1.0)
+    assert state_of(alice) is ClientState.ONLINE
+    assert alice.client.primary == tier[0].id
+    assert tier[0].id in alice.client.host_cache  # the record came with the accept
+    assert len(alice.client.host_cache) > 1  # and hints for a backup
+    assert alice.client.backup is not None
+
+
+def test_accept_with_someone_elses_member_record_is_refused() -> None:
+    net = FakeNet()
+    tier = _tier(net, 3)
+    alice = net.node("alice")
+    alice.learn_supernodes([tier[0].supernode.record], 0.0)
+    net.call(alice, alice.login(0.0))
+    attach = next(m for _, _, _, m in net.sent_log if isinstance(m, Attach))
+    forged = AttachAccept(attach.req, tier[1].supernode.record, [])  # not tier[0]'s record
+    out = alice.receive(forged, tier[0].id, 0.02)
+    assert alice.client.primary is None
+    assert tier[0].id in alice.client.refused
+    assert all(not isinstance(m, Publish) for _, m in out)

@@ -88,8 +88,11 @@ class Loopback:
             runtime.drive([])  # the core changed behind the runtime's back: re-arm its timer
         return tier
 
-    async def client(self, name: str, supernodes: list[NodeRuntime]) -> NodeRuntime:
-        """A logged-in client whose host cache holds these supernodes' member records."""
+    async def client(
+        self, name: str, supernodes: list[NodeRuntime], with_records: bool = True
+    ) -> NodeRuntime:
+        """A logged-in client whose host cache holds these supernodes' member records
+        (or, with `with_records=False`, that knows nothing but their addresses)."""
         core = self._core(name)
         bootstrap = [sn.address for sn in supernodes if sn.address is not None]
         runtime = NodeRuntime(
@@ -98,7 +101,7 @@ class Loopback:
             LOOPBACK,
             0,
             bootstrap,
-            host_cache=[member_record(sn) for sn in supernodes],
+            host_cache=[member_record(sn) for sn in supernodes] if with_records else [],
             idle_timeout_s=self.idle_timeout_s,
         )
         await self._start(runtime)
@@ -185,6 +188,21 @@ def test_two_clients_attach_publish_and_find_each_other() -> None:
             assert runtime.stats["drop_undecodable"] == 0
 
     run_bounded(scenario, Loopback(seed=1))
+
+
+def test_client_bootstraps_from_addresses_alone() -> None:
+    async def scenario(net: Loopback) -> None:
+        tier = await net.supernodes(3)
+        alice = await net.client("alice", tier, with_records=False)
+        bob = await net.client("bob", tier)
+        published = await next_event(alice, Published)
+        assert published.stored == 3
+        assert alice.core.client.primary in {sn.core.id for sn in tier}
+        assert len(alice.core.client.host_cache) == 3  # records came with the accept
+        found(await bob.lookup("alice", LOOKUP_TIMEOUT_S), alice)
+        found(await alice.lookup("bob", LOOKUP_TIMEOUT_S), bob)
+
+    run_bounded(scenario, Loopback(seed=2))
 
 
 @pytest.mark.parametrize("notify", [True, False], ids=["stopped", "crashed"])

@@ -142,6 +142,9 @@ class ClientCore:
         self._publish: tuple[int, float, int] | None = None  # req, deadline, tries
         self._lookups: dict[int, _PendingLookup] = {}
         self._hint: list[NodeId] = []  # supernodes a redirect suggested, tried first
+        # supernodes known only by their authenticated NodeId (a bootstrap address
+        # answered); their member records arrive with the AttachAccept
+        self.bootstrap_ids: list[NodeId] = []
 
     # -- application API --------------------------------------------------------------------
 
@@ -163,6 +166,16 @@ class ClientCore:
                 del self.host_cache[oldest]
             if known is None or record.seq >= known.seq:
                 self.host_cache[node] = record
+
+    def learn_bootstrap(self, node_ids: list[NodeId], now: float) -> list[Send]:
+        """Supernodes whose addresses answered with these (authenticated) NodeIds."""
+        for node in node_ids:
+            if node not in self.bootstrap_ids and len(self.bootstrap_ids) < MAX_HOST_CACHE:
+                self.bootstrap_ids.append(node)
+        waiting = self.state is ClientState.ATTACHING and self._attach is None
+        if waiting and not self.host_cache:
+            self._next_attempt = now  # nothing else to try: go now rather than after back-off
+        return self.handle_timer(now)
 
     def login(self, now: float, status: Status = Status.ONLINE) -> list[Send]:
         if self.state is not ClientState.OFFLINE:
@@ -231,6 +244,11 @@ class ClientCore:
         if attach is None or attach[0] != msg.req or attach[1] != src:
             return []
         self._attach = None
+        if node_id_of(msg.member.owner) != src:
+            # it must accept us with its own member record, or we cannot tell who it is
+            self.refused[src] = now + REFUSAL_MEMORY_S
+            self._back_off(now)
+            return self.handle_timer(now)
         self.learn_supernodes([msg.member, *msg.others], now)
         out: list[Send] = []
         if attach[2]:
@@ -449,7 +467,12 @@ class ClientCore:
             if n not in taken and self.refused.get(n, 0.0) <= now and n not in hint
         ]
         self.rng.shuffle(rest)
-        return hint + rest
+        known = [
+            n
+            for n in self.bootstrap_ids
+            if n not in taken and n not in self.host_cache and self.refused.get(n, 0.0) <= now
+        ]
+        return hint + rest + known
 
     def _try_attach(self, now: float) -> list[Send]:
         want_primary = self.primary is None
@@ -461,7 +484,7 @@ class ClientCore:
             # every known supernode refused recently: ask the one that refused longest ago
             taken = {self.primary, self.backup}
             candidates = sorted(
-                (n for n in self.host_cache if n not in taken),
+                (n for n in [*self.host_cache, *self.bootstrap_ids] if n not in taken),
                 key=lambda n: (self.refused.get(n, 0.0), n),
             )
         if not candidates:

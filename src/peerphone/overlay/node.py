@@ -179,6 +179,9 @@ class NodeCore:
     def learn_supernodes(self, records: list[Record], now: float) -> None:
         self.client.learn_supernodes(records, now)
 
+    def learn_bootstrap(self, node_ids: list[NodeId], now: float) -> list[Send]:
+        return self.client.learn_bootstrap(node_ids, now)
+
     def login(self, now: float) -> list[Send]:
         return self.client.login(now)
 

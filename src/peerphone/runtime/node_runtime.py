@@ -244,11 +244,12 @@ class NodeRuntime:
         self.drive(self.core.connection_lost(peer, self.now()))
 
     def _on_link_up(self, peer: NodeId, link: Link) -> None:
-        if link.bootstrap:  # a bootstrap address answered
+        if link.bootstrap:  # a bootstrap address answered: the client may attach there
             self.bootstrap_ids[peer] = link.addr
             if peer not in self.core.client.host_cache:
                 self.stats["bootstrap_without_record"] += 1
-                log.info("bootstrap %s is %s; no member record for it", link.addr, short(peer))
+                log.info("bootstrap %s is %s; no member record yet", link.addr, short(peer))
+            self.drive(self.core.learn_bootstrap([peer], self.now()))
 
     def _resolve(self, peer: NodeId) -> Address | None:
         """Where `peer` listens, from the member records the core holds."""
@@ -258,7 +259,7 @@ class NodeRuntime:
             member = sn.membership.members.get(peer)
             record = member.record if member is not None else None
         if record is None:
-            return None
+            return self.bootstrap_ids.get(peer)  # known only as "who answered there"
         try:
             body = decode_body(record)
         except DecodeError:
