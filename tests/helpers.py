@@ -75,6 +75,17 @@ class FakeNet:
             core.supernode.membership.changes.clear()
         return cores
 
+    def log_in(
+        self, tier: list[NodeCore], names: list[str], config: ClientConfig | None = None
+    ) -> list[NodeCore]:
+        """New user nodes that know `tier`'s member records and have started to log in."""
+        records = [c.supernode.record for c in tier if c.supernode is not None]
+        users = [self.node(name, client=config) for name in names]
+        for user in users:
+            user.learn_supernodes(records, self.now)
+            self.call(user, user.login(self.now))
+        return users
+
     def send(self, src: NodeId, sends: list[Send]) -> None:
         for dst, msg in sends:
             self.sent_log.append((self.now, src, dst, msg))

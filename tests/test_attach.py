@@ -82,11 +82,7 @@ def test_refresh_publishes_higher_sequence_at_exact_time() -> None:
 def test_lookup_finds_online_user_in_two_hops() -> None:
     net = FakeNet()
     tier = _tier(net, 6)
-    records = [c.supernode.record for c in tier]
-    alice, bob = net.node("alice"), net.node("bob")
-    for user in (alice, bob):
-        user.learn_supernodes(records, 0.0)
-        net.call(user, user.login(0.0))
+    alice, bob = net.log_in(tier, ["alice", "bob"])
     net.run_until(2.0)
     req, sends = alice.lookup("bob", net.now)
     net.call(alice, sends)
@@ -117,11 +113,7 @@ def test_lookup_of_unknown_user_reports_not_found() -> None:
 def test_lookup_survives_a_dead_replica() -> None:
     net = FakeNet()
     tier = _tier(net, 6)
-    records = [c.supernode.record for c in tier]
-    alice, bob = net.node("alice"), net.node("bob")
-    for user in (alice, bob):
-        user.learn_supernodes(records, 0.0)
-        net.call(user, user.login(0.0))
+    alice, _bob = net.log_in(tier, ["alice", "bob"])
     net.run_until(2.0)
     from peerphone.records import user_key
 
@@ -214,11 +206,7 @@ def test_primary_loss_moves_to_backup_and_republishes() -> None:
 def test_watch_reports_buddy_status_change() -> None:
     net = FakeNet()
     tier = _tier(net, 6)
-    records = [c.supernode.record for c in tier]
-    alice, bob = net.node("alice"), net.node("bob")
-    for user in (alice, bob):
-        user.learn_supernodes(records, 0.0)
-        net.call(user, user.login(0.0))
+    alice, bob = net.log_in(tier, ["alice", "bob"])
     net.call(alice, alice.watch(["bob"], 0.0))
     net.run_until(2.0)
     changes = [e for e in net.events[alice.id] if isinstance(e, PresenceChanged)]
@@ -236,11 +224,7 @@ def test_watch_reports_buddy_status_change() -> None:
 def test_logout_publishes_offline_and_detaches() -> None:
     net = FakeNet()
     tier = _tier(net)
-    records = [c.supernode.record for c in tier]
-    alice, bob = net.node("alice"), net.node("bob")
-    for user in (alice, bob):
-        user.learn_supernodes(records, 0.0)
-        net.call(user, user.login(0.0))
+    alice, bob = net.log_in(tier, ["alice", "bob"])
     net.run_until(2.0)
     net.call(bob, bob.logout(net.now))
     net.run_until(3.0)
