@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from peerphone.overlay.client import ClientConfig, ClientState
-from peerphone.overlay.events import Attached, LookupDone, PresenceChanged, Published
+from peerphone.overlay.directory import NAME_TAKEN
+from peerphone.overlay.events import (
+    Attached,
+    LookupDone,
+    PresenceChanged,
+    Published,
+    PublishRefused,
+)
 from peerphone.overlay.node import NodeCore
 from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.records import Status
@@ -286,3 +293,30 @@ def test_accept_with_someone_elses_member_record_is_refused() -> None:
     assert alice.client.primary is None
     assert tier[0].id in alice.client.refused
     assert all(not isinstance(m, Publish) for _, m in out)
+
+
+def test_second_key_claiming_a_taken_name_is_refused_with_the_reason() -> None:
+    net = FakeNet()
+    tier = _tier(net)
+    (first,) = net.log_in(tier, ["alice"])
+    net.run_until(1.0)
+    (impostor,) = net.log_in(tier, ["alice"])  # same name, another user key
+    net.run_until(2.0)
+    refused = [e for e in net.events[impostor.id] if isinstance(e, PublishRefused)]
+    assert refused == [PublishRefused(NAME_TAKEN)]
+    assert impostor.client.name_refused
+    assert not [e for e in net.events[impostor.id] if isinstance(e, Published)]
+    # the directory still answers with the first owner's presence
+    req, sends = first.lookup("alice", net.now)
+    net.call(first, sends)
+    net.run_until(3.0)
+    (done,) = [e for e in net.events[first.id] if isinstance(e, LookupDone) and e.req == req]
+    assert done.presence is not None and done.presence.owner == first.client.user_keys.public
+    # and the refused client does not keep re-publishing on its refresh timer
+    publishes = len(
+        [m for _, s, _, m in net.sent_log if s == impostor.id and isinstance(m, Publish)]
+    )
+    net.run_until(3.0 + 2 * impostor.client.config.refresh_interval_s)
+    assert publishes == len(
+        [m for _, s, _, m in net.sent_log if s == impostor.id and isinstance(m, Publish)]
+    )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from peerphone.errors import LocalProtocolError, RecordRejected
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier, node_id_of
+from peerphone.overlay.directory import NAME_TAKEN
 from peerphone.overlay.events import (
     Attached,
     AttachLost,
@@ -21,6 +22,7 @@ from peerphone.overlay.events import (
     LookupDone,
     PresenceChanged,
     Published,
+    PublishRefused,
 )
 from peerphone.records import (
     Capacity,
@@ -136,6 +138,7 @@ class ClientCore:
         self._redirects = 0
         self._next_attempt: float | None = None
         self._name_record: Record | None = None
+        self.name_refused = False  # the directory said our name belongs to another key
         self._presence: Record | None = None
         self._seq = 0
         self._next_refresh: float | None = None
@@ -282,7 +285,11 @@ class ClientCore:
         if msg.stored == 0:
             if msg.reason == NOT_ATTACHED:  # the supernode forgot us (e.g. restarted)
                 return self.connection_lost(src, now)
-            return []  # the retry timer resends
+            if msg.reason == NAME_TAKEN:  # final: retrying cannot help; the user must act
+                self._publish = None
+                self.name_refused = True
+                self.events.append(PublishRefused(msg.reason))
+            return []  # otherwise the retry timer resends
         self._publish = None
         if self._presence is not None:
             self.events.append(Published(self._presence.seq, msg.stored))
@@ -417,7 +424,8 @@ class ClientCore:
                 out.extend(self._publish_presence(now, tries + 1, bump=False))
         if self._next_refresh is not None and now >= self._next_refresh:
             self._next_refresh = None  # re-armed by the publish (or by the next attach)
-            out.extend(self._publish_presence(now))
+            if not self.name_refused:
+                out.extend(self._publish_presence(now))
         for req in [r for r, p in self._lookups.items() if now >= p.deadline]:
             p = self._lookups.pop(req)
             self.events.append(

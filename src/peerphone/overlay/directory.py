@@ -31,6 +31,9 @@ MAX_SUBSCRIBERS_PER_KEY = 64  # supernodes watching one user
 SUBSCRIPTION_TTL_S = 900.0  # a watch lapses unless renewed within this time
 
 
+NAME_TAKEN = "name taken by another key"  # a refusal the client reports to its user
+
+
 class Verdict(enum.Enum):
     STORED = "stored"
     DUPLICATE = "duplicate"
@@ -82,7 +85,7 @@ class RecordStore:
         if record.kind is RecordKind.NAME:
             current = entry.name if entry else None
             if current is not None and current.owner != record.owner and current.expires() > now:
-                raise RecordRejected("name taken by another key")
+                raise RecordRejected(NAME_TAKEN)
         else:
             bound = entry.name if entry else None
             if bound is None:

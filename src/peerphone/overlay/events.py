@@ -32,6 +32,13 @@ class Published:
 
 
 @dataclass(frozen=True, slots=True)
+class PublishRefused:
+    """Every replica refused the client's records, for `reason` (e.g. the name is taken)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class LookupDone:
     """A lookup finished: `presence` is a verified record, or None (with `reason`)."""
 
@@ -66,4 +73,6 @@ class RoleChanged:
     reason: str
 
 
-Event = Attached | AttachLost | Published | LookupDone | PresenceChanged | RoleChanged
+Event = (
+    Attached | AttachLost | Published | PublishRefused | LookupDone | PresenceChanged | RoleChanged
+)

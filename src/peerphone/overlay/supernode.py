@@ -99,6 +99,7 @@ class _PendingStore:
     outstanding: set[NodeId]
     accepted: int
     deadline: float
+    reason: str = ""  # why a replica refused (e.g. the name is taken), for the client
 
 
 class SupernodeCore:
@@ -228,32 +229,42 @@ class SupernodeCore:
         entry.key = key
         entry.records = _merge(entry.records, msg.records)
         req = self._next_req()
-        out, accepted, outstanding = self._replicate(key, entry.records, now, req)
+        out, accepted, outstanding, reason = self._replicate(key, entry.records, now, req)
         if not outstanding:
-            return [*out, (src, PublishAck(msg.req, accepted, ""))]
+            return [*out, (src, PublishAck(msg.req, accepted, "" if accepted else reason))]
         self._stores[req] = _PendingStore(
-            src, msg.req, outstanding, accepted, now + self.config.store_timeout_s
+            src, msg.req, outstanding, accepted, now + self.config.store_timeout_s, reason
         )
         return out
 
     def _replicate(
         self, key: bytes, records: list[Record], now: float, req: int
-    ) -> tuple[list[Send], int, set[NodeId]]:
-        """Send records to the key's replicas (acked under `req`); store locally if we are one."""
+    ) -> tuple[list[Send], int, set[NodeId], str]:
+        """Send records to the key's replicas (acked under `req`); store locally if we are one.
+
+        Returns the messages, local acceptances, replicas still to answer, and why we refused.
+        """
         out: list[Send] = []
         accepted = 0
+        reason = ""
         outstanding: set[NodeId] = set()
         for replica in self.membership.ring.replicas(key, self.config.replication):
             if replica == self.me:
-                accepted += 1 if self._accept_all(records, now, out) else 0
+                refused = self._accept_all(records, now, out)
+                accepted += 1 if refused is None else 0
+                reason = refused or reason
             else:
                 outstanding.add(replica)
                 out.append((replica, Store(req, list(records))))
-        return out, accepted, outstanding
+        return out, accepted, outstanding, reason
 
-    def _accept_all(self, records: Iterable[Record], now: float, out: list[Send]) -> bool:
-        """Accept records as a replica, notifying subscribers; True if the last was kept."""
-        ok = False
+    def _accept_all(self, records: Iterable[Record], now: float, out: list[Send]) -> str | None:
+        """Accept records as a replica, notifying subscribers.
+
+        Returns None if the last record was kept, else the first reason for a refusal.
+        """
+        first_refusal: str | None = None
+        kept = False
         for record in records:
             try:
                 verdict, key, changed = self.store.accept(record, now)
@@ -261,12 +272,13 @@ class SupernodeCore:
                 self.stats["rejected_records"] += 1
                 reason = f"rejected: {exc.reason}"
                 self.stats[reason] = self.stats.get(reason, 0) + 1
-                ok = False
+                first_refusal = first_refusal or exc.reason
+                kept = False
                 continue
-            ok = True
+            kept = True
             if verdict is Verdict.STORED and changed:
                 self._notify_subscribers(key, now, out)
-        return ok
+        return None if kept else (first_refusal or "nothing to store")
 
     def _notify_subscribers(self, key: bytes, now: float, out: list[Send]) -> None:
         entry = self.store.entries.get(key)
@@ -301,11 +313,15 @@ class SupernodeCore:
             return []  # only fellow supernodes replicate to us
         out: list[Send] = []
         accepted = 0
+        reason = ""
         for record in msg.records:
-            if self._accept_all((record,), now, out):
+            refused = self._accept_all((record,), now, out)
+            if refused is None:
                 accepted += 1
+            else:
+                reason = reason or refused
         if msg.req:
-            out.append((src, StoreAck(msg.req, accepted, "")))
+            out.append((src, StoreAck(msg.req, accepted, reason)))
         return out
 
     def handle_store_ack(self, msg: StoreAck, src: NodeId, now: float) -> list[Send]:
@@ -315,10 +331,13 @@ class SupernodeCore:
         pending.outstanding.discard(src)
         if msg.accepted:
             pending.accepted += 1
+        else:
+            pending.reason = pending.reason or msg.reason
         if pending.outstanding:
             return []
         del self._stores[msg.req]
-        return [(pending.client, PublishAck(pending.client_req, pending.accepted, ""))]
+        reason = "" if pending.accepted else pending.reason
+        return [(pending.client, PublishAck(pending.client_req, pending.accepted, reason))]
 
     # -- watches ----------------------------------------------------------------------------
 
