@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from peerphone import cli_node
 from peerphone.errors import PeerphoneError
 from peerphone.sim.world import SCENARIOS, SimConfig, simulate
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--json", type=Path, help="also write the report as JSON to this path")
     sim.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    cli_node.add_commands(sub)
     return parser
 
 
@@ -120,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return cmd_simulate(args)
+        code = cli_node.dispatch(args)
+        if code is not None:
+            return code
     except (PeerphoneError, ValueError) as exc:
         print(f"peerphone: {exc}", file=sys.stderr)
         return 1

@@ -44,6 +44,7 @@ from peerphone.wire import (
 )
 
 Send = tuple[NodeId, Message]
+MAX_JOIN_TARGETS = 3  # members asked for the membership at once (each sends all of it)
 ClientHandler = Callable[[ClientCore, Message, NodeId, float], list[Send]]
 SupernodeHandler = Callable[[SupernodeCore, Message, NodeId, float], list[Send]]
 
@@ -180,7 +181,20 @@ class NodeCore:
         self.client.learn_supernodes(records, now)
 
     def learn_bootstrap(self, node_ids: list[NodeId], now: float) -> list[Send]:
-        return self.client.learn_bootstrap(node_ids, now)
+        """Supernodes that answered at bootstrap addresses: attach there, and if we serve,
+        join the tier through them."""
+        out = self.join_tier(node_ids, now)
+        out.extend(self.client.learn_bootstrap(node_ids, now))
+        return out
+
+    def join_tier(self, node_ids: list[NodeId], now: float) -> list[Send]:
+        """As a supernode, ask these members for the membership (a Join; pages follow)."""
+        sn = self.supernode
+        if sn is None:
+            return []
+        known = sn.membership.members
+        wanted = [n for n in node_ids if n != self.id and n not in known][:MAX_JOIN_TARGETS]
+        return [(node, Join(sn.record, 0)) for node in wanted]
 
     def login(self, now: float) -> list[Send]:
         return self.client.login(now)

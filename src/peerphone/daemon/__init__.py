@@ -1,0 +1,1 @@
+"""The node daemon: configuration, data directory, service and control API."""

@@ -1,0 +1,156 @@
+"""A node's configuration: `DIR/config.toml`, overridden by command-line options.
+
+Read with the standard library's `tomllib`, written with `tomli_w` (never pickle). Every
+value is checked when loaded; a bad file or option is a `ConfigError` naming the key, and
+the node does not start.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from peerphone.errors import PeerphoneError
+from peerphone.records import valid_username
+
+CONFIG_FILE = "config.toml"
+ROLES = ("auto", "client", "supernode")
+MAX_BOOTSTRAP = 64  # addresses in the bootstrap list
+MAX_CONFIG_BYTES = 64 * 1024
+
+
+class ConfigError(PeerphoneError):
+    """The configuration file or an option is not valid; the message names which."""
+
+
+Endpoint = tuple[str, str, int]  # ("udp" | "tcp", host, port)
+
+
+def parse_endpoint(text: str, default_transport: str = "udp") -> Endpoint:
+    """'HOST:PORT', '[v6]:PORT', 'udp://HOST:PORT' or 'tcp://HOST:PORT' (literal IPs only)."""
+    transport, sep, rest = text.partition("://")
+    if not sep:
+        transport, rest = default_transport, text
+    if transport not in ("udp", "tcp"):
+        raise ConfigError(f"{text!r}: transport must be udp:// or tcp://")
+    host, sep, port = rest.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65_536:
+        raise ConfigError(f"{text!r}: expected HOST:PORT with a port number")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{text!r}: HOST must be an IP address, not {host!r}") from None
+    return transport, host, int(port)
+
+
+def format_endpoint(endpoint: Endpoint) -> str:
+    transport, host, port = endpoint
+    hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return hostport if transport == "udp" else f"tcp://{hostport}"
+
+
+@dataclass(slots=True)
+class ShareConfig:
+    """What the owner agrees to give the network if the node becomes a supernode."""
+
+    max_clients: int = 600  # admission limit on attached clients
+    up_kbps: int = 2_000  # declared upload to spare (the relay cap of a later stage)
+    cpu_percent: int = 50  # declared spare CPU, in percent of one core
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    """Everything `peerphone node` needs besides the keys."""
+
+    name: str = ""
+    listen: str = "0.0.0.0:0"  # UDP: QUIC links
+    tcp_listen: str = ""  # TCP carrier of the same links (supernodes: port 443 ideally)
+    bootstrap: list[str] = field(default_factory=list)
+    role: str = "auto"
+    control: str = "127.0.0.1:0"
+    device: str = "node"
+    share: ShareConfig = field(default_factory=ShareConfig)
+
+    def check(self) -> None:
+        """Raise ConfigError unless every value is usable."""
+        if not valid_username(self.name):
+            raise ConfigError(
+                f"name {self.name!r} is not valid: 1-32 of a-z, 0-9, '.', '_', '-'"
+                if self.name
+                else "no name: pass --name USER on the first start"
+            )
+        if self.role not in ROLES:
+            raise ConfigError(f"role {self.role!r}: expected one of {', '.join(ROLES)}")
+        if parse_endpoint(self.listen)[0] != "udp":
+            raise ConfigError("listen: a UDP HOST:PORT")
+        if self.tcp_listen:
+            parse_endpoint(self.tcp_listen, "tcp")
+        if len(self.bootstrap) > MAX_BOOTSTRAP:
+            raise ConfigError(f"bootstrap: at most {MAX_BOOTSTRAP} addresses")
+        for text in self.bootstrap:
+            parse_endpoint(text)
+        transport, host, _ = parse_endpoint(self.control)
+        if transport != "udp" or not ipaddress.ip_address(host).is_loopback:
+            raise ConfigError("control: the control API listens on loopback only")
+        if not 0 < len(self.device) <= 32:
+            raise ConfigError("device: 1-32 characters")
+        share = self.share
+        if not 1 <= share.max_clients <= 100_000:
+            raise ConfigError("share.max_clients: 1-100000")
+        if not 0 <= share.up_kbps <= 10_000_000 or not 0 <= share.cpu_percent <= 100:
+            raise ConfigError("share.up_kbps: 0-10000000, share.cpu_percent: 0-100")
+
+    def bootstrap_endpoints(self) -> list[Endpoint]:
+        return [parse_endpoint(text) for text in self.bootstrap]
+
+
+def _typed(section: type[Any], data: dict[str, Any], where: str) -> dict[str, Any]:
+    """The known keys of `data`, each checked against the type of `section`'s default."""
+    defaults = section()
+    known = {f.name for f in fields(section)}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"{where}{key}: unknown setting")
+        default = getattr(defaults, key)
+        if isinstance(default, ShareConfig):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}{key}: expected a table")
+            out[key] = ShareConfig(**_typed(ShareConfig, value, f"{key}."))
+            continue
+        ok = (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+            if isinstance(default, list)
+            else type(value) is type(default)
+        )
+        if not ok:
+            raise ConfigError(f"{where}{key}: expected {type(default).__name__}")
+        out[key] = value
+    return out
+
+
+def load_config(data_dir: Path) -> NodeConfig:
+    """The saved configuration, or the defaults when there is none yet (not yet checked)."""
+    path = data_dir / CONFIG_FILE
+    if not path.exists():
+        return NodeConfig()
+    raw = path.read_bytes()
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return NodeConfig(**_typed(NodeConfig, data, ""))
+
+
+def save_config(data_dir: Path, config: NodeConfig) -> None:
+    from peerphone.daemon.datadir import write_atomic
+
+    write_atomic(data_dir / CONFIG_FILE, tomli_w.dumps(asdict(config)).encode(), private=False)

@@ -1,0 +1,190 @@
+"""The control API: HTTP + WebSocket on loopback, for the CLI and local applications.
+
+Every request carries `Authorization: Bearer TOKEN`; the token is random per start and is
+written with the port to `DIR/control.json` (mode 0600), so only the node's owner (who can
+read DIR) can drive it. Bodies are JSON and small; errors are JSON `{"error": ...}`.
+
+    GET    /v1/status                  the node's status (views.status_view)
+    GET    /v1/lookup/{name}           a verified lookup
+    GET    /v1/contacts                buddy list with live presence
+    POST   /v1/contacts   {"name"}     add a buddy (watched from now on)
+    DELETE /v1/contacts/{name}         remove a buddy
+    POST   /v1/presence   {"status"}   online | away | busy
+    GET    /v1/events                  WebSocket: one JSON object per event
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from peerphone.daemon.config import parse_endpoint
+from peerphone.daemon.service import NodeService
+from peerphone.errors import LocalProtocolError
+from peerphone.records import Status
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 4096
+TOKEN_BYTES = 32
+SERVICE_KEY = web.AppKey("service", NodeService)
+TOKEN_KEY = web.AppKey("token", str)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Token check, and every refusal as a JSON error rather than a traceback."""
+    expected = request.app[TOKEN_KEY]
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        return _error(401, "missing or wrong token (see DIR/control.json)")
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except (ValueError, LocalProtocolError) as exc:
+        return _error(400, str(exc))
+    except TimeoutError:
+        return _error(504, "the node did not answer in time")
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ValueError(f"body larger than {MAX_BODY_BYTES} bytes")
+    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise ValueError(f"body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        raise ValueError("body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    return body
+
+
+def _string(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str):
+        raise ValueError(f"{key!r}: a string is required")
+    return value
+
+
+async def get_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SERVICE_KEY].status())
+
+
+async def get_lookup(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[SERVICE_KEY].lookup(request.match_info["name"]))
+
+
+async def get_contacts(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SERVICE_KEY].contact_list())
+
+
+async def post_contact(request: web.Request) -> web.Response:
+    name = _string(await _json_body(request), "name")
+    added = request.app[SERVICE_KEY].add_contact(name)
+    return web.json_response({"name": name, "added": added}, status=201 if added else 200)
+
+
+async def delete_contact(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if not request.app[SERVICE_KEY].remove_contact(name):
+        return _error(404, f"{name!r} is not a contact")
+    return web.json_response({"name": name, "removed": True})
+
+
+async def post_presence(request: web.Request) -> web.Response:
+    text = _string(await _json_body(request), "status")
+    try:
+        status = Status[text.upper()]
+    except KeyError:
+        raise ValueError(f"status {text!r}: use online, away or busy") from None
+    request.app[SERVICE_KEY].set_status(status)
+    return web.json_response({"status": status.name.lower()})
+
+
+async def get_events(request: web.Request) -> web.WebSocketResponse:
+    service = request.app[SERVICE_KEY]
+    queue = service.listen()
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_BODY_BYTES)
+    try:
+        await ws.prepare(request)
+        reader = asyncio.create_task(_drain(ws))
+        try:
+            while not ws.closed:
+                getter = asyncio.create_task(queue.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                await ws.send_json(getter.result())
+        finally:
+            reader.cancel()
+    finally:
+        service.listeners.discard(queue)
+    return ws
+
+
+async def _drain(ws: web.WebSocketResponse) -> None:
+    """Read (and ignore) what the listener sends, until it closes."""
+    async for msg in ws:
+        if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+            break
+
+
+def make_app(service: NodeService, token: str) -> web.Application:
+    app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY_BYTES)
+    app[SERVICE_KEY] = service
+    app[TOKEN_KEY] = token
+    app.router.add_get("/v1/status", get_status)
+    app.router.add_get("/v1/lookup/{name}", get_lookup)
+    app.router.add_get("/v1/contacts", get_contacts)
+    app.router.add_post("/v1/contacts", post_contact)
+    app.router.add_delete("/v1/contacts/{name}", delete_contact)
+    app.router.add_post("/v1/presence", post_presence)
+    app.router.add_get("/v1/events", get_events)
+    return app
+
+
+async def start_control(service: NodeService) -> web.AppRunner:
+    """Serve the control API at the configured loopback address; write DIR/control.json."""
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    runner = web.AppRunner(make_app(service, token), access_log=None, handle_signals=False)
+    await runner.setup()
+    _, host, port = parse_endpoint(service.config.control)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:  # bound here, not by aiohttp, to learn the port when 0 was asked
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        await runner.cleanup()
+        raise
+    await web.SockSite(runner, sock).start()
+    bound = sock.getsockname()
+    service.data.write_control(
+        {
+            "host": bound[0],
+            "port": bound[1],
+            "token": token,
+            "pid": service.status()["pid"],
+            "node_id": service.status()["node_id"],
+        }
+    )
+    log.info("control API on http://%s:%d", bound[0], bound[1])
+    return runner

@@ -1,0 +1,358 @@
+"""`peerphone node`: one user's node as a long-running process.
+
+`NodeService` owns the core, its runtime and the data directory. It starts the node (role,
+login, buddy watches), turns the core's events into state the control API reports and into
+JSON events for its WebSocket listeners, saves the host cache and contacts, and shuts down
+gracefully: a supernode hands its records and clients over before it leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from typing import Any
+
+from peerphone.daemon.config import NodeConfig, parse_endpoint
+from peerphone.daemon.datadir import Contact, DataDir
+from peerphone.daemon.logs import ErrorDigest
+from peerphone.daemon.views import error_counters, lookup_view, presence_view, status_view
+from peerphone.errors import LocalProtocolError, PeerphoneError
+from peerphone.identity import KeyPair, SignatureVerifier, short
+from peerphone.overlay.client import ClientState
+from peerphone.overlay.directory import NAME_TAKEN
+from peerphone.overlay.events import (
+    Attached,
+    AttachLost,
+    Event,
+    PresenceChanged,
+    Published,
+    PublishRefused,
+    RoleChanged,
+)
+from peerphone.overlay.node import NodeCore
+from peerphone.overlay.supernode import SupernodeConfig
+from peerphone.records import Capacity, Status, valid_username
+from peerphone.runtime.node_runtime import NodeRuntime, format_address
+
+log = logging.getLogger("peerphone.node")
+
+HOST_CACHE_SAVE_S = 60.0  # how often the host cache is written while running
+HOUSEKEEPING_S = 5.0  # error digest, capacity refresh
+SHUTDOWN_GRACE_S = 1.0  # after logout, time for hand-over and OFFLINE to be delivered
+LOOKUP_TIMEOUT_S = 10.0
+MAX_LISTENERS = 32  # WebSocket event listeners
+LISTENER_QUEUE = 1_000  # events buffered per listener; a slow listener loses the oldest
+EXIT_NAME_TAKEN = 3
+
+
+class NameTaken(PeerphoneError):
+    """The name this node tried to register belongs to another user key."""
+
+
+class NodeService:
+    """A running node: core + runtime + data directory, driven by the control API."""
+
+    def __init__(self, data: DataDir, config: NodeConfig) -> None:
+        config.check()
+        self.data = data
+        self.config = config
+        self.node_keys: KeyPair | None = None
+        self.user_keys: KeyPair | None = None
+        self.first_start = False
+        self.registered = False
+        self.fatal: PeerphoneError | None = None
+        self.started_at = time.time()
+        self.role_reason = ""
+        self.contacts: dict[str, Contact] = {}
+        self.listeners: set[asyncio.Queue[dict[str, Any]]] = set()
+        self.stopping = asyncio.Event()
+        self._runtime: NodeRuntime | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._digest = ErrorDigest(log)
+
+    @property
+    def runtime(self) -> NodeRuntime:
+        if self._runtime is None:
+            raise LocalProtocolError("the node is not started")
+        return self._runtime
+
+    @property
+    def core(self) -> NodeCore:
+        return self.runtime.core
+
+    # -- life -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.data.create()
+        node_keys, user_keys, self.first_start = self.data.keys()
+        self.node_keys, self.user_keys = node_keys, user_keys
+        self.contacts = {c.name: c for c in self.data.load_contacts()}
+        core = NodeCore(
+            node_keys,
+            user_keys,
+            cfg.name,
+            random.SystemRandom(),
+            SignatureVerifier(),
+            capacity=self._capacity(),
+            supernode_config=SupernodeConfig(
+                max_clients=cfg.share.max_clients, max_backups=2 * cfg.share.max_clients
+            ),
+            may_serve=cfg.role != "client",
+        )
+        core.client.device = cfg.device
+        for contact in self.contacts.values():
+            if contact.key is not None:
+                core.client.pinned[contact.name] = contact.key
+        _, host, port = parse_endpoint(cfg.listen)
+        endpoints = cfg.bootstrap_endpoints()
+        runtime = NodeRuntime(
+            core,
+            node_keys,
+            host,
+            port,
+            [(h, p) for t, h, p in endpoints if t == "udp"],
+            host_cache=self.data.load_host_cache(),
+        )
+        self._runtime = runtime
+        await runtime.start()
+        self._advertise(runtime, endpoints)
+        now = runtime.now()
+        if cfg.role == "supernode":
+            sn = core.become_supernode(now, "configured: --role supernode", seed=True)
+            runtime.drive(core.join_tier(list(core.client.host_cache), now))
+            core.learn_supernodes([sn.record], now)  # our own user may attach to us
+        else:
+            self.role_reason = (
+                "client: --role client (never serves)"
+                if cfg.role == "client"
+                else "client: not elected (role auto: serves only when the tier asks)"
+            )
+        runtime.login()
+        if self.contacts:
+            runtime.watch(sorted(self.contacts))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopping.set)
+        self._tasks = [
+            asyncio.create_task(self._pump(), name="events"),
+            asyncio.create_task(self._housekeeping(), name="housekeeping"),
+        ]
+        log.info(
+            "node %s (user %s) started as %s on %s",
+            short(node_keys.node_id),
+            cfg.name,
+            cfg.role,
+            ", ".join(core.addresses) or format_address(runtime.address or ("?", 0)),
+            extra={"fields": {"node_id": node_keys.node_id.hex(), "first_start": self.first_start}},
+        )
+
+    def _advertise(self, runtime: NodeRuntime, endpoints: list[tuple[str, str, int]]) -> None:
+        """Put the address others should dial first in `core.addresses` (member records)."""
+        bound = runtime.address
+        assert bound is not None
+        host = bound[0]
+        if ipaddress.ip_address(host).is_unspecified:
+            host = _route_source(endpoints) or ""
+        if not host:
+            return  # nothing routable to tell: a client is still reachable over its links
+        udp = format_address((host, bound[1]))
+        addresses = runtime.core.addresses  # shared with the client role: edit in place
+        addresses[:] = [udp] + [a for a in addresses if a != udp]
+
+    def exit_status(self) -> int:
+        if isinstance(self.fatal, NameTaken):
+            return EXIT_NAME_TAKEN
+        return 1 if self.fatal is not None else 0
+
+    async def shutdown(self) -> None:
+        runtime = self.runtime
+        was_supernode = self.core.supernode is not None
+        log.info("shutting down%s", " (handing records and clients over)" if was_supernode else "")
+        if self.core.client.state is not ClientState.OFFLINE:
+            runtime.logout()
+        await asyncio.sleep(SHUTDOWN_GRACE_S)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._save_host_cache()
+        self.data.save_contacts(list(self.contacts.values()))
+        await runtime.stop(notify=True)
+        log.info("stopped")
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        events = self.runtime.events
+        while True:
+            event = await events.get()
+            try:
+                self._on_event(event)
+            except Exception:  # a bug in our bookkeeping must not stop the event pump
+                self.runtime.stats["internal_errors"] += 1
+                log.exception("handling %s failed", type(event).__name__)
+
+    def _on_event(self, event: Event) -> None:
+        out: dict[str, Any] = {"type": type(event).__name__, "ts": time.time()}
+        if isinstance(event, Published):
+            if not self.registered:
+                log.info(
+                    "name %r registered, presence stored on %d replicas",
+                    self.config.name,
+                    event.stored,
+                )
+            self.registered = True
+            out.update(seq=event.seq, stored=event.stored)
+        elif isinstance(event, PublishRefused):
+            out.update(reason=event.reason)
+            if event.reason == NAME_TAKEN and not self.registered:
+                self.fatal = NameTaken(
+                    f"the name {self.config.name!r} is registered by another user key; "
+                    "choose another with --name"
+                )
+                log.error("%s", self.fatal)
+                self.stopping.set()
+            else:
+                log.error("directory refused our records: %s", event.reason)
+        elif isinstance(event, PresenceChanged):
+            contact = self.contacts.get(event.username)
+            if contact is not None and contact.key is None:
+                contact.key = event.record.owner  # pinned by the client core too
+                self.data.save_contacts(list(self.contacts.values()))
+            out.update(presence_view(event.username, event.record))
+        elif isinstance(event, RoleChanged):
+            self.role_reason = event.reason
+            out.update(supernode=event.supernode, reason=event.reason)
+            log.info("role: %s (%s)", "supernode" if event.supernode else "client", event.reason)
+        elif isinstance(event, Attached):
+            out.update(primary=event.primary.hex(), backup=event.backup and event.backup.hex())
+            log.info(
+                "attached to %s (backup %s)",
+                short(event.primary),
+                short(event.backup) if event.backup else "none",
+            )
+        elif isinstance(event, AttachLost):
+            out.update(supernode=event.supernode.hex())
+            log.warning("lost supernode %s; re-attaching", short(event.supernode))
+        self.broadcast(out)
+
+    def broadcast(self, event: dict[str, Any]) -> None:
+        for queue in list(self.listeners):
+            if queue.full():
+                queue.get_nowait()  # drop the oldest: the listener is too slow
+            queue.put_nowait(event)
+
+    def listen(self) -> asyncio.Queue[dict[str, Any]]:
+        if len(self.listeners) >= MAX_LISTENERS:
+            raise LocalProtocolError(f"at most {MAX_LISTENERS} event listeners")
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(LISTENER_QUEUE)
+        self.listeners.add(queue)
+        return queue
+
+    async def _housekeeping(self) -> None:
+        next_save = time.monotonic() + HOST_CACHE_SAVE_S
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            self.core.client.capacity = self._capacity()
+            self._digest.maybe_log(error_counters(self.runtime.stats))
+            if time.monotonic() >= next_save:
+                next_save = time.monotonic() + HOST_CACHE_SAVE_S
+                self._save_host_cache()
+
+    def _save_host_cache(self) -> None:
+        try:
+            self.data.save_host_cache(list(self.core.client.host_cache.values()))
+        except OSError as exc:
+            log.warning("could not save the host cache: %s", exc)
+
+    def _capacity(self) -> Capacity:
+        share = self.config.share
+        _, host, _ = parse_endpoint(self.config.listen)
+        return Capacity(
+            reachable=ipaddress.ip_address(host).is_global,
+            uptime_s=int(time.time() - self.started_at),
+            up_kbps=share.up_kbps,
+            down_kbps=share.up_kbps,
+            cpu_score=share.cpu_percent,
+        )
+
+    # -- what the control API offers --------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return status_view(self)
+
+    async def lookup(self, name: str) -> dict[str, Any]:
+        if not valid_username(name):
+            raise ValueError(f"{name!r} is not a valid username")
+        started = time.perf_counter()
+        done = await self.runtime.lookup(name, LOOKUP_TIMEOUT_S)
+        return lookup_view(done, (time.perf_counter() - started) * 1000)
+
+    def contact_list(self) -> list[dict[str, Any]]:
+        buddies = self.core.client.buddies
+        out = []
+        for name in sorted(self.contacts):
+            record = buddies.get(name)
+            view: dict[str, Any] = {"name": name}
+            if record is not None:
+                view = presence_view(name, record)
+            view.setdefault("status", "unknown")
+            key = self.contacts[name].key
+            view["pinned_key"] = None if key is None else key.hex()
+            out.append(view)
+        return out
+
+    def add_contact(self, name: str) -> bool:
+        if not valid_username(name):
+            raise ValueError(f"{name!r} is not a valid username")
+        if name in self.contacts:
+            return False
+        self.contacts[name] = Contact(name)
+        self.data.save_contacts(list(self.contacts.values()))
+        self.runtime.watch([name])
+        return True
+
+    def remove_contact(self, name: str) -> bool:
+        if self.contacts.pop(name, None) is None:
+            return False
+        self.data.save_contacts(list(self.contacts.values()))
+        self.runtime.drive(self.core.client.watch([name], self.runtime.now(), add=False))
+        return True
+
+    def set_status(self, status: Status) -> None:
+        if status is Status.OFFLINE:
+            raise ValueError("use online, away or busy (a node that runs is not offline)")
+        self.runtime.set_status(status)
+
+
+def _route_source(endpoints: list[tuple[str, str, int]]) -> str | None:
+    """The local address the kernel would send from toward the first bootstrap host.
+
+    A UDP `connect` only picks a route; nothing is sent.
+    """
+    for _, host, port in endpoints:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((host, port or 9))
+                address: str = probe.getsockname()[0]
+                return address
+        except OSError:
+            continue
+    return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,135 @@
+"""JSON views of a running node for the control API: status, lookups, presence."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from peerphone.errors import DecodeError
+from peerphone.identity import NodeId
+from peerphone.overlay.events import LookupDone
+from peerphone.records import PresenceBody, Record, Status, decode_body
+
+if TYPE_CHECKING:
+    from peerphone.daemon.service import NodeService
+
+# runtime counters that mean "input we refused" (shown under errors in status)
+ERROR_PREFIXES = ("drop_", "tcp_drop_")
+ERROR_NAMES = ("internal_errors", "auth_failed", "handshake_timeouts", "socket_errors")
+TRAFFIC_NAMES = ("datagrams_in", "datagrams_out", "messages_in", "messages_out", "retry_sent")
+
+
+def error_counters(stats: Counter[str]) -> Counter[str]:
+    """The counters of input refused or failed (garbage, failed handshakes, our bugs)."""
+    return Counter(
+        {k: v for k, v in sorted(stats.items()) if k.startswith(ERROR_PREFIXES) or k in ERROR_NAMES}
+    )
+
+
+def status_name(status: Status | None) -> str | None:
+    return None if status is None else status.name.lower()
+
+
+def presence_view(name: str, record: Record) -> dict[str, Any]:
+    """A verified presence record as JSON (the caller verified it)."""
+    view: dict[str, Any] = {
+        "name": name,
+        "owner": record.owner.hex(),
+        "seq": record.seq,
+        "expires": record.expires(),
+    }
+    try:
+        body = decode_body(record)
+    except DecodeError:
+        return view
+    if isinstance(body, PresenceBody):
+        view.update(
+            status=status_name(body.status),
+            device=body.device,
+            addresses=list(body.addresses),
+            supernodes=[s.hex() for s in body.supernodes],
+            capabilities=list(body.capabilities),
+        )
+    return view
+
+
+def lookup_view(done: LookupDone, latency_ms: float) -> dict[str, Any]:
+    found = done.presence is not None
+    return {
+        "name": done.username,
+        "found": found,
+        "online": found and done.status is not None and done.status is not Status.OFFLINE,
+        "status": status_name(done.status),
+        "verified": found,  # the client core returns only records whose signatures it checked
+        "reason": done.reason,
+        "hops": done.hops,
+        "latency_ms": round(latency_ms, 3),
+        "record": presence_view(done.username, done.presence) if done.presence else None,
+    }
+
+
+def _peer(service: NodeService, node: NodeId | None) -> dict[str, Any] | None:
+    if node is None:
+        return None
+    addr = service.runtime.links.addresses.get(node)
+    return {"node_id": node.hex(), "address": None if addr is None else f"{addr[0]}:{addr[1]}"}
+
+
+def status_view(service: NodeService) -> dict[str, Any]:
+    runtime = service.runtime
+    core = runtime.core
+    client = core.client
+    stats = runtime.stats
+    errors = dict(error_counters(stats))
+    sn = core.supernode
+    supernode: dict[str, Any] | None = None
+    if sn is not None:
+        primaries = sum(1 for entry in sn.clients.values() if entry.primary)
+        supernode = {
+            "clients_served": primaries,
+            "backup_for": len(sn.clients) - primaries,
+            "max_clients": sn.config.max_clients,
+            "records_held": sn.store.record_count,
+            "keys_held": len(sn.store.entries),
+            "membership_size": len(sn.membership.members) + 1,
+            "seed": sn.seed,
+        }
+    return {
+        "node_id": core.id.hex(),
+        "name": client.username,
+        "user_key": client.user_keys.public.hex(),
+        "device": client.device,
+        "pid": os.getpid(),
+        "uptime_s": round(time.time() - service.started_at, 1),
+        "role": "supernode" if sn is not None else "client",
+        "role_setting": service.config.role,
+        "role_reason": service.role_reason,
+        "state": client.state.value,
+        "status": status_name(client.status),
+        "registered": service.registered,
+        "name_refused": client.name_refused,
+        "addresses": list(core.addresses),
+        "attached": {
+            "primary": _peer(service, client.primary),
+            "backup": _peer(service, client.backup),
+        },
+        "supernode": supernode,
+        "sharing": {
+            "consented": service.config.role != "client",
+            "limits": {
+                "max_clients": service.config.share.max_clients,
+                "up_kbps": service.config.share.up_kbps,
+                "cpu_percent": service.config.share.cpu_percent,
+            },
+            "clients_served": supernode["clients_served"] if supernode else 0,
+            "records_held": supernode["records_held"] if supernode else 0,
+        },
+        "contacts": len(service.contacts),
+        "links": len(runtime.links.links),
+        "host_cache": len(client.host_cache),
+        "errors": errors,
+        "errors_total": sum(errors.values()),
+        "traffic": {k: stats[k] for k in TRAFFIC_NAMES},
+    }
