@@ -320,3 +320,17 @@ def test_second_key_claiming_a_taken_name_is_refused_with_the_reason() -> None:
     assert publishes == len(
         [m for _, s, _, m in net.sent_log if s == impostor.id and isinstance(m, Publish)]
     )
+
+
+def test_a_late_watcher_gets_the_current_presence_at_once() -> None:
+    net = FakeNet()
+    tier = _tier(net, 1)  # one supernode: both watchers share it
+    _, bob, carol = net.log_in(tier, ["alice", "bob", "carol"])
+    net.run_until(1.0)
+    net.call(bob, bob.watch(["alice"], net.now))
+    net.run_until(2.0)
+    assert "alice" in bob.client.buddies
+    net.call(carol, carol.watch(["alice"], net.now))  # the key is already subscribed
+    net.run_until(3.0)
+    seen = [e for e in net.events[carol.id] if isinstance(e, PresenceChanged)]
+    assert [(e.username, e.status) for e in seen] == [("alice", Status.ONLINE)]

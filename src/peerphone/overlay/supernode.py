@@ -130,6 +130,7 @@ class SupernodeCore:
         self.retire_reason = ""
         self.watching: dict[bytes, set[NodeId]] = {}  # key -> our clients watching it
         self._last_notified: dict[bytes, int] = {}
+        self._last_group: dict[bytes, list[Record]] = {}  # what watchers last got, per key
         self.lookups = LookupCoordinator(
             self.me,
             verifier,
@@ -346,6 +347,7 @@ class SupernodeCore:
         if entry is None:
             return []
         new_keys: list[bytes] = []
+        out: list[Send] = []
         for name in msg.usernames:
             key = user_key(name)
             if msg.add:
@@ -355,6 +357,8 @@ class SupernodeCore:
                 watchers = self.watching.setdefault(key, set())
                 if not watchers:
                     new_keys.append(key)
+                elif key in self._last_group:  # already subscribed: a late watcher gets
+                    out.append((src, PresenceUpdate(self._last_group[key])))  # the current one
                 watchers.add(src)
             else:
                 entry.watches.discard(key)
@@ -363,7 +367,8 @@ class SupernodeCore:
                     current.discard(src)
                     if not current:
                         del self.watching[key]
-        return self._subscribe(new_keys, now)
+        out.extend(self._subscribe(new_keys, now))
+        return out
 
     def _subscribe(self, keys: Iterable[bytes], now: float) -> list[Send]:
         batches: dict[NodeId, list[bytes]] = {}
@@ -416,6 +421,7 @@ class SupernodeCore:
             if not presences or max(presences) <= self._last_notified.get(key, -1):
                 continue
             self._last_notified[key] = max(presences)
+            self._last_group[key] = group
             for client in sorted(self.watching.get(key, ())):
                 out.append((client, PresenceUpdate(group)))
         return out
@@ -592,6 +598,7 @@ class SupernodeCore:
             stale = [k for k in self._last_notified if k not in self.watching]
             for key in stale:
                 del self._last_notified[key]
+                self._last_group.pop(key, None)
             for node in [n for n, t in self._promoted.items() if now - t > 120.0]:
                 del self._promoted[node]
         if now >= self._next_resubscribe:
