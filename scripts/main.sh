@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
-# The main job: a 5 000-user, 30-minute steady-state simulation with its report.
+# The main job: a 12-node peerphone network on loopback (real processes, real QUIC),
+# exercised (registration, contacts, lookups between every pair, presence changes),
+# reported and torn down. Extra arguments go to `peerphone demo` (e.g. --json out.json).
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
-exec .venv/bin/peerphone simulate --users 5000 --duration 1800 --scenario steady --seed 1 "$@"
+exec .venv/bin/peerphone demo "$@"

@@ -63,9 +63,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     _dir_option(listing)
     listing.add_argument("--json", action="store_true")
 
+    demo = sub.add_parser("demo", help="a local network of node processes, exercised")
+    demo.add_argument("--nodes", type=int, default=12, help="node processes (default 12)")
+    demo.add_argument("--json", type=Path, help="also write the report as JSON here")
+    demo.add_argument("--keep", action="store_true", help="keep the node directories")
+
     set_status = sub.add_parser("set-status", help="online, away or busy")
     _dir_option(set_status)
     set_status.add_argument("status", choices=("online", "away", "busy"))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from peerphone.demo import run_demo
+
+    return run_demo(args.nodes, args.json, args.keep)
 
 
 def cmd_node(args: argparse.Namespace) -> int:
@@ -159,6 +170,7 @@ def cmd_set_status(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "demo": cmd_demo,
     "node": cmd_node,
     "status": cmd_status,
     "lookup": cmd_lookup,
