@@ -15,6 +15,12 @@ client-initiated stream before the client has opened it: each side opens its own
 
 Garbage never escapes `datagram_received`: it is dropped and counted in `stats`; a frame
 that does not decode is counted and skipped, and its link stays up.
+
+Datagrams may also travel over TCP (`tcp_carrier`): an address whose host starts with
+"tcp" is a TCP connection's pseudo-address, and `_sendto` hands those to the carrier. A
+dial by NodeId goes over UDP unless the `FallbackPolicy` knows UDP does not work; if a
+UDP dial hears nothing back within `UDP_ANSWER_TIMEOUT_S` and the peer has a TCP
+endpoint (`resolve_tcp`), the dial moves to TCP and keeps its queued messages.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from peerphone.errors import DecodeError
 from peerphone.identity import KeyPair, NodeId, short
 from peerphone.overlay.node import Send
 from peerphone.runtime import quic_identity
+from peerphone.runtime.tcp_carrier import FallbackPolicy, TcpCarrier, is_tcp
 from peerphone.wire import MAX_MESSAGE_BYTES, Message, decode_message, encode_message
 
 log = logging.getLogger(__name__)
@@ -51,6 +58,10 @@ MAX_LINKS = 4096  # QUIC connections (handshaking or up) per node; inbound beyon
 MAX_QUEUED_PER_PEER = 256  # messages waiting for a link to come up, per peer
 MAX_ADDRESS_BOOK = 100_000  # NodeId -> address entries learned from inbound links
 HANDSHAKE_TIMEOUT_S = 5.0  # a link not authenticated by then is closed (in or out)
+# a UDP dial that heard nothing at all by then (3 Initials sent, at aioquic's PTOs of
+# 0.3 s and 0.6 s) moves to the peer's TCP endpoint: well within the client's 2 s attach
+UDP_ANSWER_TIMEOUT_S = 1.0
+TCP_IDLE_FACTOR = 2  # a TCP connection silent for this many QUIC idle timeouts is closed
 HANDSHAKE_SAMPLES = 64  # recent handshake durations kept for status and benchmarks
 FRAME_HEADER_BYTES = 4
 
@@ -71,17 +82,20 @@ class Link:
     rx: bytearray = field(default_factory=bytearray)
     skip: int = 0  # bytes of an oversized frame still to discard
     bootstrap: bool = False  # dialled by address only, to learn who listens there
+    heard: bool = False  # a datagram arrived for it (the peer answers at this address)
     cids: set[bytes] = field(default_factory=set)
     timer: asyncio.TimerHandle | None = None
     timer_at: float | None = None
     deadline: asyncio.TimerHandle | None = None
+    fallback: asyncio.TimerHandle | None = None  # UDP_ANSWER_TIMEOUT_S, then TCP
 
 
 class LinkManager(asyncio.DatagramProtocol):
     """All QUIC links of one node on one UDP socket; a table of authenticated links by NodeId.
 
     `send_many` puts each message on the link to its destination, dialling it (address
-    from `resolve`, else the address book) and queueing until the link is authenticated.
+    from `resolve`, else the address book; see `FallbackPolicy` for `resolve_tcp`) and
+    queueing until the link is authenticated.
     Authenticated messages go to `on_message(peer, msg)`; the end of a link (close, idle
     timeout, failed dial) goes to `on_link_lost(peer)`.
     """
@@ -93,6 +107,7 @@ class LinkManager(asyncio.DatagramProtocol):
         on_link_lost: Callable[[NodeId], None],
         stats: Counter[str],
         resolve: Callable[[NodeId], Address | None] = lambda node: None,
+        resolve_tcp: Callable[[NodeId], Address | None] = lambda node: None,
         on_link_up: Callable[[NodeId, Link], None] = lambda node, link: None,
         idle_timeout_s: float = 15.0,
         retry: bool = True,
@@ -102,6 +117,7 @@ class LinkManager(asyncio.DatagramProtocol):
         self.on_link_lost = on_link_lost
         self.on_link_up = on_link_up
         self.resolve = resolve
+        self.resolve_tcp = resolve_tcp  # a peer's TCP endpoint (pseudo-address), if any
         self.stats = stats
         self.links: dict[NodeId, Link] = {}  # authenticated, one per peer
         self.addresses: dict[NodeId, Address] = {}  # learned from inbound links and dials
@@ -122,6 +138,15 @@ class LinkManager(asyncio.DatagramProtocol):
         self._closing = False
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.DatagramTransport | None = None
+        self.fallback = FallbackPolicy()
+        self.tcp = TcpCarrier(
+            self.datagram_received,
+            stats,
+            max_datagram_bytes=MAX_DATAGRAM_BYTES,
+            max_connections=MAX_LINKS,
+            idle_timeout_s=TCP_IDLE_FACTOR * idle_timeout_s,
+            on_unreachable=self._tcp_unreachable,
+        )
 
     # -- socket ---------------------------------------------------------------------------
 
@@ -150,7 +175,9 @@ class LinkManager(asyncio.DatagramProtocol):
         except ValueError:
             return self._drop("bad_header")
         link = self._by_cid.get(header.destination_cid)
-        if link is None:
+        if link is not None:
+            link.heard = True
+        else:
             refusal = self._refusal(header, data)
             link = None if refusal else self._accept(header, addr)
             if link is None:
@@ -174,7 +201,7 @@ class LinkManager(asyncio.DatagramProtocol):
         assert version is not None
         now = self._loop.time()
         original_cid, retry_cid = header.destination_cid, None
-        if self._retry is not None:
+        if self._retry is not None and not is_tcp(addr):  # TCP proved the address already
             if not header.token:
                 source_cid = os.urandom(self._server_config.connection_id_length)
                 token = self._retry.create_token(
@@ -265,6 +292,10 @@ class LinkManager(asyncio.DatagramProtocol):
 
     def _dial(self, dest: NodeId) -> None:
         addr = self.resolve(dest) or self.addresses.get(dest)
+        tcp = None if addr is None or is_tcp(addr) else self.resolve_tcp(dest)
+        if tcp is not None and not self.fallback.udp_works(dest, self._loop.time()):
+            addr, tcp = tcp, None
+            self.stats["dial_tcp_first"] += 1
         if addr is None or len(self._all) >= MAX_LINKS:
             self.stats["drop_no_address" if addr is None else "drop_too_many_links"] += len(
                 self._queued.pop(dest, [])
@@ -276,9 +307,31 @@ class LinkManager(asyncio.DatagramProtocol):
         for link in self._all:
             if link.bootstrap and link.addr == addr and link.expected is None and not link.peer:
                 link.expected = dest
-                self._dialing[dest] = link
-                return
-        self._dialing[dest] = self._connect(addr, expected=dest)
+                break
+        else:
+            link = self._connect(addr, expected=dest)
+        self._dialing[dest] = link
+        if tcp is not None and not link.heard:
+            at = link.started + UDP_ANSWER_TIMEOUT_S
+            link.fallback = self._loop.call_at(at, self._udp_unanswered, link, dest, tcp)
+
+    def _udp_unanswered(self, link: Link, dest: NodeId, tcp: Address) -> None:
+        """No answer over UDP: dial `dest` over TCP instead, its queue kept."""
+        link.fallback = None
+        if link.heard or self._dialing.get(dest) is not link:
+            return
+        self.fallback.unanswered(dest, self._loop.time())
+        self.stats["udp_fallbacks"] += 1
+        self._forget(link)  # silently: nothing reached it, nothing to tell
+        self._dialing[dest] = self._connect(tcp, expected=dest)
+        self._flush()
+
+    def _tcp_unreachable(self, addr: Address) -> None:
+        """The TCP connection behind `addr` failed: end the handshakes over it now."""
+        for link in sorted(self._all, key=lambda link: link.started):
+            if link.addr == addr and link.peer is None:
+                self.stats["handshakes_unreachable"] += 1
+                self._terminated(link)
 
     def _connect(self, addr: Address, expected: NodeId | None) -> Link:
         connection = QuicConnection(configuration=self._client_config)
@@ -295,7 +348,10 @@ class LinkManager(asyncio.DatagramProtocol):
         self._dirty.add(link)
 
     def _sendto(self, data: bytes, addr: NetworkAddress) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        if is_tcp(addr):
+            self.tcp.send(data, (addr[0], addr[1]))
+            self.stats["datagrams_out"] += 1
+        elif self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(data, addr)
             self.stats["datagrams_out"] += 1
 
@@ -327,6 +383,8 @@ class LinkManager(asyncio.DatagramProtocol):
 
     def _handshake_timeout(self, link: Link) -> None:
         self.stats["handshake_timeouts"] += 1
+        if link.outbound and link.expected is not None and not is_tcp(link.addr):
+            self.fallback.unanswered(link.expected, self._loop.time())  # TCP first next time
         link.connection.close(reason_phrase="handshake timeout")
         self._service(link)
 
@@ -358,6 +416,11 @@ class LinkManager(asyncio.DatagramProtocol):
         if link.deadline is not None:
             link.deadline.cancel()  # the handshake timeout
         link.peer, link.up_since = peer, self._loop.time()
+        if not is_tcp(link.addr):
+            self.fallback.udp_link_up()
+        elif link.outbound:
+            udp_up = any(not is_tcp(other.addr) for other in self.links.values())
+            self.fallback.reached_over_tcp(peer, link.up_since, udp_up)
         self.handshake_s.append(link.up_since - link.started)
         if link.outbound or peer not in self.addresses:
             if len(self.addresses) >= MAX_ADDRESS_BOOK and peer not in self.addresses:
@@ -452,10 +515,10 @@ class LinkManager(asyncio.DatagramProtocol):
         for cid in link.cids:
             if self._by_cid.get(cid) is link:
                 del self._by_cid[cid]
-        for handle in (link.timer, link.deadline):
+        for handle in (link.timer, link.deadline, link.fallback):
             if handle is not None:
                 handle.cancel()
-        link.timer = link.deadline = None
+        link.timer = link.deadline = link.fallback = None
 
     def _arm(self, link: Link) -> None:
         if link not in self._all:
@@ -490,3 +553,4 @@ class LinkManager(asyncio.DatagramProtocol):
         self.links.clear()
         if self._transport is not None:
             self._transport.close()
+        self.tcp.close()

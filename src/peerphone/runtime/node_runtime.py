@@ -1,4 +1,4 @@
-"""A `NodeCore` on a real UDP socket: QUIC links, one core timer, an event queue.
+"""A `NodeCore` on a real UDP socket (and a TCP port): QUIC links, one core timer, events.
 
 The runtime is a thin adapter: it feeds what the links deliver (messages, lost links) and
 its single timer into the core, hands what the core returns to the links, and puts the
@@ -8,6 +8,11 @@ Time: the core gets the loop's monotonic clock shifted once, at `start`, onto th
 epoch. Monotonic, so timers never jump; epoch-based, because the core signs absolute
 expiries into records that other machines check against their own clocks, and derives
 record sequence numbers from `now` so that a restarted node still outranks its last run.
+
+Endpoints in member records: "HOST:PORT" is UDP, "tcp://HOST:PORT" a TCP listener carrying
+the same QUIC links (`tcp_carrier`). A node falls back to TCP by itself: the bootstrap TCP
+addresses are dialled when no UDP bootstrap address answered within
+`TCP_BOOTSTRAP_DELAY_S`, and dials by NodeId move to TCP as `LinkManager` decides.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from peerphone.identity import KeyPair, NodeId, short
 from peerphone.overlay.events import Event, LookupDone
 from peerphone.overlay.node import NodeCore, Send
 from peerphone.records import MemberBody, Record, Status, decode_body
-from peerphone.runtime.links import Address, Link, LinkManager
+from peerphone.runtime.links import UDP_ANSWER_TIMEOUT_S, Address, Link, LinkManager
+from peerphone.runtime.tcp_carrier import dialled, is_tcp
 from peerphone.wire import Message
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,10 @@ T = TypeVar("T")
 MAX_QUEUED_EVENTS = 10_000  # events the application has not taken yet; newer ones dropped
 KEEPALIVE_FRACTION = 1 / 3  # client links to primary and backup are pinged this often
 DEFAULT_IDLE_TIMEOUT_S = 15.0
+# no UDP bootstrap link up by then: dial the TCP bootstrap addresses too (the same
+# reasoning as a dial by NodeId: three unanswered Initials mean UDP does not get through)
+TCP_BOOTSTRAP_DELAY_S = UDP_ANSWER_TIMEOUT_S
+Endpoint = tuple[str, Address]  # ("udp" | "tcp", (host, port))
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -69,14 +79,34 @@ def format_address(addr: Address) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def parse_endpoint(text: str) -> Endpoint | None:
+    """'HOST:PORT' (UDP), 'udp://HOST:PORT' or 'tcp://HOST:PORT' (HOST may be '[v6]') as
+    ("udp" | "tcp", (host, port)), or None if it is none of them."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "udp", text
+    elif scheme not in ("udp", "tcp"):
+        return None
+    addr = parse_address(rest)
+    return None if addr is None else (scheme, addr)
+
+
+def format_endpoint(endpoint: Endpoint) -> str:
+    """The inverse of `parse_endpoint`: 'HOST:PORT' for UDP, 'tcp://HOST:PORT' for TCP."""
+    kind, addr = endpoint
+    return format_address(addr) if kind == "udp" else f"{kind}://{format_address(addr)}"
+
+
 class NodeRuntime:
     """Runs one `NodeCore` on a UDP socket at (`host`, `port`) until `stop`.
 
-    `bootstrap` are supernode addresses whose NodeIds we do not know: they are dialled at
-    start, and `bootstrap_ids` says who answered. The core only learns supernodes from
-    signed member records, though, so give it those through `host_cache` (a persisted host
-    cache or a bootstrap file) until the client core can attach to an authenticated NodeId
-    it has no record of (the AttachAccept carries the record).
+    With `tcp_listen` it also accepts the same QUIC links over TCP there, and advertises
+    "tcp://HOST:PORT" next to its UDP address. `bootstrap` are supernode UDP addresses
+    whose NodeIds we do not know, `tcp_bootstrap` TCP ones: the UDP ones are dialled at
+    start, the TCP ones if no UDP one answered (see above), and `bootstrap_ids` says who
+    answered (a TCP one as its pseudo-address, `tcp_carrier.dialled`). The client core
+    attaches to those (the AttachAccept carries the member record); records given in
+    `host_cache` (a persisted host cache or a bootstrap file) save that round.
     """
 
     def __init__(
@@ -90,6 +120,8 @@ class NodeRuntime:
         host_cache: Iterable[Record] = (),
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         retry: bool = True,
+        tcp_listen: Address | None = None,
+        tcp_bootstrap: Iterable[Address] = (),
     ) -> None:
         if keys.node_id != core.id:
             raise LocalProtocolError("the link keys must be the core's node keys")
@@ -98,6 +130,8 @@ class NodeRuntime:
         self.host = host
         self.port = port
         self.bootstrap = list(bootstrap)
+        self.tcp_listen = tcp_listen
+        self.tcp_bootstrap = list(tcp_bootstrap)
         self.bootstrap_ids: dict[NodeId, Address] = {}  # who answered at each address
         self.host_cache = list(host_cache)
         self.idle_timeout_s = idle_timeout_s
@@ -105,12 +139,14 @@ class NodeRuntime:
         self.stats: Counter[str] = Counter()
         self.events: asyncio.Queue[Event] = asyncio.Queue(MAX_QUEUED_EVENTS)
         self.address: Address | None = None  # bound address, once started
+        self.tcp_address: Address | None = None  # bound TCP address, once started
         self._links: LinkManager | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._epoch = 0.0  # added to the loop's clock to give the core's `now`
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._keepalive: asyncio.TimerHandle | None = None
+        self._tcp_bootstrap_timer: asyncio.TimerHandle | None = None
         self._lookups: dict[int, asyncio.Future[LookupDone]] = {}
         self._stopped = False
 
@@ -127,7 +163,7 @@ class NodeRuntime:
     # -- life -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind the socket, learn the host cache, dial the bootstrap addresses."""
+        """Bind the sockets, learn the host cache, dial the bootstrap addresses."""
         if self._loop is not None:
             raise LocalProtocolError("already started")
         loop = self._loop = asyncio.get_running_loop()
@@ -138,6 +174,7 @@ class NodeRuntime:
             self._on_link_lost,
             self.stats,
             resolve=self._resolve,
+            resolve_tcp=self._resolve_tcp,
             on_link_up=self._on_link_up,
             idle_timeout_s=self.idle_timeout_s,
             retry=self.retry,
@@ -148,12 +185,24 @@ class NodeRuntime:
         self._links = links
         sockname = transport.get_extra_info("sockname")
         self.address = (sockname[0], sockname[1])
-        if not self.core.addresses and not ipaddress.ip_address(sockname[0]).is_unspecified:
-            # in place: the client role holds the same list (presence addresses)
-            self.core.addresses.append(format_address(self.address))
+        if self.tcp_listen is not None:
+            try:
+                self.tcp_address = await links.tcp.listen(*self.tcp_listen)
+            except OSError:
+                links.close(notify=False)
+                raise
+        if not self.core.addresses:  # else the caller chose what to advertise
+            bound = [("udp", self.address), ("tcp", self.tcp_address)]
+            for kind, addr in bound:
+                if addr is not None and not ipaddress.ip_address(addr[0]).is_unspecified:
+                    # in place: the client role holds the same list (presence addresses)
+                    self.core.addresses.append(format_endpoint((kind, addr)))
         self.core.learn_supernodes(self.host_cache, self.now())
         for addr in self.bootstrap:
             links.dial_address(addr)
+        if self.tcp_bootstrap:
+            delay = TCP_BOOTSTRAP_DELAY_S if self.bootstrap else 0.0
+            self._tcp_bootstrap_timer = loop.call_later(delay, self._dial_tcp_bootstrap)
         self._keepalive = loop.call_later(self._keepalive_interval(), self._keep_alive)
         self.drive([])
 
@@ -164,12 +213,13 @@ class NodeRuntime:
         idle timeout, as when a node crashes or loses its network.
         """
         self._stopped = True
-        for handle in (self._timer, self._keepalive):
+        for handle in (self._timer, self._keepalive, self._tcp_bootstrap_timer):
             if handle is not None:
                 handle.cancel()
-        self._timer = self._keepalive = None
+        self._timer = self._keepalive = self._tcp_bootstrap_timer = None
         if self._links is not None:
             self._links.close(notify)
+            await self._links.tcp.wait_closed()
         for future in self._lookups.values():
             if not future.done():
                 future.set_exception(LocalProtocolError("the runtime stopped"))
@@ -251,26 +301,46 @@ class NodeRuntime:
                 log.info("bootstrap %s is %s; no member record yet", link.addr, short(peer))
             self.drive(self.core.learn_bootstrap([peer], self.now()))
 
+    def _dial_tcp_bootstrap(self) -> None:
+        self._tcp_bootstrap_timer = None
+        if any(not is_tcp(addr) for addr in self.bootstrap_ids.values()):
+            return  # UDP gets through
+        if self.bootstrap:
+            self.stats["bootstrap_tcp_fallback"] += 1
+        for addr in self.tcp_bootstrap:
+            self.links.dial_address(dialled(addr))
+
     def _resolve(self, peer: NodeId) -> Address | None:
-        """Where `peer` listens, from the member records the core holds."""
+        """Where to dial `peer`: the first UDP endpoint of the member record the core
+        holds, else its first TCP one (as a pseudo-address)."""
+        endpoints = self._endpoints(peer)
+        if endpoints is None:
+            return self.bootstrap_ids.get(peer)  # known only as "who answered there"
+        udp = [addr for kind, addr in endpoints if kind == "udp"]
+        return udp[0] if udp else self._resolve_tcp(peer)
+
+    def _resolve_tcp(self, peer: NodeId) -> Address | None:
+        """The first TCP endpoint of `peer`'s member record, as a pseudo-address."""
+        tcp = [addr for kind, addr in self._endpoints(peer) or [] if kind == "tcp"]
+        return dialled(tcp[0]) if tcp else None
+
+    def _endpoints(self, peer: NodeId) -> list[Endpoint] | None:
+        """The endpoints in `peer`'s member record (None: the core holds no record)."""
         record = self.core.client.host_cache.get(peer)
         sn = self.core.supernode
         if record is None and sn is not None:
             member = sn.membership.members.get(peer)
             record = member.record if member is not None else None
         if record is None:
-            return self.bootstrap_ids.get(peer)  # known only as "who answered there"
+            return None
         try:
             body = decode_body(record)
         except DecodeError:
-            return None
+            return []
         if not isinstance(body, MemberBody):
-            return None
-        for text in body.addresses:
-            addr = parse_address(text)
-            if addr is not None:
-                return addr
-        return None
+            return []
+        parsed = (parse_endpoint(text) for text in body.addresses)
+        return [endpoint for endpoint in parsed if endpoint is not None]
 
     # -- time -----------------------------------------------------------------------------
 
