@@ -39,9 +39,13 @@ def parse_endpoint(text: str, default_transport: str = "udp") -> Endpoint:
     if transport not in ("udp", "tcp"):
         raise ConfigError(f"{text!r}: transport must be udp:// or tcp://")
     host, sep, port = rest.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65_536:
         raise ConfigError(f"{text!r}: expected HOST:PORT with a port number")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    if bracketed != (":" in host):
+        raise ConfigError(f"{text!r}: expected [IPv6]:PORT with brackets, IPv4:PORT without")
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -46,6 +46,10 @@ HOST_CACHE_SAVE_S = 60.0  # how often the host cache is written while running
 HOUSEKEEPING_S = 5.0  # error digest, capacity refresh
 SHUTDOWN_GRACE_S = 1.0  # after logout, time for hand-over and OFFLINE to be delivered
 LOOKUP_TIMEOUT_S = 10.0
+# A silent link is declared dead after this long (QUIC idle timeout; keep-alives go out at a
+# third of it). 6 s: a client notices a crashed supernode and is on its backup within 10 s
+# (8 s measured ~9 s, too close), at the cost of a keep-alive exchange every 2 s per client.
+LINK_IDLE_TIMEOUT_S = 6.0
 MAX_LISTENERS = 32  # WebSocket event listeners
 LISTENER_QUEUE = 1_000  # events buffered per listener; a slow listener loses the oldest
 EXIT_NAME_TAKEN = 3
@@ -119,6 +123,7 @@ class NodeService:
             port,
             [(h, p) for t, h, p in endpoints if t == "udp"],
             host_cache=self.data.load_host_cache(),
+            idle_timeout_s=LINK_IDLE_TIMEOUT_S,
         )
         self._runtime = runtime
         await runtime.start()
