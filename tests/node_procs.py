@@ -85,7 +85,7 @@ class NodeProcs:
         return node
 
     def supernode(self, name: str, *bootstrap: Node) -> Node:
-        args = ["--role", "supernode"]
+        args = ["--role", "supernode", "--tcp-listen", "127.0.0.1:0"]
         for other in bootstrap:
             args += ["--bootstrap", other.udp_address()]
         node = self.start(name, *args)

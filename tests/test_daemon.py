@@ -27,6 +27,7 @@ from peerphone.daemon.config import ConfigError, NodeConfig, load_config, parse_
 from peerphone.daemon.datadir import Contact, DataDir, DataDirError
 from peerphone.daemon.logs import ErrorDigest
 from peerphone.daemon.service import EXIT_NAME_TAKEN
+from peerphone.runtime.tcp_carrier import MAGIC
 
 from .node_procs import Node, NodeProcs, wait_for
 
@@ -279,6 +280,40 @@ def test_junk_datagrams_are_counted_and_the_node_keeps_answering(
 
     st = wait_for("junk counted", counted)
     assert st["errors"].get("drop_oversized", 0) >= 75
+    assert alice.control.lookup("bob")["found"]
+    assert sn0.proc.poll() is None
+
+
+def test_junk_on_the_tcp_carrier_is_counted_and_the_node_keeps_answering(
+    net: tuple[NodeProcs, list[Node]],
+) -> None:
+    _, (sn0, _, alice, _) = net
+    host, port = sn0.status()["listen"]["tcp"].rsplit(":", 1)
+    rng = random.Random(8)
+    before = sn0.status()["errors"]
+    junk = [
+        rng.randbytes(200),  # no preamble
+        b"GET / HTTP/1.1\r\n\r\n",  # someone else's protocol
+        MAGIC + b"\xff\xff" + rng.randbytes(100),  # a frame above any datagram size
+        MAGIC + b"\x00\x05abc",  # a truncated frame, then the connection closes
+    ]
+    for payload in junk:
+        with socket.create_connection((host, int(port)), timeout=5) as conn:
+            conn.sendall(payload)
+            conn.settimeout(5)
+            try:  # the node closes the connection (or we give up waiting)
+                while conn.recv(4096):
+                    pass
+            except (TimeoutError, ConnectionResetError):
+                pass
+
+    def counted() -> dict[str, Any] | None:
+        errors = sn0.status()["errors"]
+        new = sum(v - before.get(k, 0) for k, v in errors.items() if k.startswith("tcp_"))
+        return errors if new >= 3 else None
+
+    errors = wait_for("TCP junk counted", counted)
+    assert errors.get("tcp_drop_bad_magic", 0) > before.get("tcp_drop_bad_magic", 0)
     assert alice.control.lookup("bob")["found"]
     assert sn0.proc.poll() is None
 

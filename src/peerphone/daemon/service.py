@@ -38,7 +38,7 @@ from peerphone.overlay.events import (
 from peerphone.overlay.node import NodeCore
 from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.records import Capacity, Status, valid_username
-from peerphone.runtime.node_runtime import NodeRuntime, format_address
+from peerphone.runtime.node_runtime import NodeRuntime, format_address, format_endpoint
 
 log = logging.getLogger("peerphone.node")
 
@@ -116,6 +116,10 @@ class NodeService:
                 core.client.pinned[contact.name] = contact.key
         _, host, port = parse_endpoint(cfg.listen)
         endpoints = cfg.bootstrap_endpoints()
+        tcp_listen = None
+        if cfg.tcp_listen:
+            _, tcp_host, tcp_port = parse_endpoint(cfg.tcp_listen, "tcp")
+            tcp_listen = (tcp_host, tcp_port)
         runtime = NodeRuntime(
             core,
             node_keys,
@@ -124,6 +128,8 @@ class NodeService:
             [(h, p) for t, h, p in endpoints if t == "udp"],
             host_cache=self.data.load_host_cache(),
             idle_timeout_s=LINK_IDLE_TIMEOUT_S,
+            tcp_listen=tcp_listen,
+            tcp_bootstrap=[(h, p) for t, h, p in endpoints if t == "tcp"],
         )
         self._runtime = runtime
         await runtime.start()
@@ -159,17 +165,25 @@ class NodeService:
         )
 
     def _advertise(self, runtime: NodeRuntime, endpoints: list[tuple[str, str, int]]) -> None:
-        """Put the address others should dial first in `core.addresses` (member records)."""
-        bound = runtime.address
-        assert bound is not None
-        host = bound[0]
-        if ipaddress.ip_address(host).is_unspecified:
-            host = _route_source(endpoints) or ""
-        if not host:
-            return  # nothing routable to tell: a client is still reachable over its links
-        udp = format_address((host, bound[1]))
-        addresses = runtime.core.addresses  # shared with the client role: edit in place
-        addresses[:] = [udp] + [a for a in addresses if a != udp]
+        """What member and presence records tell others to dial: UDP first, then TCP.
+
+        A socket bound to 0.0.0.0 is advertised under the address the kernel routes
+        toward the first bootstrap host (nothing at all if there is none: a client is
+        still reachable over the links it opens itself).
+        """
+        route = None
+        advertised: list[str] = []
+        for kind, bound in (("udp", runtime.address), ("tcp", runtime.tcp_address)):
+            if bound is None:
+                continue
+            host = bound[0]
+            if ipaddress.ip_address(host).is_unspecified:
+                route = route or _route_source(endpoints)
+                if route is None:
+                    continue
+                host = route
+            advertised.append(format_endpoint((kind, (host, bound[1]))))
+        runtime.core.addresses[:] = advertised  # in place: shared with the client role
 
     def exit_status(self) -> int:
         if isinstance(self.fatal, NameTaken):

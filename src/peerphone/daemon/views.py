@@ -11,6 +11,8 @@ from peerphone.errors import DecodeError
 from peerphone.identity import NodeId
 from peerphone.overlay.events import LookupDone
 from peerphone.records import PresenceBody, Record, Status, decode_body
+from peerphone.runtime.node_runtime import format_address
+from peerphone.runtime.tcp_carrier import is_tcp, socket_address
 
 if TYPE_CHECKING:
     from peerphone.daemon.service import NodeService
@@ -73,8 +75,15 @@ def lookup_view(done: LookupDone, latency_ms: float) -> dict[str, Any]:
 def _peer(service: NodeService, node: NodeId | None) -> dict[str, Any] | None:
     if node is None:
         return None
-    addr = service.runtime.links.addresses.get(node)
-    return {"node_id": node.hex(), "address": None if addr is None else f"{addr[0]}:{addr[1]}"}
+    link = service.runtime.links.links.get(node)
+    if link is None:
+        return {"node_id": node.hex(), "address": None, "transport": None}
+    transport = "tcp" if is_tcp(link.addr) else "udp"
+    return {
+        "node_id": node.hex(),
+        "address": format_address(socket_address(link.addr)),
+        "transport": transport,
+    }
 
 
 def status_view(service: NodeService) -> dict[str, Any]:
@@ -127,7 +136,12 @@ def status_view(service: NodeService) -> dict[str, Any]:
             "records_held": supernode["records_held"] if supernode else 0,
         },
         "contacts": len(service.contacts),
+        "listen": {
+            "udp": format_address(runtime.address) if runtime.address else None,
+            "tcp": format_address(runtime.tcp_address) if runtime.tcp_address else None,
+        },
         "links": len(runtime.links.links),
+        "links_over_tcp": sum(1 for link in runtime.links.links.values() if is_tcp(link.addr)),
         "host_cache": len(client.host_cache),
         "errors": errors,
         "errors_total": sum(errors.values()),
