@@ -18,13 +18,13 @@ from aioquic.quic.connection import QuicConnection
 
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier
 from peerphone.overlay.events import Attached, Event, LookupDone, Published
-from peerphone.overlay.node import NodeCore
+from peerphone.overlay.node import NodeCore, Send
 from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.records import Capacity, PresenceBody, Record, Status, decode_body
 from peerphone.runtime.links import MAX_DATAGRAM_BYTES, Address, LinkManager
 from peerphone.runtime.node_runtime import DEFAULT_IDLE_TIMEOUT_S, NodeRuntime, run
 from peerphone.runtime.quic_identity import make_configuration
-from peerphone.wire import MAX_MESSAGE_BYTES, Message, Ping
+from peerphone.wire import MAX_MESSAGE_BYTES, Lookup, Message, Ping
 
 LOOPBACK = "127.0.0.1"
 TEST_BUDGET_S = 4.0  # per test (the crash test: 1.5 times that): the whole file < 20 s
@@ -376,3 +376,27 @@ def test_garbage_datagrams_and_frames_are_dropped_and_counted() -> None:
         assert stats["internal_errors"] == 0
 
     run_bounded(scenario, Loopback(seed=3))
+
+
+def test_a_handler_that_crashes_on_one_peer_does_not_take_the_node_down() -> None:
+    async def scenario(net: Loopback) -> None:
+        tier = await net.supernodes(1)
+        alice = await net.client("alice", tier)
+        mallory = await net.client("mallory", tier)
+        await next_event(alice, Published)
+        await next_event(mallory, Published)
+        sn = tier[0]
+        receive = sn.core.receive
+
+        def fragile(msg: Message, src: NodeId, now: float) -> list[Send]:
+            if src == mallory.core.id and isinstance(msg, Lookup):
+                raise RuntimeError("a bug triggered by one peer's message")
+            return receive(msg, src, now)
+
+        sn.core.receive = fragile  # type: ignore[method-assign]
+        with pytest.raises(TimeoutError):  # the supernode never answers that peer's lookup
+            await mallory.lookup("alice", 1.0)
+        assert sn.stats["internal_errors"] >= 1
+        found(await alice.lookup("mallory", LOOKUP_TIMEOUT_S), mallory)  # still serving
+
+    run_bounded(scenario, Loopback(seed=5))
