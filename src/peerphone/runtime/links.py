@@ -328,10 +328,10 @@ class LinkManager(asyncio.DatagramProtocol):
 
     def _tcp_unreachable(self, addr: Address) -> None:
         """The TCP connection behind `addr` failed: end the handshakes over it now."""
-        for link in sorted(self._all, key=lambda link: link.started):
-            if link.addr == addr and link.peer is None:
-                self.stats["handshakes_unreachable"] += 1
-                self._terminated(link)
+        stuck = [link for link in self._all if link.addr == addr and link.peer is None]
+        for link in sorted(stuck, key=lambda link: link.started):
+            self.stats["handshakes_unreachable"] += 1
+            self._terminated(link)
 
     def _connect(self, addr: Address, expected: NodeId | None) -> Link:
         connection = QuicConnection(configuration=self._client_config)

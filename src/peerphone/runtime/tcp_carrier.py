@@ -32,6 +32,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import cast
 
+from peerphone.errors import LocalProtocolError
+
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
@@ -246,6 +248,8 @@ class TcpCarrier:
         on_unreachable: Callable[[Address], None] = lambda addr: None,
         on_other: OtherHandler = refuse_other,
     ) -> None:
+        if not 0 < max_datagram_bytes < 1 << (8 * FRAME_HEADER_BYTES):
+            raise LocalProtocolError("datagrams must fit the 2-byte frame length")
         self.deliver = deliver
         self.stats = stats
         self.max_datagram_bytes = max_datagram_bytes
@@ -254,7 +258,8 @@ class TcpCarrier:
         self.preamble_timeout_s = PREAMBLE_TIMEOUT_S
         self.on_unreachable = on_unreachable
         # takes an accepted connection whose first bytes are not MAGIC: it must take the
-        # transport over (`transport.set_protocol`, then feed it `first_bytes`) or close it
+        # transport over (`transport.set_protocol`, then feed it `first_bytes`) or close
+        # it; from then on the connection is its own (and no longer counted here)
         self.on_other = on_other
         self.address: Address | None = None  # where we listen, once listening
         self.loop = asyncio.get_running_loop()
@@ -267,11 +272,16 @@ class TcpCarrier:
 
     async def listen(self, host: str, port: int) -> Address:
         """Accept TCP connections at (`host`, `port`); returns the bound address."""
-        server = await self.loop.create_server(lambda: _Connection(self, None), host, port)
+        server = await self.loop.create_server(self.accepted_protocol, host, port)
         self._server = server
         sockname = server.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         return self.address
+
+    def accepted_protocol(self) -> asyncio.Protocol:
+        """The protocol of an accepted connection (preamble first), for `listen` or for
+        another listener that hands us a connection."""
+        return _Connection(self, None)
 
     def send(self, datagram: bytes, addr: Address) -> None:
         """Write `datagram` to the connection behind the pseudo-address `addr`."""
