@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+from collections.abc import Callable
 
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier
 from peerphone.overlay.client import ClientConfig
@@ -38,6 +39,8 @@ class FakeNet:
         self._queue: list[tuple[float, int, NodeId, NodeId, Message]] = []
         self._count = itertools.count()
         self._keys = random.Random(seed + 1000)
+        # a hostile hop: sees every message (src, dst, msg) and may return a changed one
+        self.tamper: Callable[[NodeId, NodeId, Message], Message] | None = None
 
     def node(
         self,
@@ -89,6 +92,8 @@ class FakeNet:
     def send(self, src: NodeId, sends: list[Send]) -> None:
         for dst, msg in sends:
             self.sent_log.append((self.now, src, dst, msg))
+            if self.tamper is not None:
+                msg = self.tamper(src, dst, msg)
             msg = decode_message(encode_message(msg))
             heapq.heappush(
                 self._queue, (self.now + self.latency_s, next(self._count), src, dst, msg)

@@ -60,6 +60,11 @@ from peerphone.wire import (
     Publish,
     PublishAck,
     Redirect,
+    Signal,
+    SignalAck,
+    SignalDeliver,
+    SignalRelay,
+    SignalRelayAck,
     Store,
     StoreAck,
     Subscribe,
@@ -135,6 +140,11 @@ SAMPLES: list[Message] = [
     FetchResult(req=17, records=[NAME], responsible=False),
     Subscribe(keys=[bytes(32), b"\xff" * 32], add=False),
     Notify(records=[NAME, PRESENCE]),
+    Signal(req=18, to_user="bob", via=[KEYS[0].public, KEYS[1].public], payload=b"\x01" * 300),
+    SignalAck(req=19, delivered=False, reason="not attached here"),
+    SignalRelay(req=20, to_user="carol.d", payload=b""),
+    SignalRelayAck(req=21, delivered=True, reason=""),
+    SignalDeliver(payload=bytes(range(256))),
 ]
 ENCODINGS = [encode_message(m) for m in SAMPLES]
 RECORD_ENCODINGS = [encode_record(r) for r in (NAME, PRESENCE, *MEMBERS)]
@@ -193,7 +203,7 @@ def raw(obj: object) -> bytes:
 
 
 def test_samples_cover_every_message_type() -> None:
-    assert len(MESSAGE_TYPES) == 24
+    assert len(MESSAGE_TYPES) == 29
     assert {type(m) for m in SAMPLES} == set(MESSAGE_TYPES)
     assert len(SAMPLES) == len(MESSAGE_TYPES)
 
@@ -402,6 +412,11 @@ WIRE_TAGS: dict[type[msgspec.Struct], int] = {
     FetchResult: 29,
     Subscribe: 30,
     Notify: 31,
+    Signal: 40,
+    SignalAck: 41,
+    SignalRelay: 42,
+    SignalRelayAck: 43,
+    SignalDeliver: 44,
 }
 
 

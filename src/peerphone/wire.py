@@ -12,7 +12,14 @@ from typing import Annotated
 import msgspec
 
 from peerphone.errors import DecodeError
-from peerphone.records import Capacity, Count, Key32, Record, Username
+from peerphone.records import (
+    MAX_ATTACHED_SUPERNODES,
+    Capacity,
+    Count,
+    Key32,
+    Record,
+    Username,
+)
 
 MAX_MESSAGE_BYTES = 256 * 1024  # a full membership page is the biggest message (~150 KiB)
 MAX_RECORDS_PER_MESSAGE = 512
@@ -22,11 +29,14 @@ MAX_GOSSIP_PER_MESSAGE = 16  # piggy-backed membership updates per probe
 MAX_NAMES_PER_WATCH = 256
 MAX_HINTS = 8  # supernode suggestions in a redirect or accept
 MAX_REASON_CHARS = 120
+MAX_SIGNAL_BYTES = 32 * 1024  # one signed call message (an SDP offer is ~1-4 KiB)
 
 ReqId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON_CHARS)]
 Records = Annotated[list[Record], msgspec.Meta(max_length=MAX_RECORDS_PER_MESSAGE)]
 Hints = Annotated[list[Record], msgspec.Meta(max_length=MAX_HINTS)]
+SignalPayload = Annotated[bytes, msgspec.Meta(max_length=MAX_SIGNAL_BYTES)]
+Via = Annotated[list[Key32], msgspec.Meta(max_length=MAX_ATTACHED_SUPERNODES)]
 
 
 class _Msg(msgspec.Struct, frozen=True, array_like=True, tag=True, forbid_unknown_fields=True):
@@ -220,6 +230,47 @@ class Notify(_Msg, tag=31, frozen=True):
     records: Records
 
 
+# --- call signaling, routed by supernodes (payloads are signed by users: overlay/calls.py)
+
+
+class Signal(_Msg, tag=40, frozen=True):
+    """A client asks its supernode to deliver `payload` to `to_user`, attached at `via`
+    (the supernodes named in that user's verified presence record, in order)."""
+
+    req: ReqId
+    to_user: Username
+    via: Via
+    payload: SignalPayload
+
+
+class SignalAck(_Msg, tag=41, frozen=True):
+    """The supernode's answer to a client's Signal: delivered or not, and why not."""
+
+    req: ReqId
+    delivered: bool
+    reason: Reason
+
+
+class SignalRelay(_Msg, tag=42, frozen=True):
+    """Supernode to supernode: deliver `payload` to your client `to_user`."""
+
+    req: ReqId
+    to_user: Username
+    payload: SignalPayload
+
+
+class SignalRelayAck(_Msg, tag=43, frozen=True):
+    req: ReqId
+    delivered: bool
+    reason: Reason
+
+
+class SignalDeliver(_Msg, tag=44, frozen=True):
+    """A supernode hands a client a signaling payload addressed to its user."""
+
+    payload: SignalPayload
+
+
 Message = (
     Attach
     | AttachAccept
@@ -245,6 +296,11 @@ Message = (
     | FetchResult
     | Subscribe
     | Notify
+    | Signal
+    | SignalAck
+    | SignalRelay
+    | SignalRelayAck
+    | SignalDeliver
 )
 
 _encoder = msgspec.msgpack.Encoder()

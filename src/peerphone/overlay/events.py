@@ -73,6 +73,70 @@ class RoleChanged:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class CallIncoming:
+    """A verified call is ringing here; accept it with an answer to `sdp`, or reject it."""
+
+    call_id: bytes
+    from_user: str
+    sdp: str
+    referred_by: str  # set when the caller was transferred to us by this user
+
+
+@dataclass(frozen=True, slots=True)
+class CallRinging:
+    """The callee's node verified our invite and is ringing."""
+
+    call_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CallAnswered:
+    """The callee accepted; `sdp` is its (signed) answer."""
+
+    call_id: bytes
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    """The call is over (rejected, cancelled, hung up, failed, transferred) and why."""
+
+    call_id: bytes
+    reason: str
+    by_peer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CallHoldChanged:
+    """One side put the call on hold (`held`) or resumed it."""
+
+    call_id: bytes
+    held: bool
+    by_peer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CallTransferRequested:
+    """`by_user` asked us to call `target` instead (the call with them has ended)."""
+
+    call_id: bytes
+    target: str
+    by_user: str
+
+
 Event = (
-    Attached | AttachLost | Published | PublishRefused | LookupDone | PresenceChanged | RoleChanged
+    Attached
+    | AttachLost
+    | Published
+    | PublishRefused
+    | LookupDone
+    | PresenceChanged
+    | RoleChanged
+    | CallIncoming
+    | CallRinging
+    | CallAnswered
+    | CallEnded
+    | CallHoldChanged
+    | CallTransferRequested
 )

@@ -11,8 +11,9 @@ import random
 from collections.abc import Callable
 
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier
+from peerphone.overlay.calls import CallCore
 from peerphone.overlay.client import ClientConfig, ClientCore
-from peerphone.overlay.events import Event, RoleChanged
+from peerphone.overlay.events import Event, LookupDone, RoleChanged
 from peerphone.overlay.supernode import SupernodeConfig, SupernodeCore
 from peerphone.records import Capacity, MemberBody, Record, Status
 from peerphone.wire import (
@@ -37,6 +38,11 @@ from peerphone.wire import (
     Publish,
     PublishAck,
     Redirect,
+    Signal,
+    SignalAck,
+    SignalDeliver,
+    SignalRelay,
+    SignalRelayAck,
     Store,
     StoreAck,
     Subscribe,
@@ -69,6 +75,9 @@ SUPERNODE_HANDLERS: dict[type, SupernodeHandler] = {
     FetchResult: SupernodeCore.handle_fetch_result,  # type: ignore[dict-item]
     Subscribe: SupernodeCore.handle_subscribe,  # type: ignore[dict-item]
     Notify: SupernodeCore.handle_notify,  # type: ignore[dict-item]
+    Signal: SupernodeCore.handle_signal,  # type: ignore[dict-item]
+    SignalRelay: SupernodeCore.handle_signal_relay,  # type: ignore[dict-item]
+    SignalRelayAck: SupernodeCore.handle_signal_relay_ack,  # type: ignore[dict-item]
     Ping: SupernodeCore.handle_membership,
     Ack: SupernodeCore.handle_membership,
     PingReq: SupernodeCore.handle_membership,
@@ -104,6 +113,7 @@ class NodeCore:
         self.client = ClientCore(node_keys, user_keys, username, rng, verifier, client_config)
         self.client.capacity = capacity or Capacity()
         self.client.addresses = self.addresses
+        self.calls = CallCore(self.client, rng)
         self.supernode: SupernodeCore | None = None
         self.events: list[Event] = []
         self.errors = 0  # messages dropped as unexpected for our role
@@ -138,7 +148,14 @@ class NodeCore:
     def receive(self, msg: Message, src: NodeId, now: float) -> list[Send]:
         handler = CLIENT_HANDLERS.get(type(msg))
         if handler is not None:
-            return handler(self.client, msg, src, now)
+            return self._call_lookups(handler(self.client, msg, src, now), now)
+        if isinstance(msg, (SignalDeliver, SignalAck)):
+            if src not in (self.client.primary, self.client.backup):
+                self.errors += 1  # signaling only comes through our own supernodes
+                return []
+            if isinstance(msg, SignalAck):
+                return self._call_lookups(self.calls.handle_ack(msg, now), now)
+            return self._call_lookups(self.calls.handle_deliver(msg, now), now)
         if isinstance(msg, Promote):
             return self._handle_promote(msg, src, now)
         sn = self.supernode
@@ -155,19 +172,39 @@ class NodeCore:
 
     def handle_timer(self, now: float) -> list[Send]:
         out = self.client.handle_timer(now)
+        calls_due = self.calls.next_timer()
+        if calls_due is not None and calls_due <= now:
+            out.extend(self.calls.handle_timer(now))
         sn = self.supernode
         if sn is not None and sn.next_timer() <= now:
             out.extend(sn.handle_timer(now))
             out.extend(sn.after_input(now))
             self._check_retired(now)
-        return out
+        return self._call_lookups(out, now)
 
     def next_timer(self) -> float | None:
         t = self.client.next_timer()
+        c = self.calls.next_timer()
+        if c is not None:
+            t = c if t is None else min(t, c)
         if self.supernode is not None:
             s = self.supernode.next_timer()
             t = s if t is None else min(t, s)
         return t
+
+    def _call_lookups(self, out: list[Send], now: float) -> list[Send]:
+        """Hand the lookups that calls started (callee or caller checks) to the call core."""
+        if not self.calls._lookups:
+            return out
+        kept: list[Event] = []
+        for event in self.client.events:
+            sends = self.calls.on_lookup(event, now) if isinstance(event, LookupDone) else None
+            if sends is None:
+                kept.append(event)
+            else:
+                out.extend(sends)
+        self.client.events = kept
+        return out
 
     def connection_lost(self, peer: NodeId, now: float) -> list[Send]:
         out = self.client.connection_lost(peer, now)
@@ -209,7 +246,8 @@ class NodeCore:
         return out
 
     def lookup(self, username: str, now: float) -> tuple[int, list[Send]]:
-        return self.client.lookup(username, now)
+        req, sends = self.client.lookup(username, now)
+        return req, self._call_lookups(sends, now)
 
     def watch(self, usernames: list[str], now: float) -> list[Send]:
         return self.client.watch(usernames, now)
@@ -218,6 +256,31 @@ class NodeCore:
         return self.client.set_status(status, now)
 
     def pop_events(self) -> list[Event]:
-        events = self.events + self.client.pop_events()
+        events = self.events + self.client.pop_events() + self.calls.events
         self.events = []
+        self.calls.events = []
         return events
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def call(
+        self, username: str, sdp: str, now: float, referred_by: str = ""
+    ) -> tuple[bytes, list[Send]]:
+        """Call `username` with this SDP offer; returns the call id (events follow)."""
+        call_id, sends = self.calls.place(username, sdp, now, referred_by)
+        return call_id, self._call_lookups(sends, now)
+
+    def accept_call(self, call_id: bytes, sdp: str, now: float) -> list[Send]:
+        return self.calls.accept(call_id, sdp, now)
+
+    def reject_call(self, call_id: bytes, reason: str, now: float) -> list[Send]:
+        return self.calls.reject(call_id, reason, now)
+
+    def hangup(self, call_id: bytes, now: float) -> list[Send]:
+        return self.calls.hangup(call_id, now)
+
+    def hold(self, call_id: bytes, held: bool, now: float) -> list[Send]:
+        return self.calls.hold(call_id, held, now)
+
+    def transfer(self, call_id: bytes, target: str, now: float) -> list[Send]:
+        return self.calls.transfer(call_id, target, now)

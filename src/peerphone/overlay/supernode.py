@@ -21,6 +21,7 @@ from peerphone.overlay.election import ElectionConfig
 from peerphone.overlay.lookups import LookupCoordinator
 from peerphone.overlay.membership import Membership, MembershipConfig
 from peerphone.overlay.ring import in_arc, keys_in_arc
+from peerphone.overlay.signals import SignalRouter
 from peerphone.records import (
     Capacity,
     MemberBody,
@@ -49,6 +50,10 @@ from peerphone.wire import (
     Publish,
     PublishAck,
     Redirect,
+    Signal,
+    SignalAck,
+    SignalRelay,
+    SignalRelayAck,
     Store,
     StoreAck,
     Subscribe,
@@ -138,6 +143,7 @@ class SupernodeCore:
             self.config.fetch_timeout_s,
             self.config.lookup_rounds,
         )
+        self.signals = SignalRouter(self.me, self._client_of, self._is_member)
         self._stores: dict[int, _PendingStore] = {}
         self._req = 0
         self._next_expire = now + self.config.expire_interval_s
@@ -426,6 +432,30 @@ class SupernodeCore:
                 out.append((client, PresenceUpdate(group)))
         return out
 
+    # -- call signaling ---------------------------------------------------------------------
+
+    def handle_signal(self, msg: Signal, src: NodeId, now: float) -> list[Send]:
+        if src not in self.clients:
+            return [(src, SignalAck(msg.req, False, NOT_ATTACHED_LOOKUP))]
+        return self.signals.handle_signal(msg, src, now)
+
+    def handle_signal_relay(self, msg: SignalRelay, src: NodeId, now: float) -> list[Send]:
+        return self.signals.handle_relay(msg, src, now)
+
+    def handle_signal_relay_ack(self, msg: SignalRelayAck, src: NodeId, now: float) -> list[Send]:
+        return self.signals.handle_relay_ack(msg, src, now)
+
+    def _client_of(self, key: bytes) -> NodeId | None:
+        """Our primary client that published the user `key` (the newest if several)."""
+        best: ClientEntry | None = None
+        for entry in self.clients.values():
+            if entry.primary and entry.key == key and (best is None or entry.since > best.since):
+                best = entry
+        return None if best is None else best.node
+
+    def _is_member(self, node: NodeId) -> bool:
+        return node == self.me or node in self.membership.members
+
     # -- membership and hand-over ---------------------------------------------------------
 
     def handle_membership(self, msg: Message, src: NodeId, now: float) -> list[Send]:
@@ -582,6 +612,10 @@ class SupernodeCore:
                 t = min(t, lookup_due)
         if self._stores:
             t = min(t, min(store.deadline for store in self._stores.values()))
+        if len(self.signals):
+            signal_due = self.signals.next_timer()
+            if signal_due is not None:
+                t = min(t, signal_due)
         return t
 
     def handle_timer(self, now: float) -> list[Send]:
@@ -589,6 +623,7 @@ class SupernodeCore:
             return []
         out = self.membership.handle_timer(now)
         out.extend(self.lookups.handle_timer(now))
+        out.extend(self.signals.handle_timer(now))
         for req in sorted(r for r, p in self._stores.items() if p.deadline <= now):
             store = self._stores.pop(req)
             out.append((store.client, PublishAck(store.client_req, store.accepted, "timeout")))
