@@ -257,8 +257,12 @@ class NodeService:
                 short(event.backup) if event.backup else "none",
             )
         elif isinstance(event, AttachLost):
-            out.update(supernode=event.supernode.hex())
-            log.warning("lost supernode %s; re-attaching", short(event.supernode))
+            out.update(supernode=event.supernode.hex(), to_backup=event.to_backup)
+            log.warning(
+                "lost primary supernode %s; re-attaching%s",
+                short(event.supernode),
+                " to the backup" if event.to_backup else "",
+            )
         self.broadcast(out)
 
     def broadcast(self, event: dict[str, Any]) -> None:

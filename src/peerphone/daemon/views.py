@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
 # runtime counters that mean "input we refused" (shown under errors in status)
 ERROR_PREFIXES = ("drop_", "tcp_drop_")
-ERROR_NAMES = ("internal_errors", "auth_failed", "handshake_timeouts", "socket_errors")
+ERROR_NAMES = ("internal_errors", "auth_failed", "socket_errors")
+# not errors: an unanswered UDP dial is how a firewalled node learns to use TCP
+LINK_NAMES = ("handshake_timeouts", "dial_failed", "tcp_dialled", "tcp_accepted")
 TRAFFIC_NAMES = ("datagrams_in", "datagrams_out", "messages_in", "messages_out", "retry_sent")
 
 
@@ -146,4 +148,5 @@ def status_view(service: NodeService) -> dict[str, Any]:
         "errors": errors,
         "errors_total": sum(errors.values()),
         "traffic": {k: stats[k] for k in TRAFFIC_NAMES},
+        "link_events": {k: stats[k] for k in LINK_NAMES},
     }

@@ -373,6 +373,7 @@ class ClientCore:
         self.primary = None
         self._publish = None
         self.state = ClientState.ATTACHING
+        self.events.append(AttachLost(peer, self.backup is not None))
         if self.backup is not None:
             # ask the backup to take us as primary (admission control applies again)
             backup, self.backup = self.backup, None
@@ -380,7 +381,6 @@ class ClientCore:
             self._hint = prefer or [backup]
             self._next_attempt = now
             return self.handle_timer(now)
-        self.events.append(AttachLost(peer))
         if prefer:
             self._hint = prefer
         self._next_attempt = now + self.rng.uniform(0.0, self.config.backoff_base_s)

@@ -18,9 +18,10 @@ class Attached:
 
 @dataclass(frozen=True, slots=True)
 class AttachLost:
-    """The client lost its primary supernode and has no backup to fall back to."""
+    """The client lost its primary supernode; it re-attaches, to its backup if it has one."""
 
     supernode: NodeId
+    to_backup: bool
 
 
 @dataclass(frozen=True, slots=True)
