@@ -21,6 +21,7 @@ from peerphone.overlay.events import (
     CallRinging,
     CallTransferRequested,
     Event,
+    TurnGranted,
 )
 from peerphone.overlay.node import NodeCore
 from peerphone.wire import Message, Signal, SignalDeliver, SignalRelay
@@ -32,6 +33,7 @@ ANSWER = "v=0\r\na=fingerprint:sha-256 11:22:33\r\n"
 
 
 def network(n_users: int = 3, seed: int = 1) -> tuple[FakeNet, list[NodeCore]]:
+    """Five supernodes and `n_users` of alice, bob, carol, logged in."""
     net = FakeNet(seed)
     tier = net.supernodes([f"sn{i}" for i in range(5)])
     users = net.log_in(tier, ["alice", "bob", "carol"][:n_users])
@@ -236,3 +238,26 @@ def test_replayed_invite_does_not_ring_twice() -> None:
     net.run_until(net.now + 1.0)
     assert bob.calls.refused["replayed invite"] == 1
     assert len(of(net, bob, CallIncoming)) == 1
+
+
+def test_relay_credentials_come_from_our_own_supernode() -> None:
+    net, (alice,) = network(1)
+    net.call(alice, alice.client.request_turn(net.now))
+    net.run_until(net.now + 1.0)
+    (none,) = of(net, alice, TurnGranted)
+    assert isinstance(none, TurnGranted) and none.urls == [] and "no relay" in none.reason
+    primary = net.nodes[alice.client.primary or NodeId(b"")]
+    assert primary.supernode is not None
+    asked: list[NodeId] = []
+
+    def issue(client: NodeId, now: float) -> tuple[list[str], str, str, float]:
+        asked.append(client)
+        return ["turn:10.0.0.1:3478?transport=udp"], f"{int(now) + 600}:x", "pw", now + 600
+
+    primary.supernode.turn_issuer = issue
+    net.call(alice, alice.client.request_turn(net.now))
+    net.run_until(net.now + 1.0)
+    grant = of(net, alice, TurnGranted)[-1]
+    assert isinstance(grant, TurnGranted) and grant.urls == ["turn:10.0.0.1:3478?transport=udp"]
+    assert grant.password == "pw" and grant.expires == pytest.approx(net.now - 1.0 + 600, abs=0.1)
+    assert asked == [alice.id]

@@ -68,6 +68,8 @@ from peerphone.wire import (
     Store,
     StoreAck,
     Subscribe,
+    TurnGrant,
+    TurnRequest,
     Watch,
     decode_message,
     encode_message,
@@ -145,6 +147,15 @@ SAMPLES: list[Message] = [
     SignalRelay(req=20, to_user="carol.d", payload=b""),
     SignalRelayAck(req=21, delivered=True, reason=""),
     SignalDeliver(payload=bytes(range(256))),
+    TurnRequest(req=22),
+    TurnGrant(
+        req=23,
+        urls=["turn:10.0.0.1:3478?transport=udp", "turn:10.0.0.1:443?transport=tcp"],
+        username="1767225600:alice",
+        password="c2VjcmV0",
+        expires_ms=1_767_225_600_000,
+        reason="",
+    ),
 ]
 ENCODINGS = [encode_message(m) for m in SAMPLES]
 RECORD_ENCODINGS = [encode_record(r) for r in (NAME, PRESENCE, *MEMBERS)]
@@ -203,7 +214,7 @@ def raw(obj: object) -> bytes:
 
 
 def test_samples_cover_every_message_type() -> None:
-    assert len(MESSAGE_TYPES) == 29
+    assert len(MESSAGE_TYPES) == 31
     assert {type(m) for m in SAMPLES} == set(MESSAGE_TYPES)
     assert len(SAMPLES) == len(MESSAGE_TYPES)
 
@@ -417,6 +428,8 @@ WIRE_TAGS: dict[type[msgspec.Struct], int] = {
     SignalRelay: 42,
     SignalRelayAck: 43,
     SignalDeliver: 44,
+    TurnRequest: 45,
+    TurnGrant: 46,
 }
 
 

@@ -271,6 +271,25 @@ class SignalDeliver(_Msg, tag=44, frozen=True):
     payload: SignalPayload
 
 
+# --- relay credentials: a client's own supernode hands out short-lived TURN credentials
+
+
+class TurnRequest(_Msg, tag=45, frozen=True):
+    req: ReqId
+
+
+class TurnGrant(_Msg, tag=46, frozen=True):
+    """TURN servers (turn:/turns:/stun: URLs) and credentials valid until `expires_ms`;
+    no URLs (and a reason) when the supernode runs no relay."""
+
+    req: ReqId
+    urls: Annotated[list[Annotated[str, msgspec.Meta(max_length=200)]], msgspec.Meta(max_length=4)]
+    username: Annotated[str, msgspec.Meta(max_length=128)]
+    password: Annotated[str, msgspec.Meta(max_length=128)]
+    expires_ms: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+    reason: Reason
+
+
 Message = (
     Attach
     | AttachAccept
@@ -301,6 +320,8 @@ Message = (
     | SignalRelay
     | SignalRelayAck
     | SignalDeliver
+    | TurnRequest
+    | TurnGrant
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -23,6 +23,7 @@ from peerphone.overlay.events import (
     PresenceChanged,
     Published,
     PublishRefused,
+    TurnGranted,
 )
 from peerphone.records import (
     Capacity,
@@ -49,6 +50,8 @@ from peerphone.wire import (
     Publish,
     PublishAck,
     Redirect,
+    TurnGrant,
+    TurnRequest,
     Watch,
 )
 
@@ -139,6 +142,7 @@ class ClientCore:
         self._next_attempt: float | None = None
         self._name_record: Record | None = None
         self.name_refused = False  # the directory said our name belongs to another key
+        self._turn_req = -1  # the TurnRequest awaiting its grant
         self._presence: Record | None = None
         self._seq = 0
         self._next_refresh: float | None = None
@@ -342,6 +346,24 @@ class ClientCore:
                 continue
             self.buddies[username] = presence
             self.events.append(PresenceChanged(username, _presence_body(presence).status, presence))
+        return []
+
+    def request_turn(self, now: float) -> list[Send]:
+        """Ask our primary for relay credentials (a TurnGranted event answers)."""
+        if self.primary is None:
+            self.events.append(TurnGranted([], "", "", now, "not attached"))
+            return []
+        self._turn_req = self._next_req()
+        return [(self.primary, TurnRequest(self._turn_req))]
+
+    def handle_turn_grant(self, msg: TurnGrant, src: NodeId, now: float) -> list[Send]:
+        if msg.req != self._turn_req or src != self.primary:
+            return []
+        self._turn_req = -1
+        grant = TurnGranted(
+            list(msg.urls), msg.username, msg.password, msg.expires_ms / 1000, msg.reason
+        )
+        self.events.append(grant)
         return []
 
     def handle_redirect(self, msg: Redirect, src: NodeId, now: float) -> list[Send]:

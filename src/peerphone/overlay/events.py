@@ -126,6 +126,17 @@ class CallTransferRequested:
     by_user: str
 
 
+@dataclass(frozen=True, slots=True)
+class TurnGranted:
+    """Our supernode's relay: URLs and credentials valid until `expires` (no URLs: none)."""
+
+    urls: list[str]
+    username: str
+    password: str
+    expires: float
+    reason: str
+
+
 Event = (
     Attached
     | AttachLost
@@ -140,4 +151,5 @@ Event = (
     | CallEnded
     | CallHoldChanged
     | CallTransferRequested
+    | TurnGranted
 )

@@ -46,6 +46,8 @@ from peerphone.wire import (
     Store,
     StoreAck,
     Subscribe,
+    TurnGrant,
+    TurnRequest,
     Watch,
 )
 
@@ -62,6 +64,7 @@ CLIENT_HANDLERS: dict[type, ClientHandler] = {
     LookupResult: ClientCore.handle_lookup_result,  # type: ignore[dict-item]
     PresenceUpdate: ClientCore.handle_presence_update,  # type: ignore[dict-item]
     Redirect: ClientCore.handle_redirect,  # type: ignore[dict-item]
+    TurnGrant: ClientCore.handle_turn_grant,  # type: ignore[dict-item]
 }
 SUPERNODE_HANDLERS: dict[type, SupernodeHandler] = {
     Attach: SupernodeCore.handle_attach,  # type: ignore[dict-item]
@@ -76,6 +79,7 @@ SUPERNODE_HANDLERS: dict[type, SupernodeHandler] = {
     Subscribe: SupernodeCore.handle_subscribe,  # type: ignore[dict-item]
     Notify: SupernodeCore.handle_notify,  # type: ignore[dict-item]
     Signal: SupernodeCore.handle_signal,  # type: ignore[dict-item]
+    TurnRequest: SupernodeCore.handle_turn_request,  # type: ignore[dict-item]
     SignalRelay: SupernodeCore.handle_signal_relay,  # type: ignore[dict-item]
     SignalRelayAck: SupernodeCore.handle_signal_relay_ack,  # type: ignore[dict-item]
     Ping: SupernodeCore.handle_membership,

@@ -9,7 +9,7 @@ return the freshest valid record; presence watches are subscriptions at the repl
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from peerphone.errors import RecordRejected
@@ -57,10 +57,14 @@ from peerphone.wire import (
     Store,
     StoreAck,
     Subscribe,
+    TurnGrant,
+    TurnRequest,
     Watch,
 )
 
 Send = tuple[NodeId, Message]
+# (client, now) -> TURN URLs, username, password, expiry (s): short-lived relay credentials
+TurnIssuer = Callable[[NodeId, float], tuple[list[str], str, str, float]]
 
 MAX_WATCHES_PER_CLIENT = 1000
 # Replicas a watching supernode subscribes at. One is enough: ring changes move the
@@ -144,6 +148,8 @@ class SupernodeCore:
             self.config.lookup_rounds,
         )
         self.signals = SignalRouter(self.me, self._client_of, self._is_member)
+        # set by the runtime that runs a TURN relay beside this supernode
+        self.turn_issuer: TurnIssuer | None = None
         self._stores: dict[int, _PendingStore] = {}
         self._req = 0
         self._next_expire = now + self.config.expire_interval_s
@@ -431,6 +437,16 @@ class SupernodeCore:
             for client in sorted(self.watching.get(key, ())):
                 out.append((client, PresenceUpdate(group)))
         return out
+
+    # -- relay credentials ------------------------------------------------------------------
+
+    def handle_turn_request(self, msg: TurnRequest, src: NodeId, now: float) -> list[Send]:
+        if src not in self.clients:
+            return [(src, TurnGrant(msg.req, [], "", "", 0, NOT_ATTACHED_LOOKUP))]
+        if self.turn_issuer is None:
+            return [(src, TurnGrant(msg.req, [], "", "", 0, "no relay on this supernode"))]
+        urls, username, password, expires = self.turn_issuer(src, now)
+        return [(src, TurnGrant(msg.req, urls, username, password, int(expires * 1000), ""))]
 
     # -- call signaling ---------------------------------------------------------------------
 
