@@ -38,6 +38,16 @@ def test_steady_small_network_finds_online_users() -> None:
     assert report["invariants"]["records_checked"] > 1000
 
 
+def test_calls_between_online_users_are_answered_through_the_signaling_cores() -> None:
+    config = SimConfig(users=600, duration_s=1500.0, seed=5, call_interval_s=900.0)
+    calls = simulate(config)["calls"]
+    assert calls["attempted"] > 200, calls
+    assert calls["success_rate"] >= 0.98, (config.seed, calls)
+    # virtual time: the invite, the caller-key lookup at the callee and the ringing back
+    assert 0 < calls["ringing_ms"]["p50"] < 1000, calls
+    assert calls["setup_ms"]["p50"] > calls["ringing_ms"]["p50"]  # the ring comes on top
+
+
 def test_every_message_survives_the_wire_codec() -> None:
     report = simulate(
         SimConfig(users=120, duration_s=400.0, ramp_s=60.0, encode_messages=True, seed=4)

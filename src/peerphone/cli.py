@@ -68,6 +68,14 @@ def summary_table(report: dict[str, Any]) -> str:
             "p50 {p50} ms, p95 {p95} ms".format(**report["presence"]["propagation_ms"]),
         ),
     ]
+    calls = report["calls"]
+    rows.append(
+        (
+            "calls",
+            f"{calls['answered']}/{calls['attempted']} answered, ringing after p50 "
+            f"{calls['ringing_ms']['p50']} ms / p95 {calls['ringing_ms']['p95']} ms",
+        )
+    )
     if "recovery_s" in report:
         rec = report["recovery_s"]
         rows.append(("recovery after event", "not recovered" if rec is None else f"{rec:.0f} s"))

@@ -19,6 +19,7 @@ from peerphone.overlay.events import LookupDone, PresenceChanged, Published, Rol
 from peerphone.overlay.node import NodeCore
 from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.records import Capacity, Record, Status
+from peerphone.sim.callload import CallLoad
 from peerphone.sim.engine import Engine, SimNode
 from peerphone.sim.invariants import InvariantChecker
 from peerphone.sim.metrics import Metrics, percentile
@@ -50,6 +51,7 @@ class SimConfig:
     crash_fraction: float = 0.2  # sessions that end without a logout
     lookup_interval_s: float = 600.0  # mean time between lookups of one online user
     status_interval_s: float = 3600.0  # mean time between status changes of one user
+    call_interval_s: float = 4 * 3600.0  # mean time between calls placed by one user; 0: none
     buddies: int = 5
     event_at: float = 0.0  # disaster time; 0 = a third into the run (at least ramp + 300 s)
     disaster_fraction: float = 0.0  # 0 = the scenario's own (30 % or 50 %)
@@ -138,6 +140,7 @@ class World:
         self.engine.link_timeout = lambda: self.net_rng.uniform(lo, hi)
         self.engine.on_events = self._on_events
         self.metrics = Metrics()
+        self.calls = CallLoad(self, random.Random(f"{seed}:calls"), config.call_interval_s)
         self.checker = InvariantChecker(seed, lambda: self.engine.now, config.verify_every)
         self.users: list[User] = []
         self.by_node: dict[int, User] = {}
@@ -352,6 +355,8 @@ class World:
                 else:
                     self.metrics.demotions += 1
                     self.supernodes.pop(node.index, None)
+            else:
+                self.calls.on_event(user, event)
 
     def _lookup_done(self, issuer: User, event: LookupDone) -> None:
         info = self._pending.pop((issuer.index, event.req), None)
@@ -414,6 +419,7 @@ class World:
         self.engine.schedule(cfg.ramp_s / 2, self._lookup_tick)
         self.engine.schedule(cfg.ramp_s / 2, self._status_tick)
         self.engine.schedule(10.0, self._audit)
+        self.calls.start(cfg.ramp_s / 2)
         if cfg.scenario == "mass-reboot":
             self.engine.schedule(cfg.disaster_time(), self._mass_reboot)
         elif cfg.scenario == "login-storm":
@@ -476,6 +482,7 @@ class World:
                     for q in ("p50", "p95")
                 },
             },
+            "calls": self.calls.metrics.report(),
             "network": {"messages": self.network.sent, "lost": self.network.lost},
             "invariants": {
                 "records_checked": self.checker.accepts,

@@ -1,0 +1,127 @@
+"""Calls in the simulator: online users call each other through the real signaling cores.
+
+A call is placed from one online, published user to another; the callee's node answers
+after a short ring, the caller hangs up after an exponential talk time. Media is not
+simulated (the SDP is a placeholder); what is measured is signaling: how many calls to an
+online user are answered, the set-up time (placing to `CallAnswered`, which includes the
+callee lookup, the caller-key check at the callee and the ring), and why calls failed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from peerphone.errors import LocalProtocolError
+from peerphone.overlay.events import CallAnswered, CallEnded, CallIncoming, CallRinging, Event
+from peerphone.sim.metrics import percentile
+
+if TYPE_CHECKING:
+    from peerphone.sim.world import User, World
+
+SIM_SDP = "v=0\r\ns=simulated\r\n"
+RING_S = (1.0, 4.0)  # the callee answers after this long (uniform)
+TALK_MEAN_S = 120.0
+
+
+@dataclass(slots=True)
+class CallMetrics:
+    attempted: int = 0
+    answered: int = 0
+    setup_s: list[float] = field(default_factory=list)  # placed -> answered (incl. the ring)
+    ringing_s: list[float] = field(default_factory=list)  # placed -> ringing: signaling only
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "attempted": self.attempted,
+            "answered": self.answered,
+            "success_rate": round(self.answered / self.attempted, 6) if self.attempted else 0.0,
+            "setup_ms": _ms(self.setup_s),
+            "ringing_ms": _ms(self.ringing_s),
+            "failures": dict(sorted(self.failures.items())),
+        }
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    return {q: round(percentile(values, float(q[1:])) * 1000, 1) for q in ("p50", "p95", "p99")}
+
+
+class CallLoad:
+    """Places, answers and hangs up calls in a `World`; counts what happened."""
+
+    def __init__(self, world: World, rng: random.Random, interval_s: float) -> None:
+        self.world = world
+        self.rng = rng
+        self.interval_s = interval_s  # mean time between calls placed by one online user
+        self.metrics = CallMetrics()
+        # (caller index, call id) -> (callee index, callee session, placed at)
+        self._placed: dict[tuple[int, bytes], tuple[int, int, float]] = {}
+
+    def start(self, at: float) -> None:
+        if self.interval_s > 0:
+            self.world.engine.schedule(at, self._tick)
+
+    def _tick(self) -> None:
+        world = self.world
+        now = world.engine.now
+        if len(world.online) >= 2:
+            caller = world.users[world.online.choice(self.rng)]
+            callee = world.users[world.online.choice(self.rng)]
+            if caller is not callee and callee.published_seq is not None:
+                call_id, out = caller.node.core.call(callee.name, SIM_SDP, now)
+                self._placed[(caller.index, call_id)] = (callee.index, callee.session, now)
+                world.engine.send(caller.node, out)
+        rate = max(len(world.online), 1) / self.interval_s
+        world.engine.schedule(now + self.rng.expovariate(rate), self._tick)
+
+    def on_event(self, user: User, event: Event) -> bool:
+        """Handle a call event of `user`'s node; False if it is not one."""
+        if isinstance(event, CallIncoming):
+            self.world.engine.schedule(
+                self.world.engine.now + self.rng.uniform(*RING_S),
+                self._act,
+                user,
+                user.session,
+                lambda now: user.node.core.accept_call(event.call_id, SIM_SDP, now),
+            )
+        elif isinstance(event, CallRinging):
+            placed = self._placed.get((user.index, event.call_id))
+            if placed is not None:
+                self.metrics.ringing_s.append(self.world.engine.now - placed[2])
+        elif isinstance(event, CallAnswered):
+            placed = self._placed.pop((user.index, event.call_id), None)
+            if placed is not None:
+                self.metrics.attempted += 1
+                self.metrics.answered += 1
+                self.metrics.setup_s.append(self.world.engine.now - placed[2])
+                self.world.engine.schedule(
+                    self.world.engine.now + self.rng.expovariate(1 / TALK_MEAN_S),
+                    self._act,
+                    user,
+                    user.session,
+                    lambda now: user.node.core.hangup(event.call_id, now),
+                )
+        elif isinstance(event, CallEnded):
+            placed = self._placed.pop((user.index, event.call_id), None)
+            if placed is not None:
+                callee = self.world.users[placed[0]]
+                if callee.online and callee.session == placed[1] and user.online:
+                    self.metrics.attempted += 1  # a call to a user who stayed online failed
+                    reason = event.reason
+                    self.metrics.failures[reason] = self.metrics.failures.get(reason, 0) + 1
+        else:
+            return False
+        return True
+
+    def _act(self, user: User, session: int, action: Callable[[float], list[Any]]) -> None:
+        """Do `action` on the user's node if it is still the same session."""
+        if not user.online or user.session != session:
+            return
+        try:
+            out = action(self.world.engine.now)
+        except LocalProtocolError:
+            return  # the call ended meanwhile (cancelled, timed out)
+        self.world.engine.send(user.node, out)
