@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,45 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     node.add_argument("--control", metavar="127.0.0.1:PORT", help="control API address")
     node.add_argument("--device", help="device name shown in presence")
     node.add_argument("--max-clients", type=int, help="clients served at most as a supernode")
+    node.add_argument(
+        "--auto-answer", action="store_true", default=None, help="answer incoming calls by itself"
+    )
+    node.add_argument("--answer-play", metavar="FILE.wav", help="what auto-answered callers hear")
+    node.add_argument("--answer-record", metavar="DIR", help="record auto-answered calls here")
+    node.add_argument(
+        "--relay-allow",
+        action="append",
+        metavar="CIDR",
+        help="let our relay reach this special range anyway (repeatable)",
+    )
     node.add_argument("--verbose", action="store_true")
+
+    call = sub.add_parser("call", help="call a user; prints the call's statistics")
+    _dir_option(call)
+    call.add_argument("name")
+    call.add_argument("--play", type=Path, metavar="FILE.wav", help="what the callee hears")
+    call.add_argument("--record", type=Path, metavar="FILE.wav", help="record what we hear")
+    call.add_argument(
+        "--duration",
+        type=float,
+        metavar="S",
+        help="hang up after S seconds connected (default: return once connected)",
+    )
+    call.add_argument("--json", action="store_true")
+    calls = sub.add_parser("calls", help="current and recent calls")
+    _dir_option(calls)
+    calls.add_argument("--json", action="store_true")
+    hangup = sub.add_parser("hangup", help="hang up a call")
+    _dir_option(hangup)
+    hangup.add_argument("call_id")
+    transfer = sub.add_parser("transfer", help="send the peer of a call on to another user")
+    _dir_option(transfer)
+    transfer.add_argument("call_id")
+    transfer.add_argument("name")
+    hold = sub.add_parser("hold", help="put a call on hold (--resume: take it off)")
+    _dir_option(hold)
+    hold.add_argument("call_id")
+    hold.add_argument("--resume", action="store_true")
 
     status = sub.add_parser("status", help="the running node's status")
     _dir_option(status)
@@ -104,6 +143,14 @@ def _apply_options(config: NodeConfig, args: argparse.Namespace) -> None:
         config.bootstrap = list(args.bootstrap)
     if args.max_clients is not None:
         config.share.max_clients = args.max_clients
+    if args.auto_answer is not None:
+        config.auto_answer = True
+    for option in ("answer_play", "answer_record"):
+        value = getattr(args, option)
+        if value is not None:
+            setattr(config, option, str(Path(value).resolve()) if value else "")
+    if args.relay_allow is not None:
+        config.relay_allow = list(args.relay_allow)
 
 
 def _print(value: Any, as_json: bool, text: str) -> None:
@@ -169,7 +216,87 @@ def cmd_set_status(args: argparse.Namespace) -> int:
     return 0
 
 
+CALL_TIMEOUT_S = 60.0  # from placing a call until it is connected (or given up)
+POLL_S = 0.2
+
+
+def _rates(value: object) -> str:
+    if isinstance(value, dict):
+        return f"{value.get('sent', '-')} sent / {value.get('received', '-')} received"
+    return "-" if value is None else str(value)
+
+
+def _call_text(c: dict[str, Any]) -> str:
+    def num(key: str, fmt: str) -> str:
+        value = c.get(key)
+        return "-" if value is None else format(value, fmt)
+
+    return (
+        f"call {c['call_id']} {c['direction']} {c['peer']}: {c['state']}"
+        + (f" ({c['end_reason']})" if c.get("end_reason") else "")
+        + f", path {c.get('path') or '-'}, setup {num('setup_ms', '.0f')} ms, "
+        f"rtt {num('rtt_ms', '.1f')} ms, jitter {num('jitter_ms', '.1f')} ms, "
+        f"loss {num('loss', '.3f')}, {_rates(c.get('bitrate_kbps'))} kbit/s, "
+        f"{c.get('bytes_sent') or 0} B sent, {c.get('bytes_received') or 0} B received"
+    )
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    client = ControlClient(args.data_dir, timeout_s=CALL_TIMEOUT_S)
+    body: dict[str, Any] = {"name": args.name}
+    for key in ("play", "record"):
+        path = getattr(args, key)
+        if path is not None:
+            body[key] = str(path.resolve())
+    call = client.request("POST", "/v1/calls", body)
+    path = f"/v1/calls/{call['call_id']}"
+    deadline = time.monotonic() + CALL_TIMEOUT_S
+    while call["state"] != "ended" and not (call["state"] == "active" and call.get("path")):
+        if time.monotonic() > deadline:
+            call = client.request("POST", path + "/hangup", {})
+            break
+        time.sleep(POLL_S)
+        call = client.request("GET", path)
+    connected = call["state"] == "active"
+    if connected and args.duration is not None:
+        end = time.monotonic() + args.duration
+        while time.monotonic() < end and call["state"] == "active":
+            time.sleep(min(POLL_S * 5, max(0.0, end - time.monotonic())))
+            call = client.request("GET", path)
+        if call["state"] == "active":
+            client.request("POST", path + "/hangup", {})
+        for _ in range(50):  # the final statistics are taken as the call ends
+            call = client.request("GET", path)
+            if call["state"] == "ended":
+                break
+            time.sleep(POLL_S / 2)
+    _print(call, args.json, _call_text(call))
+    return 0 if connected else 1
+
+
+def cmd_calls(args: argparse.Namespace) -> int:
+    items = ControlClient(args.data_dir).request("GET", "/v1/calls")
+    _print(items, args.json, "\n".join(_call_text(c) for c in items) or "(no calls)")
+    return 0
+
+
+def cmd_call_action(args: argparse.Namespace) -> int:
+    action, body = args.command, {}
+    if args.command == "transfer":
+        body = {"name": args.name}
+    elif args.command == "hold":
+        body = {"held": not args.resume}
+    call = ControlClient(args.data_dir).request("POST", f"/v1/calls/{args.call_id}/{action}", body)
+    print(_call_text(call))
+    return 0
+
+
 COMMANDS = {
+    "call": cmd_call,
+    "calls": cmd_calls,
+    "hangup": cmd_call_action,
+    "transfer": cmd_call_action,
+    "hold": cmd_call_action,
     "demo": cmd_demo,
     "node": cmd_node,
     "status": cmd_status,

@@ -79,6 +79,10 @@ class NodeConfig:
     role: str = "auto"
     control: str = "127.0.0.1:0"
     device: str = "node"
+    auto_answer: bool = False  # answer incoming calls by themselves (headless nodes)
+    answer_play: str = ""  # WAV file played to callers we auto-answer (silence if empty)
+    answer_record: str = ""  # directory where auto-answered calls are recorded
+    relay_allow: list[str] = field(default_factory=list)  # CIDRs our relay may reach anyway
     share: ShareConfig = field(default_factory=ShareConfig)
 
     def check(self) -> None:
@@ -102,6 +106,11 @@ class NodeConfig:
         transport, host, _ = parse_endpoint(self.control)
         if transport != "udp" or not ipaddress.ip_address(host).is_loopback:
             raise ConfigError("control: the control API listens on loopback only")
+        for cidr in self.relay_allow:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"relay_allow: {cidr!r} is not a CIDR range") from None
         if not 0 < len(self.device) <= 32:
             raise ConfigError("device: 1-32 characters")
         share = self.share

@@ -10,6 +10,13 @@ read DIR) can drive it. Bodies are JSON and small; errors are JSON `{"error": ..
     POST   /v1/contacts   {"name"}     add a buddy (watched from now on)
     DELETE /v1/contacts/{name}         remove a buddy
     POST   /v1/presence   {"status"}   online | away | busy
+    GET    /v1/calls                   calls (and recently ended ones) with statistics
+    POST   /v1/calls      {"name", "play", "record"}   place a call (paths on this host)
+    GET    /v1/calls/{id}              one call
+    POST   /v1/calls/{id}/answer  {"play", "record"}   answer a ringing call
+    POST   /v1/calls/{id}/hangup       hang up (cancel, decline)
+    POST   /v1/calls/{id}/hold    {"held": true|false}
+    POST   /v1/calls/{id}/transfer {"name"}   blind transfer
     GET    /v1/events                  WebSocket: one JSON object per event
 """
 
@@ -22,13 +29,16 @@ import logging
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from peerphone.daemon.calls import Media
 from peerphone.daemon.config import parse_endpoint
 from peerphone.daemon.service import NodeService
-from peerphone.errors import LocalProtocolError
+from peerphone.errors import PeerphoneError
+from peerphone.overlay.callmsg import CALL_ID_BYTES
 from peerphone.records import Status
 
 log = logging.getLogger(__name__)
@@ -55,7 +65,7 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except web.HTTPException:
         raise
-    except (ValueError, LocalProtocolError) as exc:
+    except (ValueError, PeerphoneError) as exc:
         return _error(400, str(exc))
     except TimeoutError:
         return _error(504, "the node did not answer in time")
@@ -118,6 +128,67 @@ async def post_presence(request: web.Request) -> web.Response:
     return web.json_response({"status": status.name.lower()})
 
 
+def _call_id(request: web.Request) -> bytes:
+    try:
+        call_id = bytes.fromhex(request.match_info["call_id"])
+    except ValueError:
+        raise ValueError("call id: hex digits expected") from None
+    if len(call_id) != CALL_ID_BYTES:
+        raise ValueError(f"call id: {2 * CALL_ID_BYTES} hex digits expected")
+    return call_id
+
+
+def _media(body: dict[str, Any]) -> Media:
+    paths = {}
+    for key in ("play", "record"):
+        value = body.get(key, "")
+        if not isinstance(value, str):
+            raise ValueError(f"{key!r}: a path (string) is expected")
+        if value and not Path(value).is_absolute():
+            raise ValueError(f"{key!r}: an absolute path is expected")
+        paths[key] = value
+    if paths["play"] and not Path(paths["play"]).is_file():
+        raise ValueError(f"{paths['play']}: no such file")
+    return Media(paths["play"], paths["record"])
+
+
+async def get_calls(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[SERVICE_KEY].calls.list())
+
+
+async def post_call(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    calls = request.app[SERVICE_KEY].calls
+    record = await calls.place(_string(body, "name"), _media(body))
+    return web.json_response(await calls.view(record.call_id), status=201)
+
+
+async def get_call(request: web.Request) -> web.Response:
+    calls = request.app[SERVICE_KEY].calls
+    return web.json_response(await calls.view(_call_id(request)))
+
+
+async def post_call_action(request: web.Request) -> web.Response:
+    calls = request.app[SERVICE_KEY].calls
+    call_id = _call_id(request)
+    action = request.match_info["action"]
+    body = await _json_body(request)
+    if action == "answer":
+        await calls.answer(call_id, _media(body))
+    elif action == "hangup":
+        calls.hangup(call_id)
+    elif action == "hold":
+        held = body.get("held", True)
+        if not isinstance(held, bool):
+            raise ValueError("'held': true or false")
+        calls.hold(call_id, held)
+    elif action == "transfer":
+        calls.transfer(call_id, _string(body, "name"))
+    else:
+        return _error(404, f"no call action {action!r}")
+    return web.json_response(await calls.view(call_id))
+
+
 async def get_events(request: web.Request) -> web.WebSocketResponse:
     service = request.app[SERVICE_KEY]
     queue = service.listen()
@@ -157,6 +228,10 @@ def make_app(service: NodeService, token: str) -> web.Application:
     app.router.add_post("/v1/contacts", post_contact)
     app.router.add_delete("/v1/contacts/{name}", delete_contact)
     app.router.add_post("/v1/presence", post_presence)
+    app.router.add_get("/v1/calls", get_calls)
+    app.router.add_post("/v1/calls", post_call)
+    app.router.add_get("/v1/calls/{call_id}", get_call)
+    app.router.add_post("/v1/calls/{call_id}/{action}", post_call_action)
     app.router.add_get("/v1/events", get_events)
     return app
 

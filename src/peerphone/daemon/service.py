@@ -9,6 +9,7 @@ gracefully: a supernode hands its records and clients over before it leaves.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -18,6 +19,7 @@ import socket
 import time
 from typing import Any
 
+from peerphone.daemon.calls import CallManager
 from peerphone.daemon.config import NodeConfig, parse_endpoint
 from peerphone.daemon.datadir import Contact, DataDir
 from peerphone.daemon.logs import ErrorDigest
@@ -29,6 +31,12 @@ from peerphone.overlay.directory import NAME_TAKEN
 from peerphone.overlay.events import (
     Attached,
     AttachLost,
+    CallAnswered,
+    CallEnded,
+    CallHoldChanged,
+    CallIncoming,
+    CallRinging,
+    CallTransferRequested,
     Event,
     PresenceChanged,
     Published,
@@ -41,6 +49,14 @@ from peerphone.records import Capacity, Status, valid_username
 from peerphone.runtime.node_runtime import NodeRuntime, format_address, format_endpoint
 
 log = logging.getLogger("peerphone.node")
+CALL_EVENTS = (
+    CallIncoming,
+    CallRinging,
+    CallAnswered,
+    CallEnded,
+    CallHoldChanged,
+    CallTransferRequested,
+)
 
 HOST_CACHE_SAVE_S = 60.0  # how often the host cache is written while running
 HOUSEKEEPING_S = 5.0  # error digest, capacity refresh
@@ -79,6 +95,7 @@ class NodeService:
         self._runtime: NodeRuntime | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._digest = ErrorDigest(log)
+        self.calls = CallManager(self)
 
     @property
     def runtime(self) -> NodeRuntime:
@@ -194,6 +211,7 @@ class NodeService:
         runtime = self.runtime
         was_supernode = self.core.supernode is not None
         log.info("shutting down%s", " (handing records and clients over)" if was_supernode else "")
+        await self.calls.close()
         if self.core.client.state is not ClientState.OFFLINE:
             runtime.logout()
         await asyncio.sleep(SHUTDOWN_GRACE_S)
@@ -219,6 +237,11 @@ class NodeService:
 
     def _on_event(self, event: Event) -> None:
         out: dict[str, Any] = {"type": type(event).__name__, "ts": time.time()}
+        self.calls.on_event(event)
+        if isinstance(event, CALL_EVENTS):
+            for key, value in dataclasses.asdict(event).items():
+                if key not in ("sdp",):  # large, and in the call's view anyway
+                    out[key] = value.hex() if isinstance(value, bytes) else value
         if isinstance(event, Published):
             if not self.registered:
                 log.info(
@@ -251,6 +274,7 @@ class NodeService:
             log.info("role: %s (%s)", "supernode" if event.supernode else "client", event.reason)
         elif isinstance(event, Attached):
             out.update(primary=event.primary.hex(), backup=event.backup and event.backup.hex())
+            self.calls.refresh_turn()
             log.info(
                 "attached to %s (backup %s)",
                 short(event.primary),
@@ -283,6 +307,8 @@ class NodeService:
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
             self.core.client.capacity = self._capacity()
+            if self.core.client.primary is not None:
+                self.calls.refresh_turn()
             self._digest.maybe_log(error_counters(self.runtime.stats))
             if time.monotonic() >= next_save:
                 next_save = time.monotonic() + HOST_CACHE_SAVE_S

@@ -1,0 +1,322 @@
+"""Calls in the node daemon: signaling from the core, audio from a MediaSession per call.
+
+Outgoing: make the offer (ICE gathering complete), sign and send it through the core, apply
+the verified answer, connect. Incoming: with auto-answer, accept with a session that plays
+`answer_play` (silence if unset) and records into `answer_record`; otherwise the call
+rings until `answer` or `hangup`. A transfer request (`CallTransferRequested`) places the
+new call with the same audio settings. ICE servers are our own supernode's STUN/TURN, with
+credentials it issued (TurnGranted), refreshed before they expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peerphone.errors import LocalProtocolError, PeerphoneError
+from peerphone.media import (
+    CallConfig,
+    DiscardSink,
+    IceServer,
+    MediaSession,
+    SilenceSource,
+    WavRecorder,
+    WavSource,
+)
+from peerphone.media.sinks import AudioSink
+from peerphone.overlay.calls import CallState
+from peerphone.overlay.events import (
+    CallAnswered,
+    CallEnded,
+    CallHoldChanged,
+    CallIncoming,
+    CallTransferRequested,
+    Event,
+    TurnGranted,
+)
+
+if TYPE_CHECKING:
+    from aiortc import MediaStreamTrack
+
+    from peerphone.daemon.service import NodeService
+
+log = logging.getLogger("peerphone.calls")
+
+TURN_REFRESH_MARGIN_S = 60.0  # ask for new relay credentials this long before expiry
+MAX_ENDED_KEPT = 50  # ended calls still listed by `calls`
+STATS_KEYS = (
+    "path",
+    "setup_ms",
+    "rtt_ms",
+    "jitter_ms",
+    "loss",
+    "bitrate_kbps",
+    "bytes_sent",
+    "bytes_received",
+    "local_candidate",
+    "remote_candidate",
+)
+
+
+@dataclass
+class Media:
+    """What one call plays and records."""
+
+    play: str = ""  # WAV file; silence if empty
+    record: str = ""  # WAV file to write what we hear; nothing if empty
+
+    def source(self) -> MediaStreamTrack:
+        return WavSource(self.play) if self.play else SilenceSource()
+
+    def sink(self) -> AudioSink:
+        return WavRecorder(self.record) if self.record else DiscardSink()
+
+
+@dataclass
+class CallRecord:
+    """A call as the control API shows it."""
+
+    call_id: bytes
+    peer: str
+    outgoing: bool
+    media: Media
+    session: MediaSession | None = None
+    placed_at: float = field(default_factory=time.monotonic)
+    final_stats: dict[str, Any] = field(default_factory=dict)
+    end_reason: str = ""
+    transferred_to: str = ""
+    connected_at: float | None = None
+    ended_at: float | None = None
+
+
+class CallManager:
+    """The daemon's calls (see the module docstring)."""
+
+    def __init__(self, service: NodeService) -> None:
+        self.service = service
+        self.calls: dict[bytes, CallRecord] = {}
+        self.turn: TurnGranted | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._answered: dict[bytes, asyncio.Event] = {}
+
+    # -- relay credentials ------------------------------------------------------------------
+
+    def ice_servers(self) -> tuple[IceServer, ...]:
+        grant = self.turn
+        if grant is None or not grant.urls or grant.expires < time.time():
+            return ()
+        servers = []
+        for url in grant.urls:
+            if url.startswith("stun:"):
+                servers.append(IceServer(url))
+            else:
+                servers.append(IceServer(url, grant.username, grant.password))
+        return tuple(servers)
+
+    def refresh_turn(self) -> None:
+        """Ask our supernode for relay credentials when we have none or they run out."""
+        grant = self.turn
+        if grant is None or grant.expires - time.time() < TURN_REFRESH_MARGIN_S:
+            runtime = self.service.runtime
+            runtime.drive(runtime.core.client.request_turn(runtime.now()))
+
+    # -- application ------------------------------------------------------------------------
+
+    async def place(self, name: str, media: Media, referred_by: str = "") -> CallRecord:
+        runtime = self.service.runtime
+        session = MediaSession("pending", media.source(), media.sink(), self._config())
+        try:
+            offer = await session.create_offer()
+            call_id, sends = runtime.core.call(name, offer, runtime.now(), referred_by)
+        except BaseException:
+            await session.close()
+            raise
+        session.call_id = call_id.hex()
+        record = CallRecord(call_id, name, True, media, session)
+        self._keep(record)
+        runtime.drive(sends)
+        log.info("calling %s (call %s)", name, call_id.hex()[:8])
+        return record
+
+    async def answer(self, call_id: bytes, media: Media) -> None:
+        record = self._get(call_id)
+        call = self.service.core.calls.calls.get(call_id)
+        if record.outgoing or call is None or call.state is not CallState.RINGING:
+            raise LocalProtocolError("only a ringing incoming call can be answered")
+        session = MediaSession(call_id.hex(), media.source(), media.sink(), self._config())
+        record.session, record.media = session, media
+        try:
+            answer = await session.accept_offer(call.remote_sdp)
+        except PeerphoneError as exc:
+            runtime = self.service.runtime
+            runtime.drive(runtime.core.reject_call(call_id, f"media failed: {exc}", runtime.now()))
+            raise
+        runtime = self.service.runtime
+        runtime.drive(runtime.core.accept_call(call_id, answer, runtime.now()))
+        log.info("answered %s (call %s)", record.peer, call_id.hex()[:8])
+        self._spawn(self._connected(record))
+
+    def hangup(self, call_id: bytes) -> None:
+        self._get(call_id)
+        runtime = self.service.runtime
+        runtime.drive(runtime.core.hangup(call_id, runtime.now()))
+
+    def hold(self, call_id: bytes, held: bool) -> None:
+        record = self._get(call_id)
+        runtime = self.service.runtime
+        runtime.drive(runtime.core.hold(call_id, held, runtime.now()))
+        if record.session is not None and record.session.connected:
+            (record.session.hold if held else record.session.resume)()
+
+    def transfer(self, call_id: bytes, target: str) -> None:
+        self._get(call_id)
+        runtime = self.service.runtime
+        runtime.drive(runtime.core.transfer(call_id, target, runtime.now()))
+
+    async def view(self, call_id: bytes) -> dict[str, Any]:
+        record = self._get(call_id)
+        call = self.service.core.calls.calls.get(call_id)
+        out: dict[str, Any] = {
+            "call_id": call_id.hex(),
+            "peer": record.peer,
+            "direction": "outgoing" if record.outgoing else "incoming",
+            "state": call.state.value if call is not None else CallState.ENDED.value,
+            "held": bool(call and (call.held_local or call.held_remote)),
+            "end_reason": record.end_reason or (call.end_reason if call else ""),
+            "transferred_to": record.transferred_to,
+        }
+        stats = record.final_stats
+        if record.session is not None and not stats:
+            stats = await record.session.stats()
+            out["media_state"] = record.session.state.value
+        for key in STATS_KEYS:
+            out[key] = stats.get(key)
+        if record.connected_at is not None:  # whole-call averages, not the last interval
+            seconds = (record.ended_at or time.monotonic()) - record.connected_at
+            out["connected_s"] = round(seconds, 3)
+            if seconds > 0:
+                out["bitrate_kbps"] = {
+                    "sent": round((stats.get("bytes_sent") or 0) * 8 / 1000 / seconds, 2),
+                    "received": round((stats.get("bytes_received") or 0) * 8 / 1000 / seconds, 2),
+                }
+        return out
+
+    async def list(self) -> list[dict[str, Any]]:
+        return [await self.view(call_id) for call_id in list(self.calls)]
+
+    async def wait_answered(self, call_id: bytes, timeout_s: float) -> None:
+        await asyncio.wait_for(
+            self._answered.setdefault(call_id, asyncio.Event()).wait(), timeout_s
+        )
+
+    # -- events from the core ---------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, TurnGranted):
+            self.turn = event
+            if not event.urls:
+                log.info("no relay from our supernode: %s", event.reason)
+        elif isinstance(event, CallIncoming):
+            self._incoming(event)
+        elif isinstance(event, CallAnswered):
+            self._spawn(self._connect(event))
+        elif isinstance(event, CallEnded):
+            self._spawn(self._ended(event))
+        elif isinstance(event, CallHoldChanged) and event.by_peer:
+            log.info(
+                "call %s %s by the peer",
+                event.call_id.hex()[:8],
+                "held" if event.held else "resumed",
+            )
+        elif isinstance(event, CallTransferRequested):
+            self._spawn(self._transfer(event))
+
+    def _incoming(self, event: CallIncoming) -> None:
+        record = CallRecord(event.call_id, event.from_user, False, Media())
+        self._keep(record)
+        log.info(
+            "incoming call from %s (call %s)%s",
+            event.from_user,
+            event.call_id.hex()[:8],
+            f", transferred by {event.referred_by}" if event.referred_by else "",
+        )
+        cfg = self.service.config
+        if cfg.auto_answer:
+            record_path = ""
+            if cfg.answer_record:
+                record_path = str(Path(cfg.answer_record) / f"call-{event.call_id.hex()}.wav")
+            self._spawn(self.answer(event.call_id, Media(cfg.answer_play, record_path)))
+
+    async def _connect(self, event: CallAnswered) -> None:
+        record = self.calls.get(event.call_id)
+        if record is None or record.session is None:
+            return
+        await record.session.apply_answer(event.sdp)
+        self._answered.setdefault(event.call_id, asyncio.Event()).set()
+        await self._connected(record)
+
+    async def _connected(self, record: CallRecord) -> None:
+        assert record.session is not None
+        await record.session.wait_connected()
+        record.connected_at = time.monotonic()
+
+    async def _ended(self, event: CallEnded) -> None:
+        record = self.calls.get(event.call_id)
+        if record is None:
+            return
+        record.end_reason = event.reason
+        record.ended_at = time.monotonic()
+        self._answered.setdefault(event.call_id, asyncio.Event()).set()
+        if record.session is not None:
+            record.final_stats = await record.session.stats()
+            await record.session.close()
+        log.info("call %s with %s ended: %s", event.call_id.hex()[:8], record.peer, event.reason)
+
+    async def _transfer(self, event: CallTransferRequested) -> None:
+        old = self.calls.get(event.call_id)
+        media = old.media if old is not None else Media()
+        if old is not None:
+            old.transferred_to = event.target
+        await self.place(event.target, media, referred_by=event.by_user)
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def _config(self) -> CallConfig:
+        return CallConfig(ice_servers=self.ice_servers())
+
+    def _keep(self, record: CallRecord) -> None:
+        self.calls[record.call_id] = record
+        ended = [c for c, r in self.calls.items() if r.end_reason]
+        for call_id in ended[: max(0, len(ended) - MAX_ENDED_KEPT)]:
+            del self.calls[call_id]
+            self._answered.pop(call_id, None)
+
+    def _get(self, call_id: bytes) -> CallRecord:
+        record = self.calls.get(call_id)
+        if record is None:
+            raise LocalProtocolError("no such call")
+        return record
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(self._guard(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, coro: Any) -> None:
+        try:
+            await coro
+        except (PeerphoneError, TimeoutError) as exc:
+            log.warning("call handling failed: %s", exc)
+        except Exception:
+            log.exception("call handling crashed")
+
+    async def close(self) -> None:
+        for record in self.calls.values():
+            if record.session is not None:
+                await record.session.close()
+        for task in list(self._tasks):
+            task.cancel()
