@@ -9,14 +9,17 @@ prints a report and stops every process (SIGTERM, then SIGKILL by PID).
 
 from __future__ import annotations
 
+import array
 import asyncio
 import json
+import math
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,9 @@ PRESENCE_TIMEOUT_S = 10.0  # one status change reaching every watcher
 STOP_TIMEOUT_S = 5.0  # graceful stop before SIGKILL
 LOOKUP_CONCURRENCY = 16
 POLL_S = 0.1
+CALL_S = 3.0  # how long the demo call lasts once connected
+CALL_CONNECT_TIMEOUT_S = 20.0
+TONE_HZ = 440
 
 
 class DemoError(PeerphoneError):
@@ -68,6 +74,7 @@ class Demo:
         self.supernodes = min(3, max(1, nodes // 4))
         self.nodes: list[DemoNode] = []
         self.session: aiohttp.ClientSession | None = None
+        self.tone = workdir / "tone.wav"
 
     # -- processes --------------------------------------------------------------------------
 
@@ -75,6 +82,7 @@ class Demo:
         data_dir = self.workdir / name
         args = [sys.executable, "-m", "peerphone", "node", "--data-dir", str(data_dir)]
         args += ["--name", name, "--listen", "127.0.0.1:0", "--role", role]
+        args += ["--auto-answer", "--answer-play", str(self.tone)]
         for address in bootstrap:
             args += ["--bootstrap", address]
         data_dir.mkdir(parents=True)
@@ -153,6 +161,7 @@ class Demo:
 
     async def run(self) -> dict[str, Any]:
         t0 = time.monotonic()
+        write_tone(self.tone, TONE_HZ, CALL_S + 2.0)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
             self.session = session
             first = self._spawn("sn0", "supernode", [])
@@ -173,9 +182,35 @@ class Demo:
                         await self._post(node, "/v1/contacts", {"name": other})
             lookups = await self._lookups()
             presence = await self._presence()
+            call = await self._call()
             for node in self.nodes:
                 node.status = await self._get(node, "/v1/status")
-        return self._report(ready_s, lookups, presence, time.monotonic() - t0)
+        return self._report(ready_s, lookups, presence, call, time.monotonic() - t0)
+
+    async def _call(self) -> dict[str, Any]:
+        """The first user calls the second (who auto-answers with a tone) for CALL_S."""
+        users = self.nodes[self.supernodes :] or self.nodes
+        caller, callee = users[0], users[1 % len(users)]
+        call: dict[str, Any] = await self._post(
+            caller, "/v1/calls", {"name": callee.name, "play": str(self.tone)}
+        )
+        path = f"/v1/calls/{call['call_id']}"
+        deadline = time.monotonic() + CALL_CONNECT_TIMEOUT_S
+        while call["state"] != "ended" and not (call["state"] == "active" and call.get("path")):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(POLL_S)
+            call = await self._get(caller, path)
+        if call["state"] == "active":
+            await asyncio.sleep(CALL_S)
+            await self._post(caller, path + "/hangup", {})
+            for _ in range(50):
+                call = await self._get(caller, path)
+                if call["state"] == "ended":
+                    break
+                await asyncio.sleep(POLL_S)
+        call["caller"], call["callee"] = caller.name, callee.name
+        return call
 
     async def _lookups(self) -> list[dict[str, Any]]:
         gate = asyncio.Semaphore(LOOKUP_CONCURRENCY)
@@ -229,7 +264,12 @@ class Demo:
         return float("inf")
 
     def _report(
-        self, ready_s: float, lookups: list[dict[str, Any]], delays: list[float], wall_s: float
+        self,
+        ready_s: float,
+        lookups: list[dict[str, Any]],
+        delays: list[float],
+        call: dict[str, Any],
+        wall_s: float,
     ) -> dict[str, Any]:
         ok = [r for r in lookups if r.get("found") and r.get("online")]
         latency = [r["latency_ms"] for r in ok]
@@ -266,9 +306,36 @@ class Demo:
                 "changes_heard": len(heard),
                 "propagation_ms": {"p50": _percentile(heard, 0.5), "p95": _percentile(heard, 0.95)},
             },
+            "call": call,
             "wall_s": round(wall_s, 3),
-            "ok": len(ok) == len(lookups) and len(heard) == len(delays),
+            "ok": len(ok) == len(lookups)
+            and len(heard) == len(delays)
+            and call.get("end_reason") == "hung up"
+            and bool(call.get("bytes_received")),
         }
+
+
+def _call_line(call: dict[str, Any]) -> str:
+    rates = call.get("bitrate_kbps") or {}
+    return (
+        f"call {call['caller']} -> {call['callee']}: {call['state']} ({call.get('end_reason')}), "
+        f"path {call.get('path')}, setup {call.get('setup_ms')} ms, rtt {call.get('rtt_ms')} ms, "
+        f"jitter {call.get('jitter_ms')} ms, loss {call.get('loss')}, "
+        f"{rates.get('sent')} kbit/s sent / {rates.get('received')} kbit/s received"
+    )
+
+
+def write_tone(path: Path, hz: int, seconds: float) -> None:
+    """A mono 48 kHz 16-bit WAV of a sine tone (what auto-answering nodes play)."""
+    rate = 48_000
+    samples = array.array(
+        "h", (int(8000 * math.sin(2 * math.pi * hz * i / rate)) for i in range(int(rate * seconds)))
+    )
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -286,6 +353,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"{lk['latency_ms']['p50']:.1f} ms, p95 {lk['latency_ms']['p95']:.1f} ms",
         f"presence changes heard: {pr['changes_heard']}/{pr['changes_expected']}, propagation "
         f"p50 {pr['propagation_ms']['p50']:.1f} ms, p95 {pr['propagation_ms']['p95']:.1f} ms",
+        _call_line(report["call"]),
         f"wall time: {report['wall_s']:.1f} s - {'OK' if report['ok'] else 'FAILED'}",
     ]
     lines += [f"  failed lookup {f}" for f in lk["failed"][:10]]
