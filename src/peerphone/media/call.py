@@ -1,0 +1,374 @@
+"""One call's audio: a `MediaSession` wraps one aiortc RTCPeerConnection.
+
+Non-trickle: `create_offer` / `accept_offer` return only after ICE gathering finished, so
+the SDP carries every candidate and the DTLS fingerprints. The signaling layer signs that
+exact text with the user key, and the peer passes the exact text whose signature it
+verified to `accept_offer` / `apply_answer`. aiortc then refuses a DTLS peer whose
+certificate does not match those fingerprints, and on connection `MediaSession` checks
+the certificate again itself (`aiortc_internals.peer_certificate`).
+
+Hold: the encoder stops returning packets, so no RTP is sent at all (ICE consent checks
+and RTCP go on, so the path stays open), and received audio is dropped instead of
+played. No renegotiation: the peer learns of the hold from signaling (HOLD / RESUME).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import re
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCIceTransportPolicy,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from av.audio.frame import AudioFrame
+
+from peerphone.errors import DecodeError, LocalProtocolError, PeerphoneError
+from peerphone.media import aiortc_internals
+from peerphone.media.opus import OpusEncoderTrack, OpusSettings, with_opus_fmtp
+from peerphone.media.sdp import (
+    MAX_SDP_CHARS,
+    certificate_fingerprint,
+    certificate_matches,
+    sdp_candidates,
+    sdp_fingerprints,
+)
+from peerphone.media.sinks import AudioSink, DiscardSink
+from peerphone.media.stats import StatsSample, call_stats, sample_report
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONNECT_TIMEOUT_S = 15.0  # ICE checks plus DTLS; aioice gives up on pairs by ~10 s
+_ICE_URL = re.compile(r"^(stun|stuns|turn|turns):[^\s?:]+(?::\d{1,5})?(?:\?transport=(udp|tcp))?$")
+
+
+class CallFailed(PeerphoneError):
+    """The call's media could not be set up or broke: ICE, DTLS or the fingerprint check."""
+
+
+class MediaState(enum.Enum):
+    NEW = "new"
+    OFFERED = "offered"  # our offer is out, waiting for the answer
+    CONNECTING = "connecting"  # both descriptions set: ICE checks, then DTLS
+    CONNECTED = "connected"  # DTLS up and its certificate matches the signed SDP
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+# What each operation or aiortc event may move the session from, and to.
+TRANSITIONS: dict[tuple[MediaState, str], MediaState] = {
+    (MediaState.NEW, "create_offer"): MediaState.OFFERED,
+    (MediaState.NEW, "accept_offer"): MediaState.CONNECTING,
+    (MediaState.OFFERED, "apply_answer"): MediaState.CONNECTING,
+    (MediaState.CONNECTING, "connected"): MediaState.CONNECTED,
+    (MediaState.NEW, "fail"): MediaState.FAILED,
+    (MediaState.OFFERED, "fail"): MediaState.FAILED,
+    (MediaState.CONNECTING, "fail"): MediaState.FAILED,
+    (MediaState.CONNECTED, "fail"): MediaState.FAILED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class IceServer:
+    """A STUN or TURN server for ICE, e.g. ``turn:198.51.100.7:3478?transport=udp``.
+
+    Our supernodes hand these out with short-lived TURN credentials. aiortc uses only the
+    first STUN and the first TURN server of a session's list.
+    """
+
+    url: str
+    username: str | None = None
+    credential: str | None = None
+
+    def __post_init__(self) -> None:
+        if not _ICE_URL.match(self.url):
+            raise LocalProtocolError(f"not a STUN/TURN URL: {self.url!r}")
+        if self.url.startswith("turn") and (self.username is None or self.credential is None):
+            raise LocalProtocolError(f"TURN server {self.url!r} needs a username and credential")
+
+
+@dataclass(frozen=True, slots=True)
+class CallConfig:
+    """How a call sets up its media.
+
+    ``aiortc_encoder=True`` hands raw frames to aiortc's own Opus encoder (96 kbit/s
+    stereo): only for benchmarks that compare against it.
+    """
+
+    ice_servers: tuple[IceServer, ...] = ()
+    force_relay: bool = False  # only TURN relay candidates (iceTransportPolicy RELAY)
+    opus: OpusSettings = field(default_factory=OpusSettings)
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    aiortc_encoder: bool = False
+
+    def rtc_configuration(self) -> RTCConfiguration:
+        # An explicit list, even empty: with None aiortc asks a public STUN server.
+        servers = [RTCIceServer(s.url, s.username, s.credential) for s in self.ice_servers]
+        policy = RTCIceTransportPolicy.RELAY if self.force_relay else RTCIceTransportPolicy.ALL
+        return RTCConfiguration(iceServers=servers, iceTransportPolicy=policy)
+
+
+class MediaSession:
+    """The audio of one call: offer/answer, connection, hold, statistics, close."""
+
+    def __init__(
+        self,
+        call_id: str,
+        source: MediaStreamTrack,
+        sink: AudioSink | None = None,
+        config: CallConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.call_id = call_id
+        self.config = config or CallConfig()
+        self.sink: AudioSink = sink if sink is not None else DiscardSink()
+        self.state = MediaState.NEW
+        self.failure: str | None = None
+        self.on_hold = False
+        self.local_sdp: str | None = None
+        self.remote_sdp: str | None = None
+        self.remote_fingerprints: list[str] = []
+        self.verified_fingerprint: str | None = None  # sha-256 of the peer's DTLS cert
+        self.setup_ms: float | None = None
+        self._clock = clock
+        self._started_at: float | None = None
+        self._last_sample: StatsSample | None = None
+        self._settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._consumer: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # fire-and-forget work, kept alive
+        self.encoder: OpusEncoderTrack | None = None
+        track: MediaStreamTrack = source
+        if not self.config.aiortc_encoder:
+            self.encoder = OpusEncoderTrack(source, self.config.opus)
+            track = self.encoder
+        self._pc = RTCPeerConnection(self.config.rtc_configuration())
+        self._pc.on("connectionstatechange", self._on_connection_state)
+        self._pc.on("track", self._on_track)
+        transceiver = self._pc.addTransceiver(track, direction="sendrecv")
+        opus = [
+            c
+            for c in RTCRtpSender.getCapabilities("audio").codecs
+            if c.mimeType.lower() == "audio/opus"
+        ]
+        transceiver.setCodecPreferences(opus)  # Opus or nothing: never PCMU at 64 kbit/s
+
+    @property
+    def connected(self) -> bool:
+        return self.state is MediaState.CONNECTED
+
+    @property
+    def peer_connection(self) -> RTCPeerConnection:
+        return self._pc
+
+    # -- offer / answer -------------------------------------------------------------------
+
+    async def create_offer(self) -> str:
+        """Gather candidates and return the complete offer SDP (sign this exact text)."""
+        self._move("create_offer")
+        self._started_at = self._clock()
+        offer = await self._pc.createOffer()
+        return await self._set_local(offer)
+
+    async def accept_offer(self, offer_sdp: str) -> str:
+        """Take the caller's (verified) offer; return the complete answer SDP to sign.
+
+        Raises DecodeError when the offer is unusable (the session is then failed).
+        """
+        self._move("accept_offer")
+        self._started_at = self._clock()
+        await self._set_remote(offer_sdp, "offer")
+        answer = await self._pc.createAnswer()
+        return await self._set_local(answer)
+
+    async def apply_answer(self, answer_sdp: str) -> None:
+        """Take the callee's (verified) answer; ICE and DTLS start."""
+        self._move("apply_answer")
+        await self._set_remote(answer_sdp, "answer")
+
+    async def _set_local(self, description: RTCSessionDescription) -> str:
+        munged = with_opus_fmtp(description.sdp, self.config.opus)
+        await self._pc.setLocalDescription(RTCSessionDescription(munged, description.type))
+        sdp = self._pc.localDescription.sdp
+        if len(sdp) > MAX_SDP_CHARS:
+            raise LocalProtocolError(f"local SDP of {len(sdp)} characters: too many interfaces?")
+        self.local_sdp = sdp
+        return sdp
+
+    async def _set_remote(self, sdp: str, kind: str) -> None:
+        try:
+            self.remote_fingerprints = sdp_fingerprints(sdp)
+            sdp_candidates(sdp)  # malformed candidate lines: refuse before aiortc sees them
+            await self._pc.setRemoteDescription(RTCSessionDescription(sdp, kind))
+        except Exception as exc:  # garbage from the peer must not escape as anything else
+            reason = f"unusable remote {kind}: {type(exc).__name__}: {exc}"
+            await self._fail(reason)
+            raise DecodeError(reason) from exc
+        self.remote_sdp = sdp
+
+    # -- connection -----------------------------------------------------------------------
+
+    async def wait_connected(self, timeout_s: float | None = None) -> None:
+        """Return once connected and verified; raise CallFailed on failure or timeout."""
+        if self.state is MediaState.CONNECTED:
+            return
+        if self.state in (MediaState.NEW, MediaState.OFFERED):
+            raise LocalProtocolError(f"wait_connected in state {self.state.value}")
+        limit = self.config.connect_timeout_s if timeout_s is None else timeout_s
+        try:
+            await asyncio.wait_for(asyncio.shield(self._settled), limit)
+        except TimeoutError:
+            await self._fail(f"not connected within {limit} s")
+        if not self.connected:
+            raise CallFailed(self.failure or f"call is {self.state.value}")
+
+    def _on_connection_state(self) -> None:
+        state = self._pc.connectionState
+        if state == "connected" and self.state is MediaState.CONNECTING:
+            self._verify_and_connect()
+        elif state == "failed":
+            self._spawn(self._fail("ICE or DTLS failed (or DTLS peer ≠ SDP)"))
+
+    def _verify_and_connect(self) -> None:
+        certificate = aiortc_internals.peer_certificate(self._pc)
+        if certificate is None or not certificate_matches(certificate, self.remote_fingerprints):
+            self._spawn(self._fail("DTLS certificate does not match the signed SDP"))
+            return
+        self.verified_fingerprint = certificate_fingerprint(certificate)
+        now = self._clock()
+        if self._started_at is not None:
+            self.setup_ms = round((now - self._started_at) * 1000, 1)
+        self._last_sample = StatsSample(at=now)
+        self._move("connected")
+        if not self._settled.done():
+            self._settled.set_result(None)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio" and self._consumer is None:
+            self._consumer = asyncio.ensure_future(self._consume(track))
+
+    async def _consume(self, track: MediaStreamTrack) -> None:
+        # Always read: aiortc queues decoded frames without bound until someone does.
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if self.on_hold or not isinstance(frame, AudioFrame):
+                continue
+            try:
+                self.sink.write(frame)
+            except OSError as exc:
+                log.warning(
+                    "call %s: sink failed, dropping audio from now on: %s", self.call_id, exc
+                )
+                self.sink = DiscardSink()
+
+    # -- hold, statistics, close ----------------------------------------------------------
+
+    def hold(self) -> None:
+        """Stop sending audio (no RTP at all) and stop playing what arrives."""
+        self._set_hold(True)
+
+    def resume(self) -> None:
+        self._set_hold(False)
+
+    def _set_hold(self, on_hold: bool) -> None:
+        if self.state in (MediaState.FAILED, MediaState.CLOSED):
+            raise LocalProtocolError(f"hold/resume on a {self.state.value} call")
+        if self.encoder is None:
+            raise LocalProtocolError("hold needs our encoder (aiortc_encoder=False)")
+        self.on_hold = on_hold
+        if on_hold:
+            self.encoder.pause()
+        else:
+            self.encoder.resume()
+
+    async def stats(self) -> dict[str, Any]:
+        """RTT, jitter, loss and bitrates since the previous call of `stats` (or connection).
+
+        ``path`` is ``direct`` or ``relay`` (a TURN relay on either side of the selected
+        candidate pair), None before ICE completes.
+        """
+        now = self._clock()
+        out: dict[str, Any] = {
+            "call_id": self.call_id,
+            "state": self.state.value,
+            "on_hold": self.on_hold,
+            "failure": self.failure,
+            "setup_ms": self.setup_ms,
+            "path": None,
+            "local_candidate": None,
+            "remote_candidate": None,
+            "dtls_fingerprint": self.verified_fingerprint,
+        }
+        if self.state is MediaState.CLOSED:
+            return out | call_stats(None, StatsSample(at=now))
+        sample = sample_report(await self._pc.getStats(), now)
+        out |= call_stats(self._last_sample, sample)
+        self._last_sample = sample
+        pair = aiortc_internals.selected_pair(self._pc)
+        if pair is not None:
+            out["path"] = "relay" if pair.relayed else "direct"
+            out["local_candidate"] = (
+                f"{pair.local_type} {pair.local_address[0]}:{pair.local_address[1]}"
+            )
+            out["remote_candidate"] = (
+                f"{pair.remote_type} {pair.remote_address[0]}:{pair.remote_address[1]}"
+            )
+        if self.encoder is not None:
+            out["opus_target_kbps"] = self.encoder.settings.bitrate_bps / 1000
+            out["opus_packets"] = self.encoder.packets_encoded
+            out["opus_bytes"] = self.encoder.bytes_encoded
+        return out
+
+    async def close(self) -> None:
+        """Hang up: stop the connection and the sink. Safe to call again."""
+        if self.state is MediaState.CLOSED:
+            return
+        self.state = MediaState.CLOSED
+        if not self._settled.done():
+            self._settled.set_result(None)
+        await self._pc.close()
+        if self._consumer is not None:
+            self._consumer.cancel()
+            await asyncio.gather(self._consumer, return_exceptions=True)
+        self.sink.close()
+
+    async def _fail(self, reason: str) -> None:
+        if self.state in (MediaState.FAILED, MediaState.CLOSED):
+            return
+        log.info("call %s: media failed: %s", self.call_id, reason)
+        self.failure = reason
+        self._move("fail")
+        if not self._settled.done():
+            self._settled.set_result(None)
+        await self._pc.close()
+        self.sink.close()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _move(self, trigger: str) -> None:
+        target = TRANSITIONS.get((self.state, trigger))
+        if target is None:
+            raise LocalProtocolError(f"{trigger} in state {self.state.value}")
+        self.state = target
+
+
+def _describe(candidate_type: str, address: tuple[str, int]) -> str:
+    return f"{candidate_type} {address[0]}:{address[1]}"

@@ -1,0 +1,214 @@
+"""Voice-sized Opus: our own encoder in front of aiortc, which sends what it is given.
+
+aiortc's own Opus encoder (``aiortc/codecs/opus.py``) is hard-wired to 96 kbit/s stereo,
+about 133 kbit/s on the wire. Instead of patching it, `OpusEncoderTrack` encodes itself
+(PyAV's libopus, mono, 32 kbit/s by default) and hands aiortc finished ``av.Packet``s.
+aiortc's RTP sender passes packets through untouched (``Encoder.pack``: it only converts
+``pts`` to the 48 kHz RTP clock) — the same path its ``MediaPlayer(decode=False)`` uses to
+relay encoded media — so no private attribute and no global patch is involved. What the
+rest of the process does with aiortc is unchanged.
+
+tests/test_media.py checks that the RTP payload bytes aiortc reports as sent equal the
+bytes this encoder produced, so an aiortc release that re-encoded or dropped packets would
+fail the suite. See docs/decisions/0010-opus-bitrate.md for the numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import av
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+from av.audio.frame import AudioFrame
+from av.packet import Packet
+
+from peerphone.errors import LocalProtocolError
+
+SAMPLE_RATE = 48_000  # Opus' RTP clock is always 48 kHz (RFC 7587)
+TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+DEFAULT_BITRATE_BPS = 28_000  # 32 kbit/s costs 48-49 kbit/s of UDP payload: see 0010
+MIN_BITRATE_BPS = 6_000  # libopus' floor
+MAX_BITRATE_BPS = 128_000  # far above voice; the 24-40 kbit/s band is the intended use
+FRAME_DURATIONS_MS = (10, 20, 40, 60)  # what a packet may hold; 20 ms is WebRTC's norm
+MAX_PENDING_PACKETS = 16  # encoded, not yet taken by the sender (one input frame -> ~1)
+
+
+@dataclass(frozen=True, slots=True)
+class OpusSettings:
+    """How calls encode voice: mono Opus, `bitrate_bps` on average, `frame_ms` per packet.
+
+    ``fec`` asks libopus for in-band forward error correction (it costs bitrate and only
+    helps a receiver that decodes it: aiortc's decoder, through PyAV, does not).
+    """
+
+    bitrate_bps: int = DEFAULT_BITRATE_BPS
+    frame_ms: int = 20
+    complexity: int = 10  # libopus 0..10; 10 costs ~0.25 ms of CPU per 20 ms frame
+    fec: bool = False
+    expected_loss_pct: int = 0  # libopus tunes its FEC to this; used only with fec
+
+    def __post_init__(self) -> None:
+        if not MIN_BITRATE_BPS <= self.bitrate_bps <= MAX_BITRATE_BPS:
+            raise LocalProtocolError(
+                f"bitrate_bps {self.bitrate_bps} outside {MIN_BITRATE_BPS}..{MAX_BITRATE_BPS}"
+            )
+        if self.frame_ms not in FRAME_DURATIONS_MS:
+            raise LocalProtocolError(f"frame_ms {self.frame_ms} not in {FRAME_DURATIONS_MS}")
+        if not 0 <= self.complexity <= 10:
+            raise LocalProtocolError(f"complexity {self.complexity} outside 0..10")
+        if not 0 <= self.expected_loss_pct <= 100:
+            raise LocalProtocolError(f"expected_loss_pct {self.expected_loss_pct} outside 0..100")
+
+    @property
+    def samples_per_packet(self) -> int:
+        return SAMPLE_RATE * self.frame_ms // 1000
+
+    def fmtp(self) -> dict[str, str]:
+        """The Opus format parameters (RFC 7587 §6.1) that describe what we send and want.
+
+        aiortc ignores a peer's fmtp for Opus; they are for peers that honour them.
+        ``useinbandfec`` says whether *we* can use FEC when decoding: aiortc cannot.
+        """
+        return {
+            "minptime": "10",
+            "ptime": str(self.frame_ms),
+            "stereo": "0",
+            "sprop-stereo": "0",
+            "maxaveragebitrate": str(self.bitrate_bps),
+            "useinbandfec": "0",
+        }
+
+
+def make_encoder(settings: OpusSettings) -> av.AudioCodecContext:
+    """A libopus encoder for 48 kHz mono s16 frames of ``settings.samples_per_packet``."""
+    codec = av.CodecContext.create("libopus", "w")
+    assert isinstance(codec, av.AudioCodecContext)
+    codec.bit_rate = settings.bitrate_bps
+    codec.format = "s16"
+    codec.layout = "mono"
+    codec.sample_rate = SAMPLE_RATE
+    codec.time_base = TIME_BASE
+    options = {
+        "application": "voip",
+        "frame_duration": str(settings.frame_ms),
+        # Constrained VBR: unconstrained VBR spent 46 kbit/s on a 32 kbit/s target for a
+        # pitch-hopping tone; calls need a rate the relays' caps can count on.
+        "vbr": "constrained",
+        "compression_level": str(settings.complexity),
+    }
+    if settings.fec:
+        options["fec"] = "1"
+        options["packet_loss"] = str(settings.expected_loss_pct)
+    codec.options = options
+    return codec
+
+
+def make_mono_resampler(frame_samples: int) -> av.AudioResampler:
+    """Any audio frame in, 48 kHz mono s16 frames of exactly `frame_samples` out."""
+    return av.AudioResampler(
+        format="s16", layout="mono", rate=SAMPLE_RATE, frame_size=frame_samples
+    )
+
+
+class OpusEncoderTrack(MediaStreamTrack):
+    """The track given to aiortc: reads raw audio from `source`, returns Opus packets.
+
+    `source` is any audio track (our sources, aiortc's MediaPlayer, a microphone); its
+    frames are resampled to 48 kHz mono. While `paused`, frames are still read (the source
+    keeps its pace) but nothing is encoded or returned, so aiortc sends no RTP at all; the
+    RTP timestamps jump by the paused time on resume, as RFC 3550 wants.
+    """
+
+    kind = "audio"
+
+    def __init__(self, source: MediaStreamTrack, settings: OpusSettings | None = None) -> None:
+        super().__init__()
+        if source.kind != "audio":
+            raise LocalProtocolError(f"source track is {source.kind!r}, not audio")
+        self.settings = settings or OpusSettings()
+        self.source = source
+        self.paused = False
+        self.packets_encoded = 0
+        self.bytes_encoded = 0
+        self._encoder = make_encoder(self.settings)
+        self._resampler = make_mono_resampler(self.settings.samples_per_packet)
+        self._samples_read = 0  # 48 kHz samples taken from the source, paused or not
+        self._pending: deque[Packet[Any]] = deque()
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+
+    def replace_source(self, source: MediaStreamTrack) -> None:
+        """Read from another source from the next frame on (the old one is not stopped)."""
+        if source.kind != "audio":
+            raise LocalProtocolError(f"source track is {source.kind!r}, not audio")
+        self.source = source
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+    async def recv(self) -> Packet[Any]:
+        while not self._pending:
+            if self.readyState != "live":
+                raise MediaStreamError
+            frame = await self.source.recv()
+            if not isinstance(frame, AudioFrame):
+                raise MediaStreamError(f"source returned {type(frame).__name__}, not audio")
+            if self.paused:
+                await asyncio.sleep(0)  # a source that never waits must not starve the loop
+            for mono in self._resampler.resample(frame):
+                start = self._samples_read
+                self._samples_read += mono.samples
+                if self.paused:
+                    continue
+                mono.pts = start
+                mono.time_base = TIME_BASE
+                for packet in self._encoder.encode(mono):
+                    self._queue_packet(packet, start)
+        return self._pending.popleft()
+
+    def _queue_packet(self, packet: Packet[Any], pts: int) -> None:
+        # libopus reports negative, pre-skip-shifted pts; the RTP clock wants sample time
+        packet.pts = pts
+        packet.time_base = TIME_BASE
+        self.packets_encoded += 1
+        self.bytes_encoded += packet.size
+        if len(self._pending) >= MAX_PENDING_PACKETS:
+            self._pending.popleft()  # the sender stalled: old voice is worth less than new
+        self._pending.append(packet)
+
+    def stop(self) -> None:
+        super().stop()
+        self.source.stop()
+
+
+_RTPMAP_OPUS = re.compile(r"^a=rtpmap:(\d+) opus/48000(?:/2)?\r?$", re.IGNORECASE | re.MULTILINE)
+
+
+def with_opus_fmtp(sdp: str, settings: OpusSettings) -> str:
+    """`sdp` with our Opus ``a=fmtp`` line for every Opus payload type (replacing any).
+
+    Used on our own offer or answer before ``setLocalDescription``; aiortc keeps the line
+    when it re-serialises the description, so the signed SDP carries it.
+    """
+    params = ";".join(f"{key}={value}" for key, value in settings.fmtp().items())
+    newline = "\r\n" if "\r\n" in sdp else "\n"
+    lines = sdp.split(newline)
+    payload_types = {m.group(1) for m in _RTPMAP_OPUS.finditer(sdp)}
+    out: list[str] = []
+    for line in lines:
+        if any(line.startswith(f"a=fmtp:{pt} ") for pt in payload_types):
+            continue  # replaced below
+        out.append(line)
+        match = _RTPMAP_OPUS.match(line)
+        if match is not None:
+            out.append(f"a=fmtp:{match.group(1)} {params}")
+    return newline.join(out)

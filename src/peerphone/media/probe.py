@@ -1,0 +1,153 @@
+"""A one-call media peer driven by JSON lines: for tests, benchmarks and trying calls by hand.
+
+    python -m peerphone.media.probe --signal 7 --record heard.wav
+
+It prints ``{"ready": true, "pid": …}``, then answers each request line on stdin with one
+line on stdout (``{"ok": true, …}`` or ``{"ok": false, "error": …}``):
+
+    {"op": "offer"}                      -> {"sdp": …}
+    {"op": "accept", "sdp": OFFER}       -> {"sdp": ANSWER}
+    {"op": "answer", "sdp": ANSWER}      -> {}
+    {"op": "wait", "timeout_s": 10}      -> {"state": "connected"}
+    {"op": "stats"}                      -> {"stats": {…}}   (MediaSession.stats)
+    {"op": "hold"} / {"op": "resume"}    -> {}
+    {"op": "cpu"}                        -> {"cpu_s": …, "wall_s": …}  (this process)
+    {"op": "close"}                      -> {} and the process exits
+
+Two probes in two network namespaces make a real call over real UDP (tests/test_media.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from aiortc import MediaStreamTrack
+
+from peerphone.errors import PeerphoneError
+from peerphone.media.call import CallConfig, IceServer, MediaSession
+from peerphone.media.opus import OpusSettings
+from peerphone.media.sinks import AudioSink, DiscardSink, WavRecorder
+from peerphone.media.sources import (
+    ReferenceSignalSource,
+    SilenceSource,
+    ToneSource,
+    WavSource,
+)
+
+MAX_REQUEST_BYTES = 64 * 1024  # one JSON line: an SDP (16 KiB at most) and some keys
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m peerphone.media.probe", description=__doc__)
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--play", metavar="FILE", help="send this sound file (then silence)")
+    what.add_argument("--tone", metavar="HZ", type=int, help="send a sine tone")
+    what.add_argument("--signal", metavar="SEED", type=int, help="send the reference signal")
+    parser.add_argument("--signal-seconds", type=float, default=10.0)
+    parser.add_argument("--record", metavar="FILE", help="write what is heard to a WAV file")
+    parser.add_argument("--call-id", default="probe")
+    parser.add_argument("--bitrate", type=int, default=OpusSettings().bitrate_bps)
+    parser.add_argument("--frame-ms", type=int, default=OpusSettings().frame_ms)
+    parser.add_argument(
+        "--aiortc-encoder",
+        action="store_true",
+        help="let aiortc encode (96 kbit/s stereo): the benchmark's baseline",
+    )
+    parser.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL[,USER,CREDENTIAL]",
+        help="a STUN or TURN server (repeatable)",
+    )
+    parser.add_argument("--force-relay", action="store_true")
+    return parser.parse_args(argv)
+
+
+def _source(args: argparse.Namespace) -> MediaStreamTrack:
+    if args.play:
+        return WavSource(args.play)
+    if args.tone is not None:
+        return ToneSource(args.tone)
+    if args.signal is not None:
+        return ReferenceSignalSource(args.signal, args.signal_seconds)
+    return SilenceSource()
+
+
+def _ice_server(spec: str) -> IceServer:
+    url, _, rest = spec.partition(",")
+    if not rest:
+        return IceServer(url)
+    username, _, credential = rest.partition(",")
+    return IceServer(url, username, credential)
+
+
+def _reply(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+async def _handle(session: MediaSession, request: dict[str, Any]) -> dict[str, Any]:
+    op = request.get("op")
+    if op == "offer":
+        return {"sdp": await session.create_offer()}
+    if op == "accept":
+        return {"sdp": await session.accept_offer(str(request["sdp"]))}
+    if op == "answer":
+        await session.apply_answer(str(request["sdp"]))
+        return {}
+    if op == "wait":
+        await session.wait_connected(float(request.get("timeout_s", 10.0)))
+        return {"state": session.state.value}
+    if op == "stats":
+        return {"stats": await session.stats()}
+    if op == "hold":
+        session.hold()
+        return {}
+    if op == "resume":
+        session.resume()
+        return {}
+    if op == "cpu":
+        return {"cpu_s": time.process_time(), "wall_s": time.monotonic()}
+    raise ValueError(f"unknown op {op!r}")
+
+
+async def serve(args: argparse.Namespace) -> None:
+    sink: AudioSink = WavRecorder(args.record) if args.record else DiscardSink()
+    config = CallConfig(
+        ice_servers=tuple(_ice_server(s) for s in args.ice_server),
+        force_relay=args.force_relay,
+        opus=OpusSettings(bitrate_bps=args.bitrate, frame_ms=args.frame_ms),
+        aiortc_encoder=args.aiortc_encoder,
+    )
+    session = MediaSession(args.call_id, _source(args), sink, config)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_REQUEST_BYTES)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    _reply({"ready": True, "pid": os.getpid()})
+    try:
+        while line := await reader.readline():
+            try:
+                request = json.loads(line)
+                if request.get("op") == "close":
+                    break
+                _reply({"ok": True} | await _handle(session, request))
+            except (PeerphoneError, ValueError, KeyError, TypeError) as exc:
+                _reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        await session.close()
+    _reply({"ok": True})
+
+
+def main(argv: list[str] | None = None) -> None:
+    asyncio.run(serve(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Per-call statistics from aiortc's ``getStats()`` report (RTCP-derived), without I/O.
+
+`sample_report` reduces one report to the counters we use; `call_stats` turns two
+samples into the numbers a user sees (interval bitrates, loss in the interval).
+
+Units, from aiortc: jitter is in RTP clock units (48 kHz for Opus); the fraction lost in
+an RTCP receiver report is 8-bit fixed point (n/256); transport bytes are the UDP
+payloads of DTLS, SRTP and SRTCP (STUN consent checks are not counted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc import (
+    RTCInboundRtpStreamStats,
+    RTCOutboundRtpStreamStats,
+    RTCRemoteInboundRtpStreamStats,
+    RTCTransportStats,
+)
+
+RTP_CLOCK_HZ = 48_000  # Opus
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSample:
+    """The counters of one ``getStats()`` report, taken at `at` (seconds, monotonic)."""
+
+    at: float
+    bytes_sent: int = 0  # transport: UDP payloads sent (DTLS + SRTP + SRTCP)
+    bytes_received: int = 0
+    rtp_packets_sent: int = 0
+    rtp_payload_bytes_sent: int = 0  # Opus bytes only
+    rtp_packets_received: int = 0
+    packets_lost: int = 0  # inbound, cumulative, as our receiver counts them
+    jitter_rtp: int | None = None  # inbound jitter, RTP clock units
+    rtt_s: float | None = None  # from the peer's receiver reports about our stream
+    remote_packets_lost: int | None = None  # the peer's count of our packets lost
+    remote_fraction_lost: float | None = None  # the peer's last report, 0..1
+    remote_jitter_rtp: int | None = None
+
+
+def sample_report(report: Mapping[str, Any], at: float) -> StatsSample:
+    """Reduce an aiortc ``RTCStatsReport`` (one audio transceiver) to a `StatsSample`."""
+    fields: dict[str, Any] = {"at": at}
+    transports: dict[str, RTCTransportStats] = {}
+    for key in sorted(report):
+        stats = report[key]
+        if isinstance(stats, RTCTransportStats):
+            transports[stats.id] = stats  # sender and receiver report the same transport
+        elif isinstance(stats, RTCOutboundRtpStreamStats):
+            fields["rtp_packets_sent"] = stats.packetsSent
+            fields["rtp_payload_bytes_sent"] = stats.bytesSent
+        elif isinstance(stats, RTCInboundRtpStreamStats):
+            fields["rtp_packets_received"] = stats.packetsReceived
+            fields["packets_lost"] = max(0, stats.packetsLost)
+            fields["jitter_rtp"] = stats.jitter
+        elif isinstance(stats, RTCRemoteInboundRtpStreamStats):
+            fields["rtt_s"] = stats.roundTripTime
+            fields["remote_packets_lost"] = max(0, stats.packetsLost)
+            fields["remote_fraction_lost"] = stats.fractionLost / 256
+            fields["remote_jitter_rtp"] = stats.jitter
+    fields["bytes_sent"] = sum(t.bytesSent for t in transports.values())
+    fields["bytes_received"] = sum(t.bytesReceived for t in transports.values())
+    return StatsSample(**fields)
+
+
+def _ms(value_rtp: int | None) -> float | None:
+    return None if value_rtp is None else round(value_rtp * 1000 / RTP_CLOCK_HZ, 2)
+
+
+def _kbps(byte_delta: int, seconds: float) -> float | None:
+    return round(byte_delta * 8 / seconds / 1000, 2) if seconds > 0 else None
+
+
+def call_stats(previous: StatsSample | None, current: StatsSample) -> dict[str, Any]:
+    """The interval numbers between two samples (since the first if `previous` is None).
+
+    ``loss`` is the fraction of the packets expected from the peer in the interval that
+    never came; ``bitrate_kbps`` is transport bytes (UDP payload) per direction.
+    """
+    base = previous or StatsSample(at=current.at)
+    seconds = current.at - base.at
+    received = current.rtp_packets_received - base.rtp_packets_received
+    lost = max(0, current.packets_lost - base.packets_lost)
+    expected = received + lost
+    return {
+        "rtt_ms": None if current.rtt_s is None else round(current.rtt_s * 1000, 2),
+        "jitter_ms": _ms(current.jitter_rtp),
+        "loss": round(lost / expected, 4) if expected > 0 else 0.0,
+        "packets_lost": current.packets_lost,
+        "remote_loss": current.remote_fraction_lost,
+        "remote_packets_lost": current.remote_packets_lost,
+        "remote_jitter_ms": _ms(current.remote_jitter_rtp),
+        "bitrate_kbps": {
+            "sent": _kbps(current.bytes_sent - base.bytes_sent, seconds),
+            "received": _kbps(current.bytes_received - base.bytes_received, seconds),
+        },
+        "interval_s": round(seconds, 3),
+        "bytes_sent": current.bytes_sent,
+        "bytes_received": current.bytes_received,
+        "rtp_packets_sent": current.rtp_packets_sent,
+        "rtp_payload_bytes_sent": current.rtp_payload_bytes_sent,
+        "rtp_packets_received": current.rtp_packets_received,
+    }
