@@ -1,0 +1,109 @@
+"""The relay's limits: per-allocation lifetimes and quotas, table sizes, the owner's
+bandwidth cap (a token bucket) and the rate meter behind "what am I sharing right now".
+
+coturn's defaults are unlimited; ours are not. A voice call relays ~50 packets/s each
+way at 24-40 kbit/s, i.e. ~15-25 MB per direction per hour: 64 MiB per allocation covers
+an hour-long call both ways, and the lifetime cap makes a client come back (with fresh
+credentials, see `credentials.py`) at least once an hour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peerphone.errors import LocalProtocolError
+
+DEFAULT_LIFETIME_S = 600  # RFC 8656's default allocation lifetime
+MAX_LIFETIME_S = 3600  # a longer LIFETIME is cut down to this
+PERMISSION_LIFETIME_S = 300  # RFC 8656 section 9 (not negotiable)
+CHANNEL_LIFETIME_S = 600  # RFC 8656 section 12
+CHANNEL_QUARANTINE_S = 300  # an expired channel's number/peer stay reserved this long
+MAX_ALLOCATION_BYTES = 64 * 1024 * 1024  # relayed payload per allocation, both ways
+MAX_ALLOCATIONS_PER_USERNAME = 4  # a call needs 1-2 (one per ICE transport)
+MAX_ALLOCATIONS = 1000  # on this node, in total
+MAX_PERMISSIONS_PER_ALLOCATION = 32  # peer IPs (a call's remote candidates: a handful)
+MAX_CHANNELS_PER_ALLOCATION = 32
+MAX_PAYLOAD_BYTES = 1500  # a relayed UDP payload above this is dropped (voice: ~60-160)
+BUCKET_BURST_S = 0.5  # the bandwidth bucket holds this many seconds of the cap
+RATE_WINDOW_S = 5  # the snapshot's rate averages the last this many whole seconds
+HOUSEKEEPING_INTERVAL_S = 30.0  # expired permissions and channels are purged this often
+# RFC 8656 narrowed channel numbers to 0x4000-0x4FFF, but RFC 5766 clients (coturn's own
+# uclient among them) still pick them up to 0x7FFE; on the server's port nothing else
+# starts with 0x50-0x7F (RFC 7983 leaves it unassigned), so both ranges are accepted.
+CHANNEL_MIN, CHANNEL_MAX = 0x4000, 0x7FFE
+CHANNEL_FIRST_BYTES = range(CHANNEL_MIN >> 8, (CHANNEL_MAX >> 8) + 1)  # 0x40..0x7F
+
+
+@dataclass(frozen=True, slots=True)
+class TurnLimits:
+    """Every limit of one relay; the defaults are the named constants above."""
+
+    default_lifetime_s: int = DEFAULT_LIFETIME_S
+    max_lifetime_s: int = MAX_LIFETIME_S
+    max_allocation_bytes: int = MAX_ALLOCATION_BYTES
+    max_allocations_per_username: int = MAX_ALLOCATIONS_PER_USERNAME
+    max_allocations: int = MAX_ALLOCATIONS
+    max_permissions_per_allocation: int = MAX_PERMISSIONS_PER_ALLOCATION
+    max_channels_per_allocation: int = MAX_CHANNELS_PER_ALLOCATION
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
+
+    def __post_init__(self) -> None:
+        if not 0 < self.default_lifetime_s <= self.max_lifetime_s:
+            raise LocalProtocolError("need 0 < default_lifetime_s <= max_lifetime_s")
+        for name in self.__slots__:
+            if getattr(self, name) <= 0:
+                raise LocalProtocolError(f"{name} must be positive")
+
+
+class TokenBucket:
+    """Bytes per second with a burst; `take` answers whether `size` bytes may go now."""
+
+    def __init__(self, rate_bytes_per_s: float, now: float, burst_s: float = BUCKET_BURST_S):
+        if rate_bytes_per_s <= 0:
+            raise LocalProtocolError("the bandwidth cap must be positive (bytes/s)")
+        self.rate = rate_bytes_per_s
+        self.capacity = max(rate_bytes_per_s * burst_s, float(MAX_PAYLOAD_BYTES))
+        self.tokens = self.capacity
+        self.updated = now
+
+    def take(self, size: int, now: float) -> bool:
+        tokens = self.tokens
+        if now > self.updated:
+            tokens = min(self.capacity, tokens + (now - self.updated) * self.rate)
+            self.updated = now
+        if tokens < size:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - size
+        return True
+
+
+class RateMeter:
+    """Bytes per whole second, kept for `RATE_WINDOW_S` seconds."""
+
+    def __init__(self, window_s: int = RATE_WINDOW_S) -> None:
+        self.window_s = window_s
+        self.second = 0  # the second `current` counts
+        self.current = 0
+        self.past: dict[int, int] = {}  # second -> bytes, the last `window_s` seconds
+
+    def add(self, size: int, now: float) -> None:
+        second = int(now)
+        if second != self.second:
+            self._roll(second)
+        self.current += size
+
+    def _roll(self, second: int) -> None:
+        if self.current:
+            self.past[self.second] = self.current
+        self.second, self.current = second, 0
+        for old in [s for s in self.past if s < second - self.window_s]:
+            del self.past[old]
+
+    def rate(self, now: float) -> float:
+        """Average bytes/s over the last `window_s` whole seconds before `now`."""
+        second = int(now)
+        if second != self.second:
+            self._roll(second)
+        since = second - self.window_s
+        return sum(b for s, b in self.past.items() if s >= since) / self.window_s

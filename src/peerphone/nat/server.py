@@ -1,0 +1,421 @@
+"""The asyncio adapter of the TURN core: it owns the sockets and flushes after every call.
+
+* one UDP socket for STUN/TURN over UDP (`listen_udp`, default port 3478);
+* one relayed UDP socket per allocation, bound to `relay_host` port 0 when the core asks;
+* STUN/TURN over TCP, framed on the stream (`framing.StreamFramer`; ChannelData padded),
+  either on a listener of its own (`listen_tcp`) or on connections the overlay's
+  `TcpCarrier` hands over: pass `service.on_other` as the carrier's ``on_other``.
+
+Nothing read from the network escapes: the core turns garbage into counted drops, and a
+TCP stream that cannot be framed is closed (counted in `stats`, ``tcp_*`` keys).
+Run ``python -m peerphone.nat.server --help`` for a stand-alone relay (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import cast
+
+from peerphone.errors import DecodeError
+from peerphone.nat.addrfilter import AddressFilter
+from peerphone.nat.credentials import issue_credentials
+from peerphone.nat.events import (
+    TCP,
+    UDP,
+    Address,
+    Client,
+    CloseRelay,
+    OpenRelay,
+    Output,
+    SharingSnapshot,
+    ToClient,
+    ToPeer,
+)
+from peerphone.nat.framing import StreamFramer
+from peerphone.nat.turn import TurnServer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 3478
+MAX_TCP_CONNECTIONS = 1000  # TURN-over-TCP clients at once; more are closed at once
+TCP_IDLE_TIMEOUT_S = 120.0  # a TCP client silent this long is closed (refreshes: < 600 s)
+MAX_TCP_WRITE_BUFFER_BYTES = 256 * 1024  # unsent bytes per connection; above, dropped
+MAX_EVEN_PORT_TRIES = 32  # binds to port 0 until the kernel picks an even port (EVEN-PORT)
+SOCKET_BUFFER_BYTES = 1 << 20  # SO_RCVBUF/SO_SNDBUF asked for on UDP sockets
+CLOCK: Callable[[], float] = time.time  # the core runs on unix time (credential expiry)
+
+
+def _tune(sock: socket.socket) -> None:
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+
+
+class _ListenProtocol(asyncio.DatagramProtocol):
+    def __init__(self, service: TurnService) -> None:
+        self.service = service
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        service = self.service
+        service._flush(service.core.receive(data, Client(UDP, (addr[0], addr[1])), CLOCK()))
+
+    def error_received(self, exc: Exception) -> None:  # ICMP errors: nothing to do
+        self.service.stats["udp_error_received"] += 1
+
+
+class _RelayProtocol(asyncio.DatagramProtocol):
+    def __init__(self, service: TurnService, allocation: int) -> None:
+        self.service = service
+        self.allocation = allocation
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        service = self.service
+        outputs = service.core.receive_from_peer(self.allocation, data, (addr[0], addr[1]), CLOCK())
+        service._flush(outputs)
+
+    def error_received(self, exc: Exception) -> None:
+        self.service.stats["relay_error_received"] += 1
+
+
+class _TcpConnection(asyncio.Protocol):
+    """One TURN-over-TCP client connection."""
+
+    def __init__(self, service: TurnService) -> None:
+        self.service = service
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport | None = None
+        self.client: Client | None = None
+        self.last_rx = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        service = self.service
+        if peer is None or len(service._connections) >= MAX_TCP_CONNECTIONS:
+            service.stats["tcp_refused"] += 1
+            transport.abort()
+            return
+        self.client = Client(TCP, (peer[0], peer[1]), next(service._connection_ids))
+        service._connections[self.client.connection] = self
+        service.stats["tcp_accepted"] += 1
+        self.last_rx = service.loop.time()
+        self.timer = service.loop.call_later(TCP_IDLE_TIMEOUT_S, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None:
+            return
+        self.last_rx = self.service.loop.time()
+        try:
+            frames = self.framer.feed(data)
+        except DecodeError:
+            self.service.stats["tcp_unframeable"] += 1
+            self.abort()
+            return
+        service = self.service
+        for frame in frames:
+            service._flush(service.core.receive(frame, client, CLOCK()))
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self.service.stats["tcp_drop_closed"] += 1
+        elif transport.get_write_buffer_size() > MAX_TCP_WRITE_BUFFER_BYTES:
+            self.service.stats["tcp_drop_write_buffer_full"] += 1
+        else:
+            transport.write(data)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        client, self.client = self.client, None
+        if client is not None:
+            service = self.service
+            service._connections.pop(client.connection, None)
+            service._flush(service.core.client_gone(client, CLOCK()))
+
+    def _check_idle(self) -> None:
+        self.timer = None
+        if self.client is None:
+            return
+        idle_until = self.last_rx + TCP_IDLE_TIMEOUT_S
+        if self.service.loop.time() < idle_until:
+            self.timer = self.service.loop.call_at(idle_until, self._check_idle)
+            return
+        self.service.stats["tcp_idle_closed"] += 1
+        self.abort()
+
+
+class TurnService:
+    """Runs a `TurnServer` core on asyncio sockets (see the module docstring)."""
+
+    def __init__(self, core: TurnServer, relay_host: str) -> None:
+        self.core = core
+        self.relay_host = relay_host  # relayed sockets bind here (an address peers reach)
+        self.stats = core.stats  # one set of counters for `status`
+        self.loop = asyncio.get_running_loop()
+        self._udp: asyncio.DatagramTransport | None = None
+        self._servers: list[asyncio.Server] = []
+        self._relays: dict[int, asyncio.DatagramTransport] = {}
+        self._opening: dict[int, socket.socket] = {}  # bound, endpoint being created
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._connections: dict[int, _TcpConnection] = {}
+        self._connection_ids = itertools.count(1)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._closed = False
+
+    # -- listening ------------------------------------------------------------------------
+
+    async def listen_udp(self, host: str, port: int = DEFAULT_PORT) -> Address:
+        """Serve STUN/TURN over UDP at (`host`, `port`); returns the bound address."""
+        transport, _ = await self.loop.create_datagram_endpoint(
+            lambda: _ListenProtocol(self), local_addr=(host, port)
+        )
+        self._udp = transport
+        sock = transport.get_extra_info("socket")
+        _tune(sock)
+        bound = sock.getsockname()
+        self.core.own_addresses.add((bound[0], bound[1]))
+        self._schedule()
+        return bound[0], bound[1]
+
+    async def listen_tcp(self, host: str, port: int = DEFAULT_PORT) -> Address:
+        """Serve STUN/TURN over TCP at (`host`, `port`) on a listener of our own."""
+        server = await self.loop.create_server(self.tcp_protocol, host, port)
+        self._servers.append(server)
+        bound = server.sockets[0].getsockname()
+        self.core.own_addresses.add((bound[0], bound[1]))
+        self._schedule()
+        return bound[0], bound[1]
+
+    def tcp_protocol(self) -> asyncio.Protocol:
+        """A protocol for one accepted TURN-over-TCP connection (for any listener)."""
+        return _TcpConnection(self)
+
+    def on_other(self, first_bytes: bytes, transport: asyncio.Transport) -> None:
+        """`TcpCarrier`'s hook: take over an accepted connection that is not the
+        overlay's, with the bytes it sent so far."""
+        protocol = _TcpConnection(self)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if protocol.client is not None and first_bytes:
+            protocol.data_received(first_bytes)
+
+    # -- output ---------------------------------------------------------------------------
+
+    def _flush(self, outputs: list[Output]) -> None:
+        for output in outputs:
+            kind = type(output)
+            if kind is ToPeer:
+                to_peer = cast(ToPeer, output)
+                relay = self._relays.get(to_peer.allocation)
+                if relay is None:
+                    self.stats["drop_relay_socket_not_ready"] += 1
+                else:
+                    relay.sendto(to_peer.data, to_peer.peer)
+            elif kind is ToClient:
+                to_client = cast(ToClient, output)
+                client = to_client.client
+                if client.transport == UDP:
+                    if self._udp is not None:
+                        self._udp.sendto(to_client.data, client.address)
+                else:
+                    connection = self._connections.get(client.connection)
+                    if connection is None:
+                        self.stats["tcp_drop_closed"] += 1
+                    else:
+                        connection.write(to_client.data)
+            elif kind is OpenRelay:
+                self._open_relay(cast(OpenRelay, output))
+            elif kind is CloseRelay:
+                self._close_relay(cast(CloseRelay, output).allocation)
+        if outputs:
+            self._schedule()
+
+    def _open_relay(self, want: OpenRelay) -> None:
+        family = socket.AF_INET6 if want.family == 6 else socket.AF_INET
+        sock: socket.socket | None = None
+        try:
+            for _ in range(MAX_EVEN_PORT_TRIES if want.even_port else 1):
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                try:
+                    sock.setblocking(False)
+                    sock.bind((self.relay_host, 0))
+                except OSError:
+                    sock.close()
+                    raise
+                if not want.even_port or sock.getsockname()[1] % 2 == 0:
+                    break
+                sock.close()
+                sock = None
+        except OSError as exc:
+            log.warning("cannot open a relayed socket on %s: %r", self.relay_host, exc)
+            sock = None
+        if sock is None:
+            self._flush(self.core.relay_failed(want.allocation, CLOCK()))
+            return
+        _tune(sock)
+        bound = sock.getsockname()
+        self._opening[want.allocation] = sock
+        task = self.loop.create_task(self._attach_relay(want.allocation, sock))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._flush(self.core.relay_opened(want.allocation, (bound[0], bound[1]), CLOCK()))
+
+    async def _attach_relay(self, allocation: int, sock: socket.socket) -> None:
+        try:
+            transport, _ = await self.loop.create_datagram_endpoint(
+                lambda: _RelayProtocol(self, allocation), sock=sock
+            )
+        except OSError as exc:  # pragma: no cover - the socket is already bound
+            log.warning("relayed socket for allocation %d failed: %r", allocation, exc)
+            self._opening.pop(allocation, None)
+            sock.close()
+            return
+        if self._opening.pop(allocation, None) is None or self._closed:
+            transport.close()  # the allocation ended while we attached it
+            return
+        self._relays[allocation] = transport
+
+    def _close_relay(self, allocation: int) -> None:
+        relay = self._relays.pop(allocation, None)
+        if relay is not None:
+            relay.close()
+        sock = self._opening.pop(allocation, None)
+        if sock is not None:
+            sock.close()
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        at = self.core.next_timer()
+        if at >= self._timer_at or self._closed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self.loop.call_later(max(0.0, at - CLOCK()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        self._flush(self.core.handle_timer(CLOCK()))
+        self._schedule()
+
+    # -- status and shutdown --------------------------------------------------------------
+
+    def snapshot(self) -> SharingSnapshot:
+        """What this node shares right now (allocations, rate vs cap, drops)."""
+        return self.core.snapshot(CLOCK())
+
+    def close(self) -> None:
+        """Stop listening, close every relayed socket and client connection."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._udp is not None:
+            self._udp.close()
+        for server in self._servers:
+            server.close()
+        for relay in self._relays.values():
+            relay.close()
+        for sock in self._opening.values():
+            sock.close()
+        for connection in list(self._connections.values()):
+            connection.abort()
+        self._relays.clear()
+        self._opening.clear()
+
+    async def wait_closed(self) -> None:
+        for server in self._servers:
+            await server.wait_closed()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+# -- stand-alone relay (tests, benchmarks) --------------------------------------------------
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m peerphone.nat.server", description="A stand-alone STUN/TURN relay."
+    )
+    parser.add_argument("--host", required=True, help="address to listen and relay on")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="UDP (and TCP) port")
+    parser.add_argument("--tcp", action="store_true", help="also serve TURN over TCP")
+    parser.add_argument("--secret", required=True, help="shared secret of the credentials")
+    parser.add_argument("--relay-allow", action="append", default=[], metavar="CIDR")
+    parser.add_argument("--bandwidth", type=float, default=12.5e6, help="cap, bytes/s")
+    parser.add_argument("--max-allocations-per-username", type=int, default=None)
+    parser.add_argument("--credentials-for", default=None, help="print credentials for WHO")
+    parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="log every error response")
+    return parser.parse_args(argv)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from peerphone.nat.limits import TurnLimits
+
+    now = CLOCK()
+    limits = TurnLimits()
+    if args.max_allocations_per_username:
+        limits = TurnLimits(max_allocations_per_username=args.max_allocations_per_username)
+    core = TurnServer(
+        args.secret.encode(),
+        bandwidth_bytes_per_s=args.bandwidth,
+        now=now,
+        rng=random.SystemRandom(),
+        address_filter=AddressFilter(args.relay_allow),
+        limits=limits,
+    )
+    service = TurnService(core, args.host)
+    udp = await service.listen_udp(args.host, args.port)
+    line = f"listening udp={udp[0]}:{udp[1]}"
+    if args.tcp:
+        tcp = await service.listen_tcp(args.host, args.port)
+        line += f" tcp={tcp[0]}:{tcp[1]}"
+    if args.credentials_for:
+        creds = issue_credentials(args.secret.encode(), args.credentials_for, 3600, now)
+        line += f" username={creds.username} password={creds.password}"
+    print(line, flush=True)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        service.close()
+        print(f"snapshot {service.snapshot()}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
+    runner: Callable[..., object] = asyncio.run
+    if args.uvloop:
+        import uvloop
+
+        runner = uvloop.run
+    with contextlib.suppress(KeyboardInterrupt):
+        runner(_serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
