@@ -16,6 +16,7 @@ import fractions
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 import wave
@@ -684,3 +685,116 @@ def test_call_direct_voice_sized_and_faithful(lab: NetLab, tmp_path: Path) -> No
         score = correlation(as_array(reference_signal(seed, seconds)), samples)
         print(f"{heard}: correlation {score:.4f}")
         assert score >= MIN_CORRELATION
+
+
+def sleep(seconds: float) -> None:
+    asyncio.run(asyncio.sleep(seconds))
+
+
+def sent_kbps(probe: Probe, seconds: float) -> WireRate:
+    before, start = probe.wire(), probe.must("cpu")["wall_s"]
+    sleep(seconds)
+    after, end = probe.wire(), probe.must("cpu")["wall_s"]
+    return wire_rate(before, after, end - start)
+
+
+def test_hold_sends_no_audio_and_resume_restores_it(lab: NetLab, tmp_path: Path) -> None:
+    caller, callee = start_pair(
+        lab,
+        tmp_path,
+        ["--signal", "31"],
+        ["--signal", "32", "--record", str(tmp_path / "callee-heard.wav")],
+    )
+    connect(caller, callee)
+    caller.must("wait", timeout_s=5)
+    callee.must("wait", timeout_s=5)
+    sleep(0.5)
+    talking = sent_kbps(caller, 1.0)
+    caller.must("hold")
+    sleep(0.2)
+    packets_at_hold = caller.stats()["rtp_packets_sent"]
+    held = sent_kbps(caller, 2.0)
+    held_stats = caller.stats()
+    caller.must("resume")
+    sleep(0.2)
+    resumed = sent_kbps(caller, 1.0)
+    final = caller.stats()
+    caller.close()
+    callee.close()
+
+    print(f"\ntalking {talking}\nheld {held}\nresumed {resumed}")
+    assert held_stats["on_hold"] and not final["on_hold"]
+    assert held_stats["state"] == final["state"] == "connected"  # the path stayed up
+    assert held_stats["rtp_packets_sent"] == packets_at_hold  # no RTP at all on hold
+    assert held.udp_payload_kbps < 3  # RTCP and ICE consent checks only
+    assert talking.udp_payload_kbps > 30 and resumed.udp_payload_kbps > 30
+    assert final["rtp_packets_sent"] > packets_at_hold + 40
+    # the callee's recording keeps the call's timeline: the hold is silence, not a cut
+    with wave.open(str(tmp_path / "callee-heard.wav"), "rb") as f:
+        recorded_s = f.getnframes() / RATE
+    assert recorded_s > 0.5 + 1.0 + 0.2 + 2.0 + 0.2
+
+
+def test_offer_with_a_foreign_fingerprint_is_refused(lab: NetLab, tmp_path: Path) -> None:
+    """A supernode that swaps the fingerprint (here: after signing) cannot get in between."""
+    impostor = certificate_fingerprint(self_signed("impostor")).split(" ", 1)[1]
+
+    def swap(offer: str) -> str:
+        return re.sub(r"(a=fingerprint:sha-256 )\S+", rf"\g<1>{impostor}", offer)
+
+    caller, callee = start_pair(lab, tmp_path, ["--signal", "41"], [])
+    connect(caller, callee, offer_filter=swap)
+    refused = callee.ask("wait", timeout_s=5)
+    assert not refused["ok"] and "CallFailed" in refused["error"], refused
+    stats = callee.stats()
+    assert stats["state"] == "failed" and stats["dtls_fingerprint"] is None
+    assert stats["bytes_received"] == 0 or stats["rtp_packets_received"] == 0
+    caller_side = caller.ask("wait", timeout_s=3)
+    print(f"\ncallee: {refused}\ncaller: {caller_side}, {caller.stats()['state']}")
+    caller.close()
+    callee.close()
+
+
+TURN_USER, TURN_PASSWORD, TURN_REALM = "caller", "short-lived-secret", "peerphone.test"
+
+
+def start_coturn(lab: NetLab, tmp_path: Path) -> Host:
+    """Debian's coturn as the TURN server (the reference implementation), on a public host."""
+    relay = lab.public_host("relay")
+    argv = ["turnserver", "-n", "--listening-ip", relay.addr, "--relay-ip", relay.addr]
+    argv += ["--listening-port", "3478", "--min-port", "49152", "--max-port", "49200"]
+    argv += ["--lt-cred-mech", "--realm", TURN_REALM, "--user", f"{TURN_USER}:{TURN_PASSWORD}"]
+    argv += ["--no-tls", "--no-dtls", "--no-cli", "--fingerprint", "--simple-log"]
+    argv += ["--log-file", str(tmp_path / "turnserver.log"), "--pidfile", str(tmp_path / "t.pid")]
+    lab.run(relay, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = 50
+    while deadline and ":3478" not in lab.exec(relay, ["ss", "-lun"]):
+        sleep(0.1)
+        deadline -= 1
+    assert deadline, (tmp_path / "turnserver.log").read_text()
+    return relay
+
+
+def test_force_relay_goes_through_turn(lab: NetLab, tmp_path: Path) -> None:
+    if shutil.which("turnserver") is None:
+        pytest.skip("coturn not installed (apt-get install -y coturn)")
+    relay = start_coturn(lab, tmp_path)
+    turn = f"turn:{relay.addr}:3478?transport=udp,{TURN_USER},{TURN_PASSWORD}"
+    caller, callee = start_pair(
+        lab, tmp_path, ["--signal", "51", "--ice-server", turn, "--force-relay"], ["--signal", "52"]
+    )
+    offer, _ = connect(caller, callee)
+    assert {c.type for c in sdp_candidates(offer)} == {"relay"}  # nothing else is offered
+    caller.must("wait", timeout_s=10)
+    callee.must("wait", timeout_s=10)
+    sleep(2.5)  # for a receiver report, and so RTT
+    stats = [caller.stats(), callee.stats()]
+    caller.close()
+    callee.close()
+    print("\n" + "\n".join(json.dumps(s) for s in stats))
+    assert [s["path"] for s in stats] == ["relay", "relay"]
+    assert stats[0]["local_candidate"].startswith(f"relay {relay.addr}:")
+    assert stats[1]["remote_candidate"].startswith(f"relay {relay.addr}:")
+    for stat in stats:
+        assert stat["rtt_ms"] is not None and stat["rtt_ms"] > 0
+        assert stat["rtp_packets_received"] > 50

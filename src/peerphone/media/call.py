@@ -239,7 +239,16 @@ class MediaSession:
         if state == "connected" and self.state is MediaState.CONNECTING:
             self._verify_and_connect()
         elif state == "failed":
-            self._spawn(self._fail("ICE or DTLS failed (or DTLS peer ≠ SDP)"))
+            self._spawn(self._fail(self._failure_reason()))
+
+    def _failure_reason(self) -> str:
+        for transceiver in self._pc.getTransceivers()[:1]:
+            dtls = transceiver.receiver.transport
+            if dtls.state == "failed":
+                return "DTLS failed (handshake, or a certificate not matching the signed SDP)"
+            if dtls.transport.state == "failed":
+                return "ICE failed: no candidate pair works (relay needed, or servers down)"
+        return "connection failed"
 
     def _verify_and_connect(self) -> None:
         certificate = aiortc_internals.peer_certificate(self._pc)
