@@ -21,7 +21,7 @@ import subprocess
 import sys
 import wave
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from peerphone.errors import DecodeError, LocalProtocolError
 from peerphone.media import aiortc_internals
 from peerphone.media.call import CallConfig, IceServer, MediaSession, MediaState
 from peerphone.media.opus import OpusEncoderTrack, OpusSettings, with_opus_fmtp
+from peerphone.media.probe import ProbeClient
 from peerphone.media.sdp import (
     MAX_SDP_CHARS,
     certificate_fingerprint,
@@ -61,7 +62,7 @@ from peerphone.media.sources import (
 )
 from peerphone.media.stats import StatsSample, call_stats
 
-from .netlab import Host, NetLab, read_line, require_available
+from .netlab import Host, NetLab, require_available
 
 RATE = 48_000
 WIRE_LIMIT_KBPS = 48.0  # the issue's budget per direction for a voice call
@@ -487,8 +488,6 @@ def test_stats_intervals() -> None:
 
 # -- real calls between two network namespaces ----------------------------------------------
 
-PROBE_START_S = 15.0  # importing aiortc and PyAV in a fresh process
-REPLY_S = 10.0
 NFT_COUNTERS = """
 table inet media_test {
     counter sent {}
@@ -535,18 +534,10 @@ def wire_rate(before: WireCount, after: WireCount, seconds: float) -> WireRate:
     )
 
 
-@dataclass
-class Probe:
-    """A `peerphone.media.probe` process in a lab host, spoken to in JSON lines."""
+class Probe(ProbeClient):
+    """A `peerphone.media.probe` process in a lab host, with nftables counting its UDP."""
 
-    lab: NetLab
-    host: Host
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    closed: bool = field(default=False)
-
-    @classmethod
-    def start(cls, lab: NetLab, host: Host, args: list[str], log_path: Path) -> Probe:
+    def __init__(self, lab: NetLab, host: Host, args: list[str], log_path: Path) -> None:
         lab.exec(host, ["nft", "-f", "-"], input=NFT_COUNTERS)
         with log_path.open("wb") as log:
             proc = lab.run(
@@ -556,33 +547,9 @@ class Probe:
                 stdout=subprocess.PIPE,
                 stderr=log,
             )
-        return cls(lab, host, proc, log_path)
-
-    def ready(self) -> None:
-        line = self._line(PROBE_START_S)
-        assert json.loads(line).get("ready"), line
-
-    def _line(self, timeout: float) -> str:
-        try:
-            return read_line(self.proc, timeout)
-        except Exception as exc:
-            raise AssertionError(f"{exc}\n--- probe log ---\n{self.log_path.read_text()}") from exc
-
-    def ask(self, op: str, timeout: float = REPLY_S, **fields: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps({"op": op} | fields) + "\n").encode())
-        self.proc.stdin.flush()
-        reply: dict[str, Any] = json.loads(self._line(timeout))
-        return reply
-
-    def must(self, op: str, timeout: float = REPLY_S, **fields: Any) -> dict[str, Any]:
-        reply = self.ask(op, timeout, **fields)
-        assert reply.get("ok"), f"{op}: {reply}\n--- probe log ---\n{self.log_path.read_text()}"
-        return reply
-
-    def stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = self.must("stats")["stats"]
-        return stats
+        super().__init__(proc, log_path)
+        self.lab = lab
+        self.host = host
 
     def wire(self) -> WireCount:
         counters = json.loads(self.lab.exec(self.host, ["nft", "-j", "list", "counters"]))
@@ -593,14 +560,6 @@ class Probe:
         }
         sent, received = found["sent"], found["received"]
         return WireCount(sent["packets"], sent["bytes"], received["packets"], received["bytes"])
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self.proc.poll() is None:
-            self.must("close", timeout=REPLY_S)
-            self.proc.wait(REPLY_S)
 
 
 @pytest.fixture
@@ -614,8 +573,8 @@ def start_pair(
     lab: NetLab, tmp_path: Path, caller_args: list[str], callee_args: list[str]
 ) -> tuple[Probe, Probe]:
     caller_host, callee_host = lab.public_host("caller"), lab.public_host("callee")
-    caller = Probe.start(lab, caller_host, caller_args, tmp_path / "caller.log")
-    callee = Probe.start(lab, callee_host, callee_args, tmp_path / "callee.log")
+    caller = Probe(lab, caller_host, caller_args, tmp_path / "caller.log")
+    callee = Probe(lab, callee_host, callee_args, tmp_path / "callee.log")
     caller.ready()
     callee.ready()
     return caller, callee
@@ -744,12 +703,12 @@ def test_offer_with_a_foreign_fingerprint_is_refused(lab: NetLab, tmp_path: Path
 
     caller, callee = start_pair(lab, tmp_path, ["--signal", "41"], [])
     connect(caller, callee, offer_filter=swap)
-    refused = callee.ask("wait", timeout_s=5)
+    refused = callee.ask("wait", timeout_s=5.0)
     assert not refused["ok"] and "CallFailed" in refused["error"], refused
     stats = callee.stats()
     assert stats["state"] == "failed" and stats["dtls_fingerprint"] is None
     assert stats["bytes_received"] == 0 or stats["rtp_packets_received"] == 0
-    caller_side = caller.ask("wait", timeout_s=3)
+    caller_side = caller.ask("wait", timeout_s=3.0)
     print(f"\ncallee: {refused}\ncaller: {caller_side}, {caller.stats()['state']}")
     caller.close()
     callee.close()

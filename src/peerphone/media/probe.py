@@ -12,7 +12,10 @@ line on stdout (``{"ok": true, …}`` or ``{"ok": false, "error": …}``):
     {"op": "stats"}                      -> {"stats": {…}}   (MediaSession.stats)
     {"op": "hold"} / {"op": "resume"}    -> {}
     {"op": "cpu"}                        -> {"cpu_s": …, "wall_s": …}  (this process)
+    {"op": "restart"}                    -> {}  (hang up; a new session, same options)
     {"op": "close"}                      -> {} and the process exits
+
+`ProbeClient` drives one from another process.
 
 Two probes in two network namespaces make a real call over real UDP (tests/test_media.py).
 """
@@ -23,13 +26,16 @@ import argparse
 import asyncio
 import json
 import os
+import select
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from aiortc import MediaStreamTrack
 
-from peerphone.errors import PeerphoneError
+from peerphone.errors import LocalProtocolError, PeerphoneError
 from peerphone.media.call import CallConfig, IceServer, MediaSession
 from peerphone.media.opus import OpusSettings
 from peerphone.media.sinks import AudioSink, DiscardSink, WavRecorder
@@ -41,6 +47,12 @@ from peerphone.media.sources import (
 )
 
 MAX_REQUEST_BYTES = 64 * 1024  # one JSON line: an SDP (16 KiB at most) and some keys
+START_TIMEOUT_S = 15.0  # a fresh process imports aiortc and PyAV
+REPLY_TIMEOUT_S = 15.0  # the slowest request is "wait" (ICE and DTLS), bounded by its own timeout
+
+
+class ProbeError(PeerphoneError):
+    """The probe process answered with an error, not at all, or exited."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -118,15 +130,19 @@ async def _handle(session: MediaSession, request: dict[str, Any]) -> dict[str, A
     raise ValueError(f"unknown op {op!r}")
 
 
-async def serve(args: argparse.Namespace) -> None:
-    sink: AudioSink = WavRecorder(args.record) if args.record else DiscardSink()
+def _new_session(args: argparse.Namespace, record: str | None) -> MediaSession:
+    sink: AudioSink = WavRecorder(record) if record else DiscardSink()
     config = CallConfig(
         ice_servers=tuple(_ice_server(s) for s in args.ice_server),
         force_relay=args.force_relay,
         opus=OpusSettings(bitrate_bps=args.bitrate, frame_ms=args.frame_ms),
         aiortc_encoder=args.aiortc_encoder,
     )
-    session = MediaSession(args.call_id, _source(args), sink, config)
+    return MediaSession(args.call_id, _source(args), sink, config)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    session = _new_session(args, args.record)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=MAX_REQUEST_BYTES)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -137,12 +153,87 @@ async def serve(args: argparse.Namespace) -> None:
                 request = json.loads(line)
                 if request.get("op") == "close":
                     break
+                if request.get("op") == "restart":
+                    await session.close()
+                    session = _new_session(args, None)  # only the first call is recorded
+                    _reply({"ok": True})
+                    continue
                 _reply({"ok": True} | await _handle(session, request))
             except (PeerphoneError, ValueError, KeyError, TypeError) as exc:
                 _reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
     finally:
         await session.close()
     _reply({"ok": True})
+
+
+class ProbeClient:
+    """Drives a probe process started with stdin and stdout pipes (tests, benchmarks)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path | None = None) -> None:
+        if proc.stdin is None or proc.stdout is None:
+            raise LocalProtocolError("start the probe with stdin=PIPE and stdout=PIPE")
+        self.proc = proc
+        self.log_path = log_path
+        self.pid: int | None = None
+        self._stdin = proc.stdin
+        self._stdout_fd = proc.stdout.fileno()
+
+    def ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        hello = json.loads(self._read_line(timeout_s))
+        if not hello.get("ready"):
+            raise ProbeError(f"probe did not start: {hello}{self._log()}")
+        self.pid = int(hello["pid"])
+
+    def ask(
+        self, op: str, *, reply_timeout_s: float = REPLY_TIMEOUT_S, **fields: Any
+    ) -> dict[str, Any]:
+        """Send one request (`fields` are its keys); return the reply, ok or not."""
+        self._stdin.write((json.dumps({"op": op} | fields) + "\n").encode())
+        self._stdin.flush()
+        reply: dict[str, Any] = json.loads(self._read_line(reply_timeout_s))
+        return reply
+
+    def must(
+        self, op: str, *, reply_timeout_s: float = REPLY_TIMEOUT_S, **fields: Any
+    ) -> dict[str, Any]:
+        """Like `ask`, but raise ProbeError unless the reply is ok."""
+        reply = self.ask(op, reply_timeout_s=reply_timeout_s, **fields)
+        if not reply.get("ok"):
+            raise ProbeError(f"{op}: {reply.get('error')}{self._log()}")
+        return reply
+
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = self.must("stats")["stats"]
+        return stats
+
+    def close(self, timeout_s: float = REPLY_TIMEOUT_S) -> None:
+        """Hang up and wait for the process to end (it flushes its recording first)."""
+        if self.proc.poll() is None:
+            self.must("close", reply_timeout_s=timeout_s)
+            self.proc.wait(timeout_s)
+
+    def _read_line(self, timeout_s: float) -> str:
+        # Byte by byte, without Python's buffering, so select() sees what is left.
+        deadline = time.monotonic() + timeout_s
+        data = bytearray()
+        while not data.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ProbeError(
+                    f"no reply within {timeout_s} s (got {bytes(data)!r}){self._log()}"
+                )
+            ready, _, _ = select.select([self._stdout_fd], [], [], left)
+            if ready:
+                chunk = os.read(self._stdout_fd, 1)
+                if not chunk:
+                    raise ProbeError(f"probe exited ({self.proc.poll()}){self._log()}")
+                data += chunk
+        return data.decode()
+
+    def _log(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return f"\n--- probe log {self.log_path} ---\n{self.log_path.read_text()[-4000:]}"
 
 
 def main(argv: list[str] | None = None) -> None:
