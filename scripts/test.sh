@@ -3,10 +3,11 @@
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 # The network-namespace NAT lab (tests/netlab.py) needs root, nftables and iproute2.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-    && { ! command -v nft >/dev/null || ! command -v ip >/dev/null; }; then
+    && { ! command -v nft >/dev/null || ! command -v ip >/dev/null \
+         || ! command -v turnutils_uclient >/dev/null; }; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq nftables iproute2 >/dev/null
+    apt-get install -y -qq nftables iproute2 coturn >/dev/null
 fi
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/mypy
