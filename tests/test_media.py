@@ -580,6 +580,25 @@ def start_pair(
     return caller, callee
 
 
+def sleep(seconds: float) -> None:
+    asyncio.run(asyncio.sleep(seconds))
+
+
+RTT_WAIT_S = 10.0
+
+
+def stats_with_rtt(probe: ProbeClient) -> dict[str, Any]:
+    """Stats once an RTT is known. aiortc computes it only from a receiver report that
+    answers the *latest* sender report, and both go out at random 0.5-1.5 s intervals, so
+    the first RTT can take a few seconds."""
+    for _ in range(int(RTT_WAIT_S / 0.25)):
+        stats = probe.stats()
+        if stats["rtt_ms"] is not None:
+            return stats
+        sleep(0.25)
+    raise AssertionError(f"no RTT within {RTT_WAIT_S} s: {stats}")
+
+
 def connect(caller: Probe, callee: Probe, offer_filter: Any = None) -> tuple[str, str]:
     offer = caller.must("offer")["sdp"]
     if offer_filter is not None:
@@ -607,11 +626,13 @@ def test_call_direct_voice_sized_and_faithful(lab: NetLab, tmp_path: Path) -> No
     before = [caller.wire(), callee.wire()]
     start = [caller.must("cpu")["wall_s"], callee.must("cpu")["wall_s"]]
     caller.stats(), callee.stats()  # the next stats cover the same interval
-    asyncio.run(asyncio.sleep(4.0))
+    sleep(4.0)
     after = [caller.wire(), callee.wire()]
     elapsed = [caller.must("cpu")["wall_s"] - start[0], callee.must("cpu")["wall_s"] - start[1]]
     stats = [caller.stats(), callee.stats()]
-    asyncio.run(asyncio.sleep(seconds - 4.0))
+    rtts = [stats_with_rtt(caller)["rtt_ms"], stats_with_rtt(callee)["rtt_ms"]]
+    played_s = caller.must("cpu")["wall_s"] - start[0]
+    sleep(max(0.0, seconds - played_s))  # let the rest of the signal arrive
     caller.close()
     callee.close()
 
@@ -623,7 +644,6 @@ def test_call_direct_voice_sized_and_faithful(lab: NetLab, tmp_path: Path) -> No
         assert stat["path"] == "direct"
         assert stat["local_candidate"].startswith("host 10.99.0.")
         assert stat["setup_ms"] is not None and 0 < stat["setup_ms"] < 2000
-        assert stat["rtt_ms"] is not None and 0 < stat["rtt_ms"] < 100
         assert stat["jitter_ms"] is not None and stat["jitter_ms"] >= 0
         assert stat["loss"] == 0.0 and stat["packets_lost"] == 0
         assert stat["bytes_sent"] > 0 and stat["bytes_received"] > 0
@@ -633,6 +653,7 @@ def test_call_direct_voice_sized_and_faithful(lab: NetLab, tmp_path: Path) -> No
         assert 0 <= stat["opus_packets"] - stat["rtp_packets_sent"] <= 2
         assert 0 <= stat["opus_bytes"] - stat["rtp_payload_bytes_sent"] <= 2 * 200
     assert stats[0]["dtls_fingerprint"] != stats[1]["dtls_fingerprint"]
+    assert all(rtt is not None and 0 < rtt < 100 for rtt in rtts), rtts
     for rate in rates:
         assert rate.packets_per_s == pytest.approx(50, abs=5)
         assert rate.udp_payload_kbps <= WIRE_LIMIT_KBPS
@@ -644,10 +665,6 @@ def test_call_direct_voice_sized_and_faithful(lab: NetLab, tmp_path: Path) -> No
         score = correlation(as_array(reference_signal(seed, seconds)), samples)
         print(f"{heard}: correlation {score:.4f}")
         assert score >= MIN_CORRELATION
-
-
-def sleep(seconds: float) -> None:
-    asyncio.run(asyncio.sleep(seconds))
 
 
 def sent_kbps(probe: Probe, seconds: float) -> WireRate:
@@ -746,8 +763,7 @@ def test_force_relay_goes_through_turn(lab: NetLab, tmp_path: Path) -> None:
     assert {c.type for c in sdp_candidates(offer)} == {"relay"}  # nothing else is offered
     caller.must("wait", timeout_s=10)
     callee.must("wait", timeout_s=10)
-    sleep(2.5)  # for a receiver report, and so RTT
-    stats = [caller.stats(), callee.stats()]
+    stats = [stats_with_rtt(caller), stats_with_rtt(callee)]
     caller.close()
     callee.close()
     print("\n" + "\n".join(json.dumps(s) for s in stats))
@@ -755,5 +771,5 @@ def test_force_relay_goes_through_turn(lab: NetLab, tmp_path: Path) -> None:
     assert stats[0]["local_candidate"].startswith(f"relay {relay.addr}:")
     assert stats[1]["remote_candidate"].startswith(f"relay {relay.addr}:")
     for stat in stats:
-        assert stat["rtt_ms"] is not None and stat["rtt_ms"] > 0
-        assert stat["rtp_packets_received"] > 50
+        assert stat["rtt_ms"] > 0
+        assert stat["rtp_packets_received"] > 25
