@@ -152,7 +152,9 @@ def carrier_relay_main(host: str, secret: str, allow: str) -> None:
         print("ready", flush=True)
         await asyncio.sleep(UCLIENT_TIMEOUT_S + 20)
 
-    asyncio.run(serve())
+    import uvloop  # as the daemon runs: uvloop's transports must take `set_protocol` too
+
+    uvloop.run(serve())
 
 
 def test_coturn_uclient_over_the_tcp_carrier_port(lab: Lab) -> None:

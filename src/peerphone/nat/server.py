@@ -50,6 +50,7 @@ DEFAULT_PORT = 3478
 MAX_TCP_CONNECTIONS = 1000  # TURN-over-TCP clients at once; more are closed at once
 TCP_IDLE_TIMEOUT_S = 120.0  # a TCP client silent this long is closed (refreshes: < 600 s)
 MAX_TCP_WRITE_BUFFER_BYTES = 256 * 1024  # unsent bytes per connection; above, dropped
+MAX_CACHED_CLIENTS = 10_000  # `Client` keys kept per UDP address (cleared when full)
 MAX_EVEN_PORT_TRIES = 32  # binds to port 0 until the kernel picks an even port (EVEN-PORT)
 SOCKET_BUFFER_BYTES = 1 << 20  # SO_RCVBUF/SO_SNDBUF asked for on UDP sockets
 CLOCK: Callable[[], float] = time.time  # the core runs on unix time (credential expiry)
@@ -64,10 +65,16 @@ def _tune(sock: socket.socket) -> None:
 class _ListenProtocol(asyncio.DatagramProtocol):
     def __init__(self, service: TurnService) -> None:
         self.service = service
+        self.clients: dict[tuple[str, int], Client] = {}  # made once per address: hot path
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        client = self.clients.get(addr)
+        if client is None:
+            if len(self.clients) >= MAX_CACHED_CLIENTS:
+                self.clients.clear()
+            client = self.clients[addr] = Client(UDP, (addr[0], addr[1]))
         service = self.service
-        service._flush(service.core.receive(data, Client(UDP, (addr[0], addr[1])), CLOCK()))
+        service._flush(service.core.receive(data, client, CLOCK()))
 
     def error_received(self, exc: Exception) -> None:  # ICMP errors: nothing to do
         self.service.stats["udp_error_received"] += 1
@@ -222,32 +229,30 @@ class TurnService:
 
     def _flush(self, outputs: list[Output]) -> None:
         for output in outputs:
-            kind = type(output)
-            if kind is ToPeer:
-                to_peer = cast(ToPeer, output)
-                relay = self._relays.get(to_peer.allocation)
+            if isinstance(output, ToPeer):
+                relay = self._relays.get(output.allocation)
                 if relay is None:
                     self.stats["drop_relay_socket_not_ready"] += 1
                 else:
-                    relay.sendto(to_peer.data, to_peer.peer)
-            elif kind is ToClient:
-                to_client = cast(ToClient, output)
-                client = to_client.client
+                    relay.sendto(output.data, output.peer)
+            elif isinstance(output, ToClient):
+                client = output.client
                 if client.transport == UDP:
                     if self._udp is not None:
-                        self._udp.sendto(to_client.data, client.address)
+                        self._udp.sendto(output.data, client.address)
                 else:
                     connection = self._connections.get(client.connection)
                     if connection is None:
                         self.stats["tcp_drop_closed"] += 1
                     else:
-                        connection.write(to_client.data)
-            elif kind is OpenRelay:
-                self._open_relay(cast(OpenRelay, output))
-            elif kind is CloseRelay:
-                self._close_relay(cast(CloseRelay, output).allocation)
-        if outputs:
-            self._schedule()
+                        connection.write(output.data)
+            elif isinstance(output, OpenRelay):
+                self._open_relay(output)
+                # the core's next timer never moves earlier than the one scheduled (the
+                # housekeeping, at most 30 s away) except on the first allocation
+                self._schedule()
+            elif isinstance(output, CloseRelay):
+                self._close_relay(output.allocation)
 
     def _open_relay(self, want: OpenRelay) -> None:
         family = socket.AF_INET6 if want.family == 6 else socket.AF_INET
