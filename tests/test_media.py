@@ -50,14 +50,16 @@ from peerphone.media.sdp import (
     sdp_candidates,
     sdp_fingerprints,
 )
-from peerphone.media.sinks import MAX_GAP_FILL_S, WavRecorder
+from peerphone.media.sinks import MAX_GAP_FILL_S, SpeakerSink, WavRecorder
 from peerphone.media.sources import (
     MAX_CATCH_UP_S,
+    AudioDeviceUnavailable,
     PacedAudioSource,
     ReferenceSignalSource,
     SilenceSource,
     ToneSource,
     WavSource,
+    microphone,
     reference_signal,
 )
 from peerphone.media.stats import StatsSample, call_stats
@@ -436,10 +438,15 @@ def test_session_refuses_misuse_and_garbage() -> None:
         assert session.state is MediaState.CLOSED
         assert (await session.stats())["state"] == "closed"
 
-        garbage = MediaSession("d", SilenceSource())
+        changes: list[str] = []
+        garbage = MediaSession(
+            "d", SilenceSource(), on_state_change=lambda s: changes.append(s.state.value)
+        )
         with pytest.raises(DecodeError):
             await garbage.accept_offer(SAMPLE_SDP)  # fingerprints, but no usable media
         await garbage.close()
+        assert changes == ["connecting", "failed", "closed"]
+        assert (await garbage.stats())["path"] is None
 
     asyncio.run(scenario())
 
@@ -633,8 +640,7 @@ def test_call_direct_voice_sized_and_faithful(lab: NetLab, tmp_path: Path) -> No
     rtts = [stats_with_rtt(caller)["rtt_ms"], stats_with_rtt(callee)["rtt_ms"]]
     played_s = caller.must("cpu")["wall_s"] - start[0]
     sleep(max(0.0, seconds - played_s))  # let the rest of the signal arrive
-    caller.close()
-    callee.close()
+    finals = [caller.close(), callee.close()]
 
     rates = [wire_rate(before[i], after[i], elapsed[i]) for i in (0, 1)]
     print(f"\nwire rates caller->callee {rates[0]}, callee->caller {rates[1]}")
@@ -654,6 +660,9 @@ def test_call_direct_voice_sized_and_faithful(lab: NetLab, tmp_path: Path) -> No
         assert 0 <= stat["opus_bytes"] - stat["rtp_payload_bytes_sent"] <= 2 * 200
     assert stats[0]["dtls_fingerprint"] != stats[1]["dtls_fingerprint"]
     assert all(rtt is not None and 0 < rtt < 100 for rtt in rtts), rtts
+    for final, stat in zip(finals, stats, strict=True):  # kept after hanging up
+        assert final["state"] == "closed" and final["path"] == "direct"
+        assert final["bytes_sent"] > stat["bytes_sent"]
     for rate in rates:
         assert rate.packets_per_s == pytest.approx(50, abs=5)
         assert rate.udp_payload_kbps <= WIRE_LIMIT_KBPS
@@ -773,3 +782,12 @@ def test_force_relay_goes_through_turn(lab: NetLab, tmp_path: Path) -> None:
     for stat in stats:
         assert stat["rtt_ms"] > 0
         assert stat["rtp_packets_received"] > 25
+
+
+def test_sound_card_absent_is_a_clean_error() -> None:
+    if Path("/dev/snd").exists():
+        pytest.skip("this machine has a sound card")
+    with pytest.raises(AudioDeviceUnavailable):
+        microphone()
+    with pytest.raises(AudioDeviceUnavailable):
+        SpeakerSink()

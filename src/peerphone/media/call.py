@@ -130,8 +130,11 @@ class MediaSession:
         sink: AudioSink | None = None,
         config: CallConfig | None = None,
         *,
+        on_state_change: Callable[[MediaSession], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`on_state_change` is called after every change of `state` (e.g. to hang up when
+        the media fails mid-call: ICE consent lost). Needs a running event loop."""
         self.call_id = call_id
         self.config = config or CallConfig()
         self.sink: AudioSink = sink if sink is not None else DiscardSink()
@@ -146,6 +149,13 @@ class MediaSession:
         self._clock = clock
         self._started_at: float | None = None
         self._last_sample: StatsSample | None = None
+        self._last_pair: aiortc_internals.SelectedPair | None = None
+        self._final_stats: dict[str, Any] = call_stats(None, StatsSample(at=clock())) | {
+            "path": None,
+            "local_candidate": None,
+            "remote_candidate": None,
+        }
+        self._on_state_change = on_state_change
         self._settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._consumer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # fire-and-forget work, kept alive
@@ -309,34 +319,35 @@ class MediaSession:
         """RTT, jitter, loss and bitrates since the previous call of `stats` (or connection).
 
         ``path`` is ``direct`` or ``relay`` (a TURN relay on either side of the selected
-        candidate pair), None before ICE completes.
+        candidate pair), None before ICE completes. After `close`, the numbers taken just
+        before closing.
         """
-        now = self._clock()
         out: dict[str, Any] = {
             "call_id": self.call_id,
             "state": self.state.value,
             "on_hold": self.on_hold,
             "failure": self.failure,
             "setup_ms": self.setup_ms,
-            "path": None,
-            "local_candidate": None,
-            "remote_candidate": None,
             "dtls_fingerprint": self.verified_fingerprint,
         }
         if self.state is MediaState.CLOSED:
-            return out | call_stats(None, StatsSample(at=now))
+            return self._final_stats | out
+        return await self._live_stats() | out
+
+    async def _live_stats(self) -> dict[str, Any]:
+        now = self._clock()
         sample = sample_report(await self._pc.getStats(), now)
-        out |= call_stats(self._last_sample, sample)
+        out = call_stats(self._last_sample, sample)
         self._last_sample = sample
-        pair = aiortc_internals.selected_pair(self._pc)
-        if pair is not None:
-            out["path"] = "relay" if pair.relayed else "direct"
-            out["local_candidate"] = (
-                f"{pair.local_type} {pair.local_address[0]}:{pair.local_address[1]}"
-            )
-            out["remote_candidate"] = (
-                f"{pair.remote_type} {pair.remote_address[0]}:{pair.remote_address[1]}"
-            )
+        pair = aiortc_internals.selected_pair(self._pc) or self._last_pair
+        self._last_pair = pair  # ICE forgets its pair on close; the call's path does not
+        out["path"] = None if pair is None else "relay" if pair.relayed else "direct"
+        out["local_candidate"] = (
+            None if pair is None else _describe(pair.local_type, pair.local_address)
+        )
+        out["remote_candidate"] = (
+            None if pair is None else _describe(pair.remote_type, pair.remote_address)
+        )
         if self.encoder is not None:
             out["opus_target_kbps"] = self.encoder.settings.bitrate_bps / 1000
             out["opus_packets"] = self.encoder.packets_encoded
@@ -347,7 +358,9 @@ class MediaSession:
         """Hang up: stop the connection and the sink. Safe to call again."""
         if self.state is MediaState.CLOSED:
             return
-        self.state = MediaState.CLOSED
+        if self.state is not MediaState.FAILED:  # a failed call kept them when it failed
+            await self._keep_final_stats()
+        self._set_state(MediaState.CLOSED)
         if not self._settled.done():
             self._settled.set_result(None)
         await self._pc.close()
@@ -364,8 +377,15 @@ class MediaSession:
         self._move("fail")
         if not self._settled.done():
             self._settled.set_result(None)
+        await self._keep_final_stats()
         await self._pc.close()
         self.sink.close()
+
+    async def _keep_final_stats(self) -> None:
+        try:
+            self._final_stats = await self._live_stats()
+        except Exception as exc:  # statistics must never stop a hang-up
+            log.warning("call %s: no final statistics: %s", self.call_id, exc)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
@@ -376,7 +396,15 @@ class MediaSession:
         target = TRANSITIONS.get((self.state, trigger))
         if target is None:
             raise LocalProtocolError(f"{trigger} in state {self.state.value}")
-        self.state = target
+        self._set_state(target)
+
+    def _set_state(self, state: MediaState) -> None:
+        self.state = state
+        if self._on_state_change is not None:
+            try:
+                self._on_state_change(self)
+            except Exception:  # the caller's bug must not break the call's own bookkeeping
+                log.exception("call %s: on_state_change failed", self.call_id)
 
 
 def _describe(candidate_type: str, address: tuple[str, int]) -> str:

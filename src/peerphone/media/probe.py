@@ -13,7 +13,7 @@ line on stdout (``{"ok": true, …}`` or ``{"ok": false, "error": …}``):
     {"op": "hold"} / {"op": "resume"}    -> {}
     {"op": "cpu"}                        -> {"cpu_s": …, "wall_s": …}  (this process)
     {"op": "restart"}                    -> {}  (hang up; a new session, same options)
-    {"op": "close"}                      -> {} and the process exits
+    {"op": "close"}                      -> {"stats": {…}} (final) and the process exits
 
 `ProbeClient` drives one from another process.
 
@@ -163,7 +163,7 @@ async def serve(args: argparse.Namespace) -> None:
                 _reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
     finally:
         await session.close()
-    _reply({"ok": True})
+    _reply({"ok": True, "stats": await session.stats()})
 
 
 class ProbeClient:
@@ -206,11 +206,14 @@ class ProbeClient:
         stats: dict[str, Any] = self.must("stats")["stats"]
         return stats
 
-    def close(self, timeout_s: float = REPLY_TIMEOUT_S) -> None:
-        """Hang up and wait for the process to end (it flushes its recording first)."""
-        if self.proc.poll() is None:
-            self.must("close", reply_timeout_s=timeout_s)
-            self.proc.wait(timeout_s)
+    def close(self, timeout_s: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
+        """Hang up, wait for the process to end (it flushes its recording first) and
+        return the call's final statistics (empty if it had already ended)."""
+        if self.proc.poll() is not None:
+            return {}
+        final: dict[str, Any] = self.must("close", reply_timeout_s=timeout_s)["stats"]
+        self.proc.wait(timeout_s)
+        return final
 
     def _read_line(self, timeout_s: float) -> str:
         # Byte by byte, without Python's buffering, so select() sees what is left.

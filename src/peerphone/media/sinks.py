@@ -111,9 +111,10 @@ class SpeakerSink:
         try:
             self._container = av.open(device, format=backend, mode="w")
             self._stream = self._container.add_stream("pcm_s16le", rate=SAMPLE_RATE)
+            self._stream.layout = "mono"
+            self._container.start_encoding()  # opens the device now, not at the first frame
         except (OSError, av.FFmpegError) as exc:
             raise AudioDeviceUnavailable(f"{backend} playback device {device!r}: {exc}") from exc
-        self._stream.layout = "mono"
         self._resampler = _mono_resampler()
         self._closed = False
 
