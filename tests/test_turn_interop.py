@@ -122,7 +122,7 @@ def test_coturn_uclient_through_our_relay(lab: Lab, flags: tuple[str, ...], tran
 
 
 def carrier_relay_main(host: str, secret: str, allow: str) -> None:
-    """Run in a lab host: a TcpCarrier on port 443 handing TURN connections to a relay."""
+    """Run in a lab host: a relay on UDP 3478 and behind a TcpCarrier's TCP port 443."""
     import random
 
     from peerphone.nat.addrfilter import AddressFilter
@@ -149,6 +149,7 @@ def carrier_relay_main(host: str, secret: str, allow: str) -> None:
             on_other=service.on_other,
         )
         await carrier.listen(host, CARRIER_PORT)
+        await service.listen_udp(host, TURN_PORT)
         print("ready", flush=True)
         await asyncio.sleep(UCLIENT_TIMEOUT_S + 20)
 
@@ -157,12 +158,16 @@ def carrier_relay_main(host: str, secret: str, allow: str) -> None:
     uvloop.run(serve())
 
 
-def test_coturn_uclient_over_the_tcp_carrier_port(lab: Lab) -> None:
+def start_carrier_relay(lab: Lab) -> None:
     code = (
         "from tests.test_turn_interop import carrier_relay_main; "
         f"carrier_relay_main({lab.relay.addr!r}, {SECRET!r}, {LAB_NET!r})"
     )
     assert lab.start([PY, "-c", code]) == "ready"
+
+
+def test_coturn_uclient_over_the_tcp_carrier_port(lab: Lab) -> None:
+    start_carrier_relay(lab)
     lab.uclient("-t", who="carrier", port=CARRIER_PORT)
 
 
@@ -255,9 +260,9 @@ def run_pair(lab: Lab, turn_a: list[str], turn_b: list[str]) -> dict[str, Any]:
     return result
 
 
-def turn_entry(host: Host, port: int, who: str) -> list[str]:
+def turn_entry(host: Host, port: int, who: str, transport: str = "udp") -> list[str]:
     creds = issue_credentials(SECRET.encode(), who, 600, time.time())
-    return [f"turn:{host.addr}:{port}?transport=udp", creds.username, creds.password]
+    return [f"turn:{host.addr}:{port}?transport={transport}", creds.username, creds.password]
 
 
 def test_aiortc_peers_relayed_by_our_turn(lab: Lab) -> None:
@@ -266,6 +271,17 @@ def test_aiortc_peers_relayed_by_our_turn(lab: Lab) -> None:
         lab, turn_entry(lab.relay, TURN_PORT, "alice"), turn_entry(lab.relay, TURN_PORT, "bob")
     )
     print("aiortc via ours <-> aiortc via ours:", result)
+
+
+def test_aiortc_over_tcp_443_shared_with_the_overlay(lab: Lab) -> None:
+    """A peer whose firewall lets only TCP 443 out reaches the relay on the overlay's port."""
+    start_carrier_relay(lab)
+    result = run_pair(
+        lab,
+        turn_entry(lab.relay, CARRIER_PORT, "alice", transport="tcp"),
+        turn_entry(lab.relay, TURN_PORT, "bob"),
+    )
+    print("aiortc via ours over TCP 443 <-> aiortc via ours over UDP:", result)
 
 
 def test_aiortc_via_coturn_talks_to_aiortc_via_ours(lab: Lab) -> None:

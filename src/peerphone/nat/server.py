@@ -172,9 +172,14 @@ class _TcpConnection(asyncio.Protocol):
 class TurnService:
     """Runs a `TurnServer` core on asyncio sockets (see the module docstring)."""
 
-    def __init__(self, core: TurnServer, relay_host: str) -> None:
+    def __init__(
+        self, core: TurnServer, relay_host: str, advertised_host: str | None = None
+    ) -> None:
         self.core = core
-        self.relay_host = relay_host  # relayed sockets bind here (an address peers reach)
+        self.relay_host = relay_host  # relayed sockets bind here
+        # what XOR-RELAYED-ADDRESS says instead, behind a 1:1 NAT (a cloud VM's public
+        # IP; coturn's --external-ip); the port is the same on both sides
+        self.advertised_host = advertised_host or relay_host
         self.stats = core.stats  # one set of counters for `status`
         self.loop = asyncio.get_running_loop()
         self._udp: asyncio.DatagramTransport | None = None
@@ -282,7 +287,8 @@ class TurnService:
         task = self.loop.create_task(self._attach_relay(want.allocation, sock))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        self._flush(self.core.relay_opened(want.allocation, (bound[0], bound[1]), CLOCK()))
+        relayed = (self.advertised_host, bound[1])
+        self._flush(self.core.relay_opened(want.allocation, relayed, CLOCK()))
 
     async def _attach_relay(self, allocation: int, sock: socket.socket) -> None:
         try:
