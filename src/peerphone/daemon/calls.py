@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from peerphone.errors import LocalProtocolError, PeerphoneError
 from peerphone.media import (
     CallConfig,
+    CallFailed,
     DiscardSink,
     IceServer,
     MediaSession,
@@ -260,8 +261,18 @@ class CallManager:
         await self._connected(record)
 
     async def _connected(self, record: CallRecord) -> None:
+        """Wait for the media path; if it fails, end the call for both sides (a BYE: the
+        peer may see its side "connected" until ICE consent runs out otherwise)."""
         assert record.session is not None
-        await record.session.wait_connected()
+        try:
+            await record.session.wait_connected()
+        except CallFailed as exc:
+            log.warning("call %s: media failed: %s", record.call_id.hex()[:8], exc)
+            runtime = self.service.runtime
+            if not record.end_reason:
+                reason = f"media failed: {exc}"[:100]
+                runtime.drive(runtime.core.hangup(record.call_id, runtime.now(), reason))
+            return
         record.connected_at = time.monotonic()
 
     async def _ended(self, event: CallEnded) -> None:

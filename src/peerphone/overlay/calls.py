@@ -152,8 +152,8 @@ class CallCore:
         self._end(call, reason, now, by_peer=False)
         return out
 
-    def hangup(self, call_id: bytes, now: float) -> list[Send]:
-        """End the call whatever its state: CANCEL, REJECT (declined) or BYE."""
+    def hangup(self, call_id: bytes, now: float, reason: str = "hung up") -> list[Send]:
+        """End the call whatever its state: CANCEL, REJECT (declined) or BYE (`reason`)."""
         call = self._get(call_id)
         if call.state is CallState.ENDED:
             return []
@@ -162,10 +162,10 @@ class CallCore:
         elif not call.outgoing and call.state in (CallState.RINGING, CallState.VERIFYING):
             out = self._send(call, CallKind.REJECT, now, reason="declined")
         elif call.state is CallState.ACTIVE:
-            out = self._send(call, CallKind.BYE, now, reason="hung up")
+            out = self._send(call, CallKind.BYE, now, reason=reason)
         else:
             out = []
-        self._end(call, "hung up", now, by_peer=False)
+        self._end(call, reason, now, by_peer=False)
         return out
 
     def hold(self, call_id: bytes, held: bool, now: float) -> list[Send]:

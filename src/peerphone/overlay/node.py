@@ -280,8 +280,8 @@ class NodeCore:
     def reject_call(self, call_id: bytes, reason: str, now: float) -> list[Send]:
         return self.calls.reject(call_id, reason, now)
 
-    def hangup(self, call_id: bytes, now: float) -> list[Send]:
-        return self.calls.hangup(call_id, now)
+    def hangup(self, call_id: bytes, now: float, reason: str = "hung up") -> list[Send]:
+        return self.calls.hangup(call_id, now, reason)
 
     def hold(self, call_id: bytes, held: bool, now: float) -> list[Send]:
         return self.calls.hold(call_id, held, now)
