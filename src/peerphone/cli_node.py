@@ -53,6 +53,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         metavar="CIDR",
         help="let our relay reach this special range anyway (repeatable)",
     )
+    node.add_argument("--turn-port", type=int, help="STUN/TURN UDP port as a supernode (3478)")
     node.add_argument("--verbose", action="store_true")
 
     call = sub.add_parser("call", help="call a user; prints the call's statistics")
@@ -149,6 +150,8 @@ def _apply_options(config: NodeConfig, args: argparse.Namespace) -> None:
         value = getattr(args, option)
         if value is not None:
             setattr(config, option, str(Path(value).resolve()) if value else "")
+    if args.turn_port is not None:
+        config.turn_port = args.turn_port
     if args.relay_allow is not None:
         config.relay_allow = list(args.relay_allow)
 

@@ -83,6 +83,7 @@ class NodeConfig:
     answer_play: str = ""  # WAV file played to callers we auto-answer (silence if empty)
     answer_record: str = ""  # directory where auto-answered calls are recorded
     relay_allow: list[str] = field(default_factory=list)  # CIDRs our relay may reach anyway
+    turn_port: int = 3478  # STUN/TURN over UDP, when a supernode (0: any free port)
     share: ShareConfig = field(default_factory=ShareConfig)
 
     def check(self) -> None:
@@ -106,6 +107,8 @@ class NodeConfig:
         transport, host, _ = parse_endpoint(self.control)
         if transport != "udp" or not ipaddress.ip_address(host).is_loopback:
             raise ConfigError("control: the control API listens on loopback only")
+        if not 0 <= self.turn_port < 65_536:
+            raise ConfigError("turn_port: 0-65535")
         for cidr in self.relay_allow:
             try:
                 ipaddress.ip_network(cidr, strict=False)

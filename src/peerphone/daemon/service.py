@@ -17,12 +17,14 @@ import random
 import signal
 import socket
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from peerphone.daemon.calls import CallManager
 from peerphone.daemon.config import NodeConfig, parse_endpoint
 from peerphone.daemon.datadir import Contact, DataDir
 from peerphone.daemon.logs import ErrorDigest
+from peerphone.daemon.relay import Relay
 from peerphone.daemon.views import error_counters, lookup_view, presence_view, status_view
 from peerphone.errors import LocalProtocolError, PeerphoneError
 from peerphone.identity import KeyPair, SignatureVerifier, short
@@ -94,8 +96,10 @@ class NodeService:
         self.stopping = asyncio.Event()
         self._runtime: NodeRuntime | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._digest = ErrorDigest(log)
         self.calls = CallManager(self)
+        self.relay = Relay(self)
 
     @property
     def runtime(self) -> NodeRuntime:
@@ -212,6 +216,7 @@ class NodeService:
         was_supernode = self.core.supernode is not None
         log.info("shutting down%s", " (handing records and clients over)" if was_supernode else "")
         await self.calls.close()
+        await self.relay.stop()
         if self.core.client.state is not ClientState.OFFLINE:
             runtime.logout()
         await asyncio.sleep(SHUTDOWN_GRACE_S)
@@ -270,6 +275,7 @@ class NodeService:
             out.update(presence_view(event.username, event.record))
         elif isinstance(event, RoleChanged):
             self.role_reason = event.reason
+            self._spawn(self.relay.start() if event.supernode else self.relay.stop())
             out.update(supernode=event.supernode, reason=event.reason)
             log.info("role: %s (%s)", "supernode" if event.supernode else "client", event.reason)
         elif isinstance(event, Attached):
@@ -288,6 +294,20 @@ class NodeService:
                 " to the backup" if event.to_backup else "",
             )
         self.broadcast(out)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` in the background; its failure is logged, never raised."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception:
+                self.runtime.stats["internal_errors"] += 1
+                log.exception("background work failed")
+
+        task = asyncio.create_task(guarded())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def broadcast(self, event: dict[str, Any]) -> None:
         for queue in list(self.listeners):

@@ -136,6 +136,7 @@ def status_view(service: NodeService) -> dict[str, Any]:
             },
             "clients_served": supernode["clients_served"] if supernode else 0,
             "records_held": supernode["records_held"] if supernode else 0,
+            "relay": service.relay.sharing(),
         },
         "contacts": len(service.contacts),
         "listen": {

@@ -1,0 +1,143 @@
+"""The STUN/TURN relay a supernode runs beside its overlay role, and its credentials.
+
+Started when the node becomes a supernode, stopped when it stops being one. STUN and TURN
+over UDP listen on their own port (`turn_port`, 3478 by default); TURN over TCP shares
+the overlay's TCP carrier port (443 on a public supernode): the carrier hands every
+connection that does not start with its magic to the relay. Credentials are short-lived
+(TURN REST style, a secret that lives as long as the process), issued only to our own
+attached clients over the authenticated overlay (`TurnRequest`/`TurnGrant`). The relay
+refuses special address ranges unless the owner allowed them (`relay_allow`), and its
+bandwidth is capped at the `share.up_kbps` the owner agreed to.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import random
+from typing import TYPE_CHECKING, Any
+
+from peerphone.identity import NodeId
+from peerphone.nat.addrfilter import AddressFilter
+from peerphone.nat.credentials import issue_credentials
+from peerphone.nat.events import AllocationSnapshot
+from peerphone.nat.server import TurnService
+from peerphone.nat.turn import TurnServer
+from peerphone.runtime.node_runtime import format_address, parse_endpoint
+from peerphone.runtime.tcp_carrier import refuse_other
+
+if TYPE_CHECKING:
+    from peerphone.daemon.service import NodeService
+
+log = logging.getLogger("peerphone.relay")
+
+CREDENTIAL_TTL_S = 600.0  # what a TurnGrant is valid for; clients ask again before expiry
+SECRET_BYTES = 32
+
+
+class Relay:
+    """One supernode's relay (see the module docstring)."""
+
+    def __init__(self, service: NodeService) -> None:
+        self.service = service
+        self.turn: TurnService | None = None
+        self.urls: list[str] = []
+        self._secret = b""
+
+    @property
+    def running(self) -> bool:
+        return self.turn is not None
+
+    async def start(self) -> None:
+        if self.turn is not None:
+            return
+        service = self.service
+        runtime = service.runtime
+        cfg = service.config
+        advertised = self._advertised_host()
+        bound = runtime.address
+        if advertised is None or bound is None:
+            log.warning("no routable address to advertise: not running a relay")
+            return
+        self._secret = os.urandom(SECRET_BYTES)
+        core = TurnServer(
+            self._secret,
+            bandwidth_bytes_per_s=cfg.share.up_kbps * 1000 / 8,
+            now=runtime.now(),
+            rng=random.SystemRandom(),
+            address_filter=AddressFilter(cfg.relay_allow),
+        )
+        turn = TurnService(core, relay_host=bound[0], advertised_host=advertised)
+        udp = await turn.listen_udp(bound[0], cfg.turn_port)
+        urls = [
+            f"stun:{_host(advertised)}:{udp[1]}",
+            f"turn:{_host(advertised)}:{udp[1]}?transport=udp",
+        ]
+        if runtime.tcp_address is not None:
+            runtime.links.tcp.on_other = turn.on_other
+            urls.append(f"turn:{_host(advertised)}:{runtime.tcp_address[1]}?transport=tcp")
+        self.turn, self.urls = turn, urls
+        sn = runtime.core.supernode
+        if sn is not None:
+            sn.turn_issuer = self._issue
+        log.info(
+            "relay on %s (TURN over TCP: %s)",
+            format_address(udp),
+            "the carrier's port" if runtime.tcp_address else "no",
+        )
+
+    def _issue(self, client: NodeId, now: float) -> tuple[list[str], str, str, float]:
+        grant = issue_credentials(self._secret, client.hex()[:32], CREDENTIAL_TTL_S, now)
+        return list(self.urls), grant.username, grant.password, float(grant.expires_at)
+
+    async def stop(self) -> None:
+        turn, self.turn = self.turn, None
+        if turn is None:
+            return
+        runtime = self.service.runtime
+        if runtime.tcp_address is not None:
+            runtime.links.tcp.on_other = refuse_other
+        turn.close()
+        await turn.wait_closed()
+        log.info("relay stopped")
+
+    def _advertised_host(self) -> str | None:
+        """The host of our first advertised UDP endpoint (what clients can reach)."""
+        for text in self.service.runtime.core.addresses:
+            endpoint = parse_endpoint(text)
+            if endpoint is not None and endpoint[0] == "udp":
+                return endpoint[1][0]
+        return None
+
+    def sharing(self) -> dict[str, Any] | None:
+        """Exactly what the relay shares right now (None when it does not run)."""
+        if self.turn is None:
+            return None
+        snap = self.turn.snapshot()
+        return {
+            "urls": self.urls,
+            "allocations": len(snap.allocations),
+            "rate_kbps": round(snap.rate_bytes_per_s * 8 / 1000, 2),
+            "cap_kbps": round(snap.cap_bytes_per_s * 8 / 1000, 2),
+            "total_bytes_relayed": snap.total_bytes_relayed,
+            "per_allocation": [_allocation(a) for a in snap.allocations],
+            "drops": {k: v for k, v in snap.drops.items() if v},
+        }
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+
+
+def _allocation(a: AllocationSnapshot) -> dict[str, Any]:
+    return {
+        "client": format_address(a.client),
+        "transport": a.transport,
+        "relayed": format_address(a.relayed) if a.relayed else None,
+        "expires_in_s": round(a.expires_in_s, 1),
+        "peers": list(a.permissions),
+        "bytes_to_peers": a.bytes_to_peers,
+        "bytes_from_peers": a.bytes_from_peers,
+        "packets_dropped": a.packets_dropped,
+    }
