@@ -30,6 +30,7 @@ from peerphone.media import (
 )
 from peerphone.media.sinks import AudioSink
 from peerphone.overlay.calls import CallState
+from peerphone.runtime.tcp_carrier import is_tcp
 from peerphone.overlay.events import (
     CallAnswered,
     CallEnded,
@@ -110,13 +111,23 @@ class CallManager:
         grant = self.turn
         if grant is None or not grant.urls or grant.expires < time.time():
             return ()
+        urls = list(grant.urls)
+        if self._behind_tcp_only():  # aiortc uses the first TURN server only
+            urls.sort(key=lambda url: not url.endswith("transport=tcp"))
         servers = []
-        for url in grant.urls:
+        for url in urls:
             if url.startswith("stun:"):
                 servers.append(IceServer(url))
             else:
                 servers.append(IceServer(url, grant.username, grant.password))
         return tuple(servers)
+
+    def _behind_tcp_only(self) -> bool:
+        """Whether we reach our primary supernode over the TCP carrier (UDP blocked)."""
+        runtime = self.service.runtime
+        primary = runtime.core.client.primary
+        link = runtime.links.links.get(primary) if primary is not None else None
+        return link is not None and is_tcp(link.addr)
 
     def refresh_turn(self) -> None:
         """Ask our supernode for relay credentials when we have none or they run out."""
