@@ -30,7 +30,6 @@ from peerphone.media import (
 )
 from peerphone.media.sinks import AudioSink
 from peerphone.overlay.calls import CallState
-from peerphone.runtime.tcp_carrier import is_tcp
 from peerphone.overlay.events import (
     CallAnswered,
     CallEnded,
@@ -40,6 +39,7 @@ from peerphone.overlay.events import (
     Event,
     TurnGranted,
 )
+from peerphone.runtime.tcp_carrier import is_tcp
 
 if TYPE_CHECKING:
     from aiortc import MediaStreamTrack
