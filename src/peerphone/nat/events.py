@@ -99,6 +99,6 @@ class SharingSnapshot:
     rate_bytes_per_s: float  # relayed payload bytes per second, over the last few seconds
     cap_bytes_per_s: float  # the owner's bandwidth cap
     total_bytes_relayed: int  # since start, both directions
-    # every counter, sorted by name: drop_* (packets dropped), refused_* and error_*
-    # (requests refused), auth_* (failed authentications), allocations_*, tcp_*
-    counters: dict[str, int]
+    # every counter (not only drops), sorted by name: drop_* (packets dropped), refused_*
+    # and error_* (requests refused), auth_* (failed authentications), allocations_*, tcp_*
+    drops: dict[str, int]

@@ -499,5 +499,5 @@ class TurnServer:
             rate_bytes_per_s=self.data.meter.rate(now),
             cap_bytes_per_s=self.data.bucket.rate,
             total_bytes_relayed=self.data.total_bytes_relayed,
-            counters=dict(sorted(self.stats.items())),
+            drops=dict(sorted(self.stats.items())),
         )
