@@ -27,6 +27,7 @@ from peerphone.daemon.config import ConfigError, NodeConfig, load_config, parse_
 from peerphone.daemon.datadir import Contact, DataDir, DataDirError
 from peerphone.daemon.logs import ErrorDigest
 from peerphone.daemon.service import EXIT_NAME_TAKEN
+from peerphone.demo import ice_host_addresses
 from peerphone.runtime.tcp_carrier import MAGIC
 
 from .node_procs import Node, NodeProcs, wait_for
@@ -377,3 +378,7 @@ def test_demo_runs_a_small_network(tmp_path: Path) -> None:
     assert report["ok"] and report["lookups"]["succeeded"] == report["lookups"]["attempted"] == 20
     assert report["presence"]["changes_heard"] == report["presence"]["changes_expected"] > 0
     assert {n["role"] for n in report["nodes"]} == {"supernode", "client"}
+    call = report["call"]
+    if ice_host_addresses():  # else the demo says why it placed no call
+        assert call["path"] == "direct" and call["end_reason"] == "hung up", call
+        assert call["bytes_received"] > 0 and call["setup_ms"] > 0
