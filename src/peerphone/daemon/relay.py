@@ -68,6 +68,11 @@ class Relay:
             rng=random.SystemRandom(),
             address_filter=AddressFilter(cfg.relay_allow),
         )
+        # never a peer: our own sockets (a client must not reach our QUIC socket through us)
+        for own in (bound, runtime.tcp_address):
+            if own is not None:
+                core.own_addresses.add(own)
+                core.own_addresses.add((advertised, own[1]))
         turn = TurnService(core, relay_host=bound[0], advertised_host=advertised)
         udp = await turn.listen_udp(bound[0], cfg.turn_port)
         urls = [
