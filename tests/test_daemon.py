@@ -381,4 +381,4 @@ def test_demo_runs_a_small_network(tmp_path: Path) -> None:
     call = report["call"]
     if ice_host_addresses():  # else the demo says why it placed no call
         assert call["path"] == "direct" and call["end_reason"] == "hung up", call
-        assert call["bytes_received"] > 0 and call["setup_ms"] > 0
+        assert call["bytes_received"] > 0 and call["setup_ms"] > 0, call
