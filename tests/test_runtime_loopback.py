@@ -11,7 +11,7 @@ import asyncio
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pytest
 from aioquic.quic.connection import QuicConnection
@@ -152,10 +152,15 @@ def found(done: LookupDone, owner: NodeRuntime) -> PresenceBody:
     return body
 
 
-def run_bounded(
-    test: Callable[[Loopback], Awaitable[T]], net: Loopback, budget_s: float = TEST_BUDGET_S
-) -> T:
-    """Run `test` on a fresh loopback network within `budget_s`, and stop every node."""
+class Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+N = TypeVar("N", bound=Closable)
+
+
+def run_bounded(test: Callable[[N], Awaitable[T]], net: N, budget_s: float = TEST_BUDGET_S) -> T:
+    """Run `test` on a fresh network of nodes within `budget_s`, and stop every node."""
 
     async def main() -> T:
         try:

@@ -13,7 +13,7 @@ import itertools
 import random
 import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar, cast
 
 import pytest
@@ -32,7 +32,6 @@ from peerphone.runtime.node_runtime import (
     format_endpoint,
     parse_address,
     parse_endpoint,
-    run,
 )
 from peerphone.runtime.tcp_carrier import (
     MAGIC,
@@ -54,6 +53,7 @@ from .test_runtime_loopback import (
     next_event,
     until,
 )
+from .test_runtime_loopback import run_bounded as run_network
 
 TEST_BUDGET_S = 6.0  # per test; the fallback tests wait UDP_ANSWER_TIMEOUT_S once or twice
 PREAMBLE_TIMEOUT_S = 0.3  # in the junk test: silent connections are closed this soon
@@ -146,17 +146,8 @@ class TcpNet:
             sock.close()
 
 
-def run_bounded(
-    test: Callable[[TcpNet], Awaitable[T]], net: TcpNet, budget_s: float = TEST_BUDGET_S
-) -> T:
-    async def main() -> T:
-        try:
-            return await asyncio.wait_for(test(net), budget_s)
-        finally:
-            await net.close()
-
-    coroutine: Coroutine[Any, Any, T] = main()
-    return run(coroutine)
+def run_bounded(test: Callable[[TcpNet], Awaitable[T]], net: TcpNet) -> T:
+    return run_network(test, net, TEST_BUDGET_S)
 
 
 def tcp_address(runtime: NodeRuntime) -> Address:
