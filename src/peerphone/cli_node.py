@@ -254,7 +254,9 @@ def cmd_call(args: argparse.Namespace) -> int:
     call = client.request("POST", "/v1/calls", body)
     path = f"/v1/calls/{call['call_id']}"
     deadline = time.monotonic() + CALL_TIMEOUT_S
-    while call["state"] != "ended" and not (call["state"] == "active" and call.get("path")):
+    # connected = the media is up (ICE and DTLS, the peer's certificate checked), not
+    # merely a nominated ICE pair
+    while call["state"] != "ended" and call.get("media_state") != "connected":
         if time.monotonic() > deadline:
             call = client.request("POST", path + "/hangup", {})
             break

@@ -27,6 +27,7 @@ from peerphone.media import (
     SilenceSource,
     WavRecorder,
     WavSource,
+    aiortc_internals,
 )
 from peerphone.media.sinks import AudioSink
 from peerphone.overlay.calls import CallState
@@ -99,6 +100,9 @@ class CallManager:
     """The daemon's calls (see the module docstring)."""
 
     def __init__(self, service: NodeService) -> None:
+        # Without it, calls between two cone NATs go through our TURN relay when they
+        # could go direct (see aiortc_internals.restart_checks_on_incoming).
+        aiortc_internals.restart_checks_on_incoming()
         self.service = service
         self.calls: dict[bytes, CallRecord] = {}
         self.turn: TurnGranted | None = None

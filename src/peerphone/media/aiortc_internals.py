@@ -1,4 +1,4 @@
-"""The two things calls need from aiortc/aioice that have no public API, in one place.
+"""What calls need from aiortc/aioice that has no public API, in one place.
 
 * The selected ICE candidate pair (is the call direct or relayed?):
   ``RTCIceTransport._connection`` is the ``aioice.Connection``; its ``_nominated`` maps
@@ -9,13 +9,24 @@
   the remote SDP's fingerprints; reading it back lets `MediaSession` check that again
   against the *signed* SDP, so an aiortc regression cannot silently drop the binding.
 
-Both are read-only. The aiortc range in pyproject.toml is the tested one, and
+Both are read-only. One fix to aioice's behaviour, opted into by the caller:
+
+* `restart_checks_on_incoming`: RFC 8445 section 7.3.1.4 (triggered checks) says a check
+  from the peer on a pair whose own check is in progress cancels that check and enqueues
+  a new one at once; aioice 0.13 waits for its retransmission (500 ms) instead. Behind
+  two port-restricted cone NATs both ends' first checks cross, the first one is dropped
+  by the peer's NAT, and the controlling end (aggressive nomination) then nominates
+  whatever pair succeeds next: the TURN relay pair, ~60 ms later, not the direct one.
+
+The aiortc range in pyproject.toml is the tested one, and
 tests/test_media.py fails if an upgrade moves either attribute (`check_internals`).
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
+from typing import Any
 
 from aioice import Candidate as IceCandidate
 from aioice.ice import CandidatePair, Connection
@@ -86,5 +97,41 @@ def check_internals(pc: RTCPeerConnection) -> None:
     for dtls in transports:
         if not hasattr(dtls, "_ssl"):
             raise TypeError("RTCDtlsTransport has no _ssl")
-        if not isinstance(_ice_connection(dtls.transport)._nominated, dict):
+        connection = _ice_connection(dtls.transport)
+        if not isinstance(connection._nominated, dict):
             raise TypeError("aioice.Connection._nominated is not a dict")
+        if not isinstance(connection._check_list, list) or not callable(
+            getattr(connection, "check_state", None)
+        ):
+            raise TypeError("aioice.Connection has no _check_list or check_state")
+
+
+_restarted: weakref.WeakSet[CandidatePair] = weakref.WeakSet()  # restarted once already
+_aioice_check_incoming = Connection.check_incoming
+
+
+def _check_incoming(self: Connection, message: Any, addr: tuple[str, int], protocol: Any) -> None:
+    for pair in self._check_list:
+        if (
+            pair.protocol is protocol
+            and pair.remote_addr == addr
+            and pair.state is CandidatePair.State.IN_PROGRESS
+            and pair.task is not None
+            and pair not in _restarted
+        ):
+            # Once per pair: a restart drops the answer to the check in flight, so
+            # restarting at every retransmission of the peer could starve a slow path.
+            _restarted.add(pair)
+            pair.task.cancel()
+            pair.task = None
+            self.check_state(pair, CandidatePair.State.WAITING)  # aioice starts it now
+            break
+    _aioice_check_incoming(self, message, addr, protocol)
+
+
+def restart_checks_on_incoming() -> None:
+    """Make aioice send a triggered check at once for an in-progress pair (module docstring).
+
+    Process-wide and idempotent.
+    """
+    Connection.check_incoming = _check_incoming  # type: ignore[method-assign]
