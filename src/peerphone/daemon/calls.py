@@ -4,8 +4,9 @@ Outgoing: make the offer (ICE gathering complete), sign and send it through the 
 the verified answer, connect. Incoming: with auto-answer, accept with a session that plays
 `answer_play` (silence if unset) and records into `answer_record`; otherwise the call
 rings until `answer` or `hangup`. A transfer request (`CallTransferRequested`) places the
-new call with the same audio settings. ICE servers are our own supernode's STUN/TURN, with
-credentials it issued (TurnGranted), refreshed before they expire.
+new call with the same audio settings (recording into a file of its own). ICE servers are
+our own supernode's STUN/TURN, with credentials it issued (TurnGranted), refreshed before
+they expire.
 """
 
 from __future__ import annotations
@@ -116,8 +117,11 @@ class CallManager:
         if grant is None or not grant.urls or grant.expires < time.time():
             return ()
         urls = list(grant.urls)
-        if self._behind_tcp_only():  # aiortc uses the first TURN server only
-            urls.sort(key=lambda url: not url.endswith("transport=tcp"))
+        if self._behind_tcp_only():
+            # UDP does not get through, so STUN and TURN over UDP are useless, and worse:
+            # gathering waits 5 s for the STUN answer (aioice) before the call can start.
+            # (aiortc would use only the first TURN server anyway.)
+            urls = [url for url in urls if url.endswith("transport=tcp")]
         servers = []
         for url in urls:
             if url.startswith("stun:"):
@@ -304,9 +308,16 @@ class CallManager:
 
     async def _transfer(self, event: CallTransferRequested) -> None:
         old = self.calls.get(event.call_id)
-        media = old.media if old is not None else Media()
+        media = Media()
         if old is not None:
             old.transferred_to = event.target
+            # Not into the old call's recording: that one is still open (it is closed as
+            # the old call ends) and opening it again would truncate it.
+            record = old.media.record
+            if record:
+                path = Path(record)
+                record = str(path.with_name(f"{path.stem}-transferred-to-{event.target}.wav"))
+            media = Media(old.media.play, record)
         await self.place(event.target, media, referred_by=event.by_user)
 
     # -- bookkeeping --------------------------------------------------------------------------
