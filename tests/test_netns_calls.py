@@ -48,6 +48,7 @@ CALL_CLI_TIMEOUT_S = 70.0  # `peerphone call` gives up after 60 s itself
 END_TIMEOUT_S = 10.0  # hangup until both sides show the call ended (recordings closed)
 SIGNAL_TIMEOUT_S = 15.0  # hold/transfer requests until the peer shows their effect
 MIN_CORRELATION = 0.9
+HELD_CALL_MIN_CORRELATION = 0.5  # a recording with a held (silent) stretch in it
 WIRE_LIMIT_KBPS = 48.0  # the budget per direction for a voice call
 IPV4_UDP_HEADER_BYTES = 28
 RELAY_SUBNET = f"{INTERNET_NET}.0/24"  # the lab's "internet" is private: allow our relay there
@@ -496,7 +497,7 @@ def test_hold_resume_and_transfer_with_three_users(users: Users) -> None:
     print(f"bob -> carol correlation {carol_heard:.4f}, carol -> bob {bob_heard:.4f}")
     expect(carol_heard >= MIN_CORRELATION, f"carol heard bob: {carol_heard}", involved)
     expect(bob_heard >= MIN_CORRELATION, f"bob heard carol: {bob_heard}", involved)
-    rate, first = read_wav(bob_dir / f"call-{bob_call_id}.wav")
-    expect(
-        rate == RATE and len(first) > RATE // 2, f"bob's recording of alice: {len(first)}", involved
-    )
+    # alice's signal with a hole where the call was held (~0.85); carol's would be ~0.0
+    first = audio_score(SEEDS["alice"] + CALLER_SEED_OFFSET, bob_dir / f"call-{bob_call_id}.wav")
+    print(f"bob's recording of alice's (held, resumed, transferred) call: correlation {first:.4f}")
+    expect(first >= HELD_CALL_MIN_CORRELATION, f"bob's recording of alice: {first}", involved)
