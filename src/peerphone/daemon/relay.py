@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import os
 import random
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from peerphone.identity import NodeId
@@ -44,6 +45,7 @@ class Relay:
         self.turn: TurnService | None = None
         self.urls: list[str] = []
         self._secret = b""
+        self._stats: Counter[str] = Counter()
 
     @property
     def running(self) -> bool:
@@ -106,6 +108,12 @@ class Relay:
         turn.close()
         await turn.wait_closed()
         log.info("relay stopped")
+
+    def stats(self) -> Counter[str]:
+        """The relay's counters, kept after it stops (they are the node's history)."""
+        if self.turn is not None:
+            self._stats = self.turn.stats
+        return self._stats
 
     def _advertised_host(self) -> str | None:
         """The host of our first advertised UDP endpoint (what clients can reach)."""

@@ -329,7 +329,7 @@ class NodeService:
             self.core.client.capacity = self._capacity()
             if self.core.client.primary is not None:
                 self.calls.refresh_turn()
-            self._digest.maybe_log(error_counters(self.runtime.stats))
+            self._digest.maybe_log(error_counters(self.runtime.stats, self.relay.stats()))
             if time.monotonic() >= next_save:
                 next_save = time.monotonic() + HOST_CACHE_SAVE_S
                 self._save_host_cache()

@@ -25,11 +25,20 @@ LINK_NAMES = ("handshake_timeouts", "dial_failed", "tcp_dialled", "tcp_accepted"
 TRAFFIC_NAMES = ("datagrams_in", "datagrams_out", "messages_in", "messages_out", "retry_sent")
 
 
-def error_counters(stats: Counter[str]) -> Counter[str]:
-    """The counters of input refused or failed (garbage, failed handshakes, our bugs)."""
-    return Counter(
+# the relay's counters of refused input (it takes what the TCP carrier does not recognise)
+RELAY_ERROR_PREFIXES = ("drop_", "tcp_drop_", "tcp_unframeable", "tcp_refused", "auth_")
+
+
+def error_counters(stats: Counter[str], relay: Counter[str] | None = None) -> Counter[str]:
+    """The counters of input refused or failed (garbage, failed handshakes, our bugs),
+    the relay's prefixed with ``relay_``."""
+    out = Counter(
         {k: v for k, v in sorted(stats.items()) if k.startswith(ERROR_PREFIXES) or k in ERROR_NAMES}
     )
+    for key, value in sorted((relay or Counter()).items()):
+        if key.startswith(RELAY_ERROR_PREFIXES) and value:
+            out["relay_" + key] = value
+    return out
 
 
 def status_name(status: Status | None) -> str | None:
@@ -93,7 +102,7 @@ def status_view(service: NodeService) -> dict[str, Any]:
     core = runtime.core
     client = core.client
     stats = runtime.stats
-    errors = dict(error_counters(stats))
+    errors = dict(error_counters(stats, service.relay.stats()))
     sn = core.supernode
     supernode: dict[str, Any] | None = None
     if sn is not None:
