@@ -49,6 +49,7 @@ from peerphone.media.sdp import (
     certificate_matches,
     sdp_candidates,
     sdp_fingerprints,
+    without_rtp_header_extensions,
 )
 from peerphone.media.sinks import MAX_GAP_FILL_S, SpeakerSink, WavRecorder
 from peerphone.media.sources import (
@@ -169,7 +170,7 @@ SAMPLE_SDP = (
 
 
 def test_opus_settings_are_checked() -> None:
-    assert OpusSettings().bitrate_bps == 28_000
+    assert OpusSettings().bitrate_bps == 24_000
     assert OpusSettings().samples_per_packet == 960
     for bad in (
         {"bitrate_bps": 5_000},
@@ -193,7 +194,21 @@ def test_fmtp_replaces_the_opus_line_only() -> None:
     assert lines.index(fmtp[0]) == lines.index("a=rtpmap:96 opus/48000/2") + 1
     assert "a=rtpmap:0 PCMU/8000" in lines
     lf = with_opus_fmtp(SAMPLE_SDP.replace("\r\n", "\n"), OpusSettings())
-    assert "\r" not in lf and "maxaveragebitrate=28000" in lf
+    assert "\r" not in lf and "maxaveragebitrate=24000" in lf
+
+
+def test_rtp_header_extensions_are_left_out_of_our_descriptions() -> None:
+    sdp = SAMPLE_SDP.replace(
+        "a=rtpmap:0 PCMU/8000\r\n",
+        "a=rtpmap:0 PCMU/8000\r\na=extmap-allow-mixed\r\n"
+        "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid\r\n"
+        "a=extmap:2 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n",
+    )
+    trimmed = without_rtp_header_extensions(sdp)
+    assert "extmap" not in trimmed
+    assert trimmed == SAMPLE_SDP  # nothing else touched, line endings kept
+    lf = without_rtp_header_extensions(sdp.replace("\r\n", "\n"))
+    assert lf == SAMPLE_SDP.replace("\r\n", "\n")
 
 
 def test_sdp_fingerprints_normalised_and_required() -> None:
@@ -664,8 +679,13 @@ def test_call_direct_voice_sized_and_faithful(lab: NetLab, tmp_path: Path) -> No
         assert final["state"] == "closed" and final["path"] == "direct"
         assert final["bytes_sent"] > stat["bytes_sent"]
     for rate in rates:
+        print(
+            f"on the wire: {rate.ip_kbps:.2f} kbit/s as IPv4 packets, "
+            f"{rate.udp_payload_kbps:.2f} kbit/s UDP payload"
+        )
         assert rate.packets_per_s == pytest.approx(50, abs=5)
-        assert rate.udp_payload_kbps <= WIRE_LIMIT_KBPS
+        assert rate.ip_kbps <= WIRE_LIMIT_KBPS  # whole IPv4 packets: headers included
+    assert all(s["srtp_profile"] == "SRTP_AES128_CM_SHA1_80" for s in stats), stats
 
     for heard, seed in (("callee-heard.wav", 21), ("caller-heard.wav", 22)):
         sample_rate, samples = read_wav(tmp_path / heard)

@@ -89,6 +89,32 @@ def peer_certificate(pc: RTCPeerConnection) -> x509.Certificate | None:
     return None
 
 
+def prefer_short_srtp_tag(pc: RTCPeerConnection) -> None:
+    """Offer AES_CM_128_HMAC_SHA1_80 first on this connection's DTLS transports.
+
+    Its 10-byte tag instead of AEAD-GCM's 16 saves 6 bytes on every packet, 2.4 kbit/s of
+    a 20 ms voice stream, which is what keeps a call under 48 kbit/s per direction as
+    whole IP packets (decision 0010). It is WebRTC's mandatory-to-implement profile, so
+    any peer has it. ``RTCDtlsTransport._srtp_profiles`` is per transport (aiortc copies
+    its module list into it), read when the DTLS context is made: call this before the
+    connection starts.
+    """
+    for dtls in _transports(pc):
+        profiles = list(dtls._srtp_profiles)
+        short = [p for p in profiles if p.openssl_profile == b"SRTP_AES128_CM_SHA1_80"]
+        dtls._srtp_profiles = short + [p for p in profiles if p not in short]
+
+
+def srtp_profile(pc: RTCPeerConnection) -> str | None:
+    """The SRTP profile DTLS negotiated (None before it completes)."""
+    for dtls in _transports(pc):
+        ssl = getattr(dtls, "_ssl", None)
+        if ssl is not None:
+            selected = ssl.get_selected_srtp_profile()
+            return selected.decode() if selected else None
+    return None
+
+
 def check_internals(pc: RTCPeerConnection) -> None:
     """Raise if this aiortc no longer has what the functions above read (a test hook)."""
     transports = _transports(pc)
@@ -97,6 +123,8 @@ def check_internals(pc: RTCPeerConnection) -> None:
     for dtls in transports:
         if not hasattr(dtls, "_ssl"):
             raise TypeError("RTCDtlsTransport has no _ssl")
+        if not isinstance(getattr(dtls, "_srtp_profiles", None), list):
+            raise TypeError("RTCDtlsTransport has no _srtp_profiles list")
         connection = _ice_connection(dtls.transport)
         if not isinstance(connection._nominated, dict):
             raise TypeError("aioice.Connection._nominated is not a dict")

@@ -44,6 +44,7 @@ from peerphone.media.sdp import (
     certificate_matches,
     sdp_candidates,
     sdp_fingerprints,
+    without_rtp_header_extensions,
 )
 from peerphone.media.sinks import AudioSink, DiscardSink
 from peerphone.media.stats import StatsSample, call_stats, sample_report
@@ -174,6 +175,7 @@ class MediaSession:
             if c.mimeType.lower() == "audio/opus"
         ]
         transceiver.setCodecPreferences(opus)  # Opus or nothing: never PCMU at 64 kbit/s
+        aiortc_internals.prefer_short_srtp_tag(self._pc)
 
     @property
     def connected(self) -> bool:
@@ -209,7 +211,7 @@ class MediaSession:
         await self._set_remote(answer_sdp, "answer")
 
     async def _set_local(self, description: RTCSessionDescription) -> str:
-        munged = with_opus_fmtp(description.sdp, self.config.opus)
+        munged = without_rtp_header_extensions(with_opus_fmtp(description.sdp, self.config.opus))
         await self._pc.setLocalDescription(RTCSessionDescription(munged, description.type))
         sdp = self._pc.localDescription.sdp
         if len(sdp) > MAX_SDP_CHARS:
@@ -329,6 +331,7 @@ class MediaSession:
             "failure": self.failure,
             "setup_ms": self.setup_ms,
             "dtls_fingerprint": self.verified_fingerprint,
+            "srtp_profile": aiortc_internals.srtp_profile(self._pc),
         }
         if self.state is MediaState.CLOSED:
             return self._final_stats | out

@@ -32,7 +32,7 @@ from peerphone.errors import LocalProtocolError
 
 SAMPLE_RATE = 48_000  # Opus' RTP clock is always 48 kHz (RFC 7587)
 TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
-DEFAULT_BITRATE_BPS = 28_000  # 32 kbit/s costs 48-49 kbit/s of UDP payload: see 0010
+DEFAULT_BITRATE_BPS = 24_000  # with the trimmed overhead: <= 48 kbit/s of IP packets (0010)
 MIN_BITRATE_BPS = 6_000  # libopus' floor
 MAX_BITRATE_BPS = 128_000  # far above voice; the 24-40 kbit/s band is the intended use
 FRAME_DURATIONS_MS = (10, 20, 40, 60)  # what a packet may hold; 20 ms is WebRTC's norm

@@ -1,4 +1,5 @@
-"""Reading the parts of an SDP that security and statistics depend on (no I/O, no aiortc).
+"""Reading the parts of an SDP that security and statistics depend on (no I/O, no aiortc);
+trimming what our own descriptions offer (`without_rtp_header_extensions`).
 
 The signaling layer signs the whole SDP; the DTLS fingerprints inside it are what bind
 the call's encryption to the signer (each aiortc connection makes its own certificate).
@@ -20,6 +21,7 @@ MAX_SDP_CHARS = 16 * 1024  # as in the signaling messages (overlay/callmsg.py)
 _FINGERPRINT_LINE = re.compile(
     r"^a=fingerprint:([A-Za-z0-9-]+) ((?:[0-9A-Fa-f]{2}:)*[0-9A-Fa-f]{2})\s*$", re.MULTILINE
 )
+_EXTMAP_LINE = re.compile(r"^a=extmap(?:-allow-mixed)?(?::|\r?$)", re.IGNORECASE)
 _CANDIDATE_LINE = re.compile(r"^a=candidate:(.*?)\s*$", re.MULTILINE)
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha-256": hashes.SHA256,
@@ -95,3 +97,17 @@ def sdp_candidates(sdp: str) -> list[Candidate]:
             raise DecodeError(f"malformed candidate line {match.group(0)!r}")
         candidates.append(Candidate(bits[2].lower(), bits[4], int(bits[5]), bits[7]))
     return candidates
+
+
+def without_rtp_header_extensions(sdp: str) -> str:
+    """`sdp` without its ``a=extmap`` (and ``a=extmap-allow-mixed``) lines.
+
+    Used on our own offer and answer before ``setLocalDescription``. aiortc sends a header
+    extension only when both descriptions list it (``find_common_header_extensions`` of
+    its own list and the remote one), so two peers that both strip them send none: 8
+    bytes less on every 20 ms packet (``sdes:mid`` and ``ssrc-audio-level``), 3.2 kbit/s
+    per direction. BUNDLE still demultiplexes: with one audio m-line aiortc's receiver
+    routes by SSRC (our ``a=ssrc`` line) or payload type, never needing the MID.
+    """
+    newline = "\r\n" if "\r\n" in sdp else "\n"
+    return newline.join(line for line in sdp.split(newline) if _EXTMAP_LINE.match(line) is None)
