@@ -24,7 +24,7 @@ from peerphone.overlay.events import (
     TurnGranted,
 )
 from peerphone.overlay.node import NodeCore
-from peerphone.wire import Message, Signal, SignalDeliver, SignalRelay
+from peerphone.wire import LookupResult, Message, Signal, SignalDeliver, SignalRelay
 
 from .helpers import FakeNet
 
@@ -261,3 +261,34 @@ def test_relay_credentials_come_from_our_own_supernode() -> None:
     assert isinstance(grant, TurnGranted) and grant.urls == ["turn:10.0.0.1:3478?transport=udp"]
     assert grant.password == "pw" and grant.expires == pytest.approx(net.now - 1.0 + 600, abs=0.1)
     assert asked == [alice.id]
+
+
+def test_an_invite_to_supernodes_the_callee_has_left_is_retried_after_a_new_lookup() -> None:
+    net, (alice, bob, _) = network()
+    old_presence = bob.client._presence  # names bob's supernodes at the time
+    assert old_presence is not None
+    old_via = [bytes(s) for s in (bob.client.primary, bob.client.backup) if s is not None]
+    for sn in old_via:  # bob moves: his supernodes leave the tier (graceful)
+        core = net.nodes[NodeId(sn)]
+        net.call(core, core.logout(net.now))
+    net.run_until(net.now + 5.0)
+    assert bob.client.primary is not None and bytes(bob.client.primary) not in old_via
+    stale = [True]
+
+    def first_lookup_is_stale(src: NodeId, dst: NodeId, msg: Message) -> Message:
+        # the first answer alice gets is bob's old (genuine, signed) presence record
+        if dst == alice.id and isinstance(msg, LookupResult) and stale:
+            stale.clear()
+            records = [r for r in msg.records if r.kind != old_presence.kind] + [old_presence]
+            return msgspec.structs.replace(msg, records=records)
+        return msg
+
+    net.tamper = first_lookup_is_stale
+    call_id = place(net, alice, "bob")
+    net.run_until(net.now + 5.0)
+    assert not stale  # the stale record was served
+    assert alice.calls.calls[call_id].relooked
+    assert [e.call_id for e in of(net, bob, CallIncoming) if isinstance(e, CallIncoming)] == [
+        call_id
+    ]
+    assert of(net, alice, CallRinging) == [CallRinging(call_id)]

@@ -88,6 +88,7 @@ class Call:
     held_local: bool = False
     held_remote: bool = False
     invite: CallMessage | None = None  # incoming, while verifying
+    relooked: bool = False  # outgoing: the callee was looked up again after a failed invite
 
 
 # Incoming message kind -> states in which it is handled (anything else is ignored).
@@ -248,6 +249,13 @@ class CallCore:
         call = self.calls.get(call_id)
         if call is None or call.state is CallState.ENDED:
             return []
+        if kind is CallKind.INVITE and call.state is CallState.INVITING and not call.relooked:
+            # the callee moved to other supernodes since the presence we found: look again
+            call.relooked = True
+            call.state, call.deadline = CallState.LOOKUP, now + INVITE_TIMEOUT_S
+            req, sends = self.client.lookup(call.peer_user, now)
+            self._lookups[req] = call.call_id
+            return sends
         if kind in (CallKind.INVITE, CallKind.ACCEPT, CallKind.RINGING):
             self._end(call, f"{call.peer_user} unreachable ({msg.reason})", now, False)
         return []
