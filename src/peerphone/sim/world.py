@@ -51,7 +51,7 @@ class SimConfig:
     crash_fraction: float = 0.2  # sessions that end without a logout
     lookup_interval_s: float = 600.0  # mean time between lookups of one online user
     status_interval_s: float = 3600.0  # mean time between status changes of one user
-    call_interval_s: float = 4 * 3600.0  # mean time between calls placed by one user; 0: none
+    call_interval_s: float = 8 * 3600.0  # mean time between calls placed by one user; 0: none
     buddies: int = 5
     event_at: float = 0.0  # disaster time; 0 = a third into the run (at least ramp + 300 s)
     disaster_fraction: float = 0.0  # 0 = the scenario's own (30 % or 50 %)
