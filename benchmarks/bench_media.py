@@ -60,8 +60,8 @@ class Config:
 
 
 CONFIGS = (
-    Config("ours 24k", ("--bitrate", "24000"), 24),
-    Config("ours 28k (default)", ("--bitrate", "28000"), 28),
+    Config("ours 24k (default)", ("--bitrate", "24000"), 24),
+    Config("ours 28k", ("--bitrate", "28000"), 28),
     Config("ours 32k", ("--bitrate", "32000"), 32),
     Config("ours 40k", ("--bitrate", "40000"), 40),
     Config("aiortc default (96k stereo)", ("--aiortc-encoder",), 96),

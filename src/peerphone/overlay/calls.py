@@ -119,6 +119,11 @@ class CallCore:
         self._signals: dict[int, tuple[bytes, CallKind]] = {}  # Signal req -> call, kind
         self._seen: OrderedDict[bytes, None] = OrderedDict()  # call ids ever seen
 
+    @property
+    def looking(self) -> bool:
+        """Whether a lookup started by a call (callee, or caller check) is outstanding."""
+        return bool(self._lookups)
+
     # -- application ------------------------------------------------------------------------
 
     def place(

@@ -198,7 +198,7 @@ class NodeCore:
 
     def _call_lookups(self, out: list[Send], now: float) -> list[Send]:
         """Hand the lookups that calls started (callee or caller checks) to the call core."""
-        if not self.calls._lookups:
+        if not self.calls.looking:  # the common case: no call is looking anybody up
             return out
         kept: list[Event] = []
         for event in self.client.events:
