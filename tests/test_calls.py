@@ -196,6 +196,7 @@ def test_an_invite_signed_by_another_key_than_the_directorys_is_refused() -> Non
         sent_ms=int(net.now * 1000),
         from_user="alice",
         to_user="bob",
+        from_node=mallory.id,
         reply_via=[bytes(mallory.client.primary or b"")],
         sdp=OFFER,
     )
@@ -203,7 +204,7 @@ def test_an_invite_signed_by_another_key_than_the_directorys_is_refused() -> Non
     assert bob_sn is not None and mallory.client.primary is not None
     net.call(
         mallory,
-        [(mallory.client.primary, Signal(99, "bob", [bytes(bob_sn)], encode_call_message(cm)))],
+        [(mallory.client.primary, Signal(99, bob.id, [bytes(bob_sn)], encode_call_message(cm)))],
     )
     net.run_until(net.now + 2.0)
     assert not of(net, bob, CallIncoming)

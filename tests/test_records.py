@@ -67,6 +67,7 @@ def presence_body(
         supernodes=[bytes(32), b"\x01" * 32],
         addresses=["198.51.100.7:4000", "[2001:db8::1]:4000"],
         capabilities=["opus", "srtp"],
+        node=b"\x02" * 32,
     )
 
 
@@ -160,6 +161,7 @@ def test_make_record_refuses_oversized_body() -> None:
         supernodes=[bytes(32)] * 4,
         addresses=["a" * 64] * 8,
         capabilities=["c" * 32] * 16,
+        node=bytes(32),
     )
     assert len(msgspec.msgpack.encode(body)) > MAX_BODY_BYTES
     with pytest.raises(ValueError, match="limit"):
@@ -187,7 +189,7 @@ def test_presence_round_trip_property(
     seq: int,
     ttl_ms: int,
 ) -> None:
-    body = PresenceBody(username, device, status, supernodes, addresses, capabilities)
+    body = PresenceBody(username, device, status, supernodes, addresses, capabilities, bytes(32))
     record = make_record(RecordKind.PRESENCE, B, seq, NOW_MS + ttl_ms, body)
     assert check_record(record, NOW, SignatureVerifier()) == body
     assert decode_record(encode_record(record)) == record

@@ -93,6 +93,7 @@ PRESENCE = make_record(
         supernodes=[KEYS[1].public, KEYS[2].public],
         addresses=["192.0.2.10:4000"],
         capabilities=["opus"],
+        node=KEYS[2].node_id,
     ),
 )
 MEMBERS = [
@@ -142,9 +143,11 @@ SAMPLES: list[Message] = [
     FetchResult(req=17, records=[NAME], responsible=False),
     Subscribe(keys=[bytes(32), b"\xff" * 32], add=False),
     Notify(records=[NAME, PRESENCE]),
-    Signal(req=18, to_user="bob", via=[KEYS[0].public, KEYS[1].public], payload=b"\x01" * 300),
+    Signal(
+        req=18, to_node=b"\x05" * 32, via=[KEYS[0].public, KEYS[1].public], payload=b"\x01" * 300
+    ),
     SignalAck(req=19, delivered=False, reason="not attached here"),
-    SignalRelay(req=20, to_user="carol.d", payload=b""),
+    SignalRelay(req=20, to_node=bytes(32), payload=b""),
     SignalRelayAck(req=21, delivered=True, reason=""),
     SignalDeliver(payload=bytes(range(256))),
     TurnRequest(req=22),
@@ -627,7 +630,8 @@ def test_limits_are_inclusive(what: str, message: Message) -> None:
 
 INVALID_UTF8_BODIES: list[tuple[RecordKind, bytes]] = [
     (RecordKind.NAME, b"\x91\xa1\xff"),  # [username="\xff"]
-    (RecordKind.PRESENCE, b"\x96\xa1a\xa1\xff\x01\x90\x90\x90"),  # device="\xff"
+    # device="\xff", node=32 zero bytes
+    (RecordKind.PRESENCE, b"\x97\xa1a\xa1\xff\x01\x90\x90\x90\xc4\x20" + bytes(32)),
     (RecordKind.MEMBER, b"\x93\x91\xa1\xff\x95\xc3\x00\x00\x00\x00\x01"),  # address="\xff"
 ]
 

@@ -96,6 +96,9 @@ class PresenceBody(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_
     supernodes: Annotated[list[Key32], msgspec.Meta(max_length=MAX_ATTACHED_SUPERNODES)]
     addresses: Annotated[list[Address], msgspec.Meta(max_length=MAX_ADDRESSES)]
     capabilities: Annotated[list[Capability], msgspec.Meta(max_length=MAX_CAPABILITIES)]
+    # the publishing device's node id: signals for this user go to the client whose link
+    # authenticated as this node, and a supernode takes the record only from that node
+    node: Key32
 
 
 class MemberBody(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):

@@ -234,11 +234,14 @@ class Notify(_Msg, tag=31, frozen=True):
 
 
 class Signal(_Msg, tag=40, frozen=True):
-    """A client asks its supernode to deliver `payload` to `to_user`, attached at `via`
-    (the supernodes named in that user's verified presence record, in order)."""
+    """A client asks its supernode to deliver `payload` to the node `to_node`, attached at
+    `via` (node and supernodes as named in the callee's verified presence record, in order).
+
+    Routing is by the device's node id, which a supernode checks against the link its client
+    authenticated with, never by a user name or key that a client merely claimed."""
 
     req: ReqId
-    to_user: Username
+    to_node: Key32
     via: Via
     payload: SignalPayload
 
@@ -252,10 +255,10 @@ class SignalAck(_Msg, tag=41, frozen=True):
 
 
 class SignalRelay(_Msg, tag=42, frozen=True):
-    """Supernode to supernode: deliver `payload` to your client `to_user`."""
+    """Supernode to supernode: deliver `payload` to your attached client `to_node`."""
 
     req: ReqId
-    to_user: Username
+    to_node: Key32
     payload: SignalPayload
 
 

@@ -1,8 +1,8 @@
 """Call signaling messages, signed by the sender's user key (end to end, across supernodes).
 
 Supernodes route these as opaque payloads (`Signal`). Everything a supernode could want to
-change — the SDP with its DTLS fingerprint, who calls whom, where to answer (`reply_via`),
-a transfer target — is covered by the signature, so tampering fails closed.
+change — the SDP with its DTLS fingerprint, who calls whom, where to answer (`from_node`,
+`reply_via`), a transfer target — is covered by the signature, so tampering fails closed.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class CallMessage(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_f
     from_user: Username
     to_user: Username
     from_key: Key32  # the sender's user key (checked against the directory or a pin)
+    from_node: Key32  # the sender's device: where answers are delivered
     reply_via: Via  # the sender's supernodes, primary first: where to answer
     sdp: Sdp
     reason: Reason
@@ -76,6 +77,7 @@ def make_call_message(
     sent_ms: int,
     from_user: str,
     to_user: str,
+    from_node: bytes,
     reply_via: list[bytes],
     sdp: str = "",
     reason: str = "",
@@ -90,6 +92,7 @@ def make_call_message(
         from_user,
         to_user,
         keys.public,
+        from_node,
         reply_via,
         sdp,
         reason,

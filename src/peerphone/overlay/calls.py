@@ -77,6 +77,7 @@ class Call:
     deadline: float
     peer_key: bytes | None = None
     peer_via: list[bytes] = field(default_factory=list)
+    peer_node: bytes = b""  # the peer's device (signals are routed to it)
     local_sdp: str = ""
     remote_sdp: str = ""
     referred_by: str = ""
@@ -210,6 +211,7 @@ class CallCore:
         assert isinstance(body, PresenceBody)  # the client core verified it
         if call.outgoing:
             call.peer_key, call.peer_via = done.presence.owner, list(body.supernodes)
+            call.peer_node = body.node
             call.state, call.deadline = CallState.INVITING, now + INVITE_TIMEOUT_S
             return self._send(
                 call, CallKind.INVITE, now, sdp=call.local_sdp, referred_by=call.referred_by
@@ -243,7 +245,7 @@ class CallCore:
             return self._count(f"{cm.kind.name.lower()} in state {call.state.value}")
         call.seq_in = cm.seq
         if cm.reply_via:
-            call.peer_via = list(cm.reply_via)
+            call.peer_via, call.peer_node = list(cm.reply_via), cm.from_node
         return self._on_message(call, cm, now)
 
     def handle_ack(self, msg: SignalAck, now: float) -> list[Send]:
@@ -278,6 +280,7 @@ class CallCore:
             cm.call_id, False, cm.from_user, CallState.VERIFYING, now, now + INVITE_TIMEOUT_S
         )
         call.peer_key, call.peer_via, call.remote_sdp = cm.from_key, list(cm.reply_via), cm.sdp
+        call.peer_node = cm.from_node
         call.referred_by, call.seq_in, call.invite = cm.referred_by, cm.seq, cm
         self._add(call)
         pinned = self.client.pinned.get(cm.from_user)
@@ -306,7 +309,7 @@ class CallCore:
         if not valid_username(cm.from_user) or cm.from_user == self.client.username:
             return []
         call = Call(cm.call_id, False, cm.from_user, CallState.VERIFYING, now, now)
-        call.peer_via = list(cm.reply_via)
+        call.peer_via, call.peer_node = list(cm.reply_via), cm.from_node
         self._seen[cm.call_id] = None
         return self._send(call, CallKind.REJECT, now, reason="invite signature check failed")
 
@@ -374,13 +377,14 @@ class CallCore:
             sent_ms=int(now * 1000),
             from_user=client.username,
             to_user=call.peer_user,
+            from_node=bytes(client.node_keys.node_id),
             reply_via=via,
             **fields,
         )
         req = client._next_req()
         self._signals[req] = (call.call_id, kind)
         return [
-            (client.primary, Signal(req, call.peer_user, call.peer_via, encode_call_message(cm)))
+            (client.primary, Signal(req, call.peer_node, call.peer_via, encode_call_message(cm)))
         ]
 
     # -- time and bookkeeping ---------------------------------------------------------------

@@ -570,6 +570,7 @@ class ClientCore:
                 [bytes(s) for s in supernodes],
                 list(self.addresses),
                 ["voice"],
+                bytes(self.node_keys.node_id),
             )
             self._presence = make_record(
                 RecordKind.PRESENCE,

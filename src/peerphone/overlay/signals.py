@@ -1,10 +1,13 @@
 """Routing of call signaling on a supernode (sans-I/O): client -> supernode -> supernode -> client.
 
-A client's `Signal` names the target user and the supernodes its verified presence record
-lists (`via`, primary first). The client's supernode delivers it itself when the target is
-its own client, else relays it to the next supernode of `via`, and tells the client whether
-it arrived. Payloads are opaque here: they are signed by users (overlay/calls.py), so a
-supernode can drop or delay a signal but not forge or alter one unnoticed.
+A client's `Signal` names the target device's node id and the supernodes that the target's
+verified presence record lists (`via`, primary first). The client's supernode delivers it
+itself when the target node is attached to it, else relays it to the next supernode of
+`via`, and tells the client whether it arrived. A supernode delivers only to the client
+whose QUIC link authenticated as that node id: a client that claims someone's name or key
+(or replays their presence) never receives their signals. Payloads are opaque here: they
+are signed by users (overlay/calls.py), so a supernode can drop or delay a signal but not
+forge or alter one unnoticed.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from peerphone.identity import NodeId
-from peerphone.records import user_key
 from peerphone.wire import (
     Message,
     Signal,
@@ -35,7 +37,7 @@ UNREACHABLE = "no supernode of the target delivered it"
 class _Pending:
     client: NodeId
     client_req: int
-    to_user: str
+    to_node: NodeId
     payload: bytes
     via: list[NodeId]  # supernodes still to try
     deadline: float
@@ -49,11 +51,11 @@ class SignalRouter:
     def __init__(
         self,
         me: NodeId,
-        client_of: Callable[[bytes], NodeId | None],
+        client_of: Callable[[NodeId], NodeId | None],
         is_member: Callable[[NodeId], bool],
     ) -> None:
         self.me = me
-        self.client_of = client_of  # attached client whose published user key is this
+        self.client_of = client_of  # the node if it is attached to us as a client, else None
         self.is_member = is_member
         self._pending: dict[int, _Pending] = {}
         self._req = 0
@@ -68,14 +70,14 @@ class SignalRouter:
         if len(self._pending) >= MAX_PENDING_SIGNALS:
             return [(src, SignalAck(msg.req, False, "supernode busy"))]
         via = [NodeId(v) for v in msg.via]
-        pending = _Pending(src, msg.req, msg.to_user, msg.payload, via, now)
+        pending = _Pending(src, msg.req, NodeId(msg.to_node), msg.payload, via, now)
         return self._next(pending, now)
 
     def _next(self, pending: _Pending, now: float) -> list[Send]:
         while pending.via:
             hop = pending.via.pop(0)
             if hop == self.me:
-                target = self.client_of(user_key(pending.to_user))
+                target = self.client_of(pending.to_node)
                 if target is None:
                     pending.last_reason = NOT_HERE
                     continue
@@ -91,7 +93,7 @@ class SignalRouter:
             pending.hop = hop
             pending.deadline = now + RELAY_TIMEOUT_S
             self._pending[self._req] = pending
-            return [(hop, SignalRelay(self._req, pending.to_user, pending.payload))]
+            return [(hop, SignalRelay(self._req, pending.to_node, pending.payload))]
         self.failed += 1
         return [(pending.client, SignalAck(pending.client_req, False, pending.last_reason))]
 
@@ -99,7 +101,7 @@ class SignalRouter:
         """From another supernode: deliver to our client, and say whether we could."""
         if not self.is_member(src):
             return []
-        target = self.client_of(user_key(msg.to_user))
+        target = self.client_of(NodeId(msg.to_node))
         if target is None:
             return [(src, SignalRelayAck(msg.req, False, NOT_HERE))]
         self.delivered += 1

@@ -16,7 +16,7 @@ from peerphone.errors import RecordRejected
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier
 from peerphone.overlay import election
 from peerphone.overlay.client import NOT_ATTACHED, NOT_ATTACHED_LOOKUP
-from peerphone.overlay.directory import RecordStore, Verdict
+from peerphone.overlay.directory import NAME_TAKEN, RecordStore, Verdict
 from peerphone.overlay.election import ElectionConfig
 from peerphone.overlay.lookups import LookupCoordinator
 from peerphone.overlay.membership import Membership, MembershipConfig
@@ -67,6 +67,8 @@ Send = tuple[NodeId, Message]
 TurnIssuer = Callable[[NodeId, float], tuple[list[str], str, str, float]]
 
 MAX_WATCHES_PER_CLIENT = 1000
+PRESENCE_OF_ANOTHER_NODE = "presence names another node"  # a publish refusal
+
 # Replicas a watching supernode subscribes at. One is enough: ring changes move the
 # subscription at once and it is renewed every resubscribe_interval_s anyway.
 WATCH_FANOUT = 1
@@ -109,6 +111,9 @@ class _PendingStore:
     accepted: int
     deadline: float
     reason: str = ""  # why a replica refused (e.g. the name is taken), for the client
+    key: bytes = b""  # the user key published
+    records: list[Record] = field(default_factory=list)
+    taken: int = 0  # replicas that said the name belongs to another key
 
 
 class SupernodeCore:
@@ -233,22 +238,37 @@ class SupernodeCore:
                 return [(src, PublishAck(msg.req, 0, exc.reason))]
             if not isinstance(body, (NameBody, PresenceBody)):
                 return [(src, PublishAck(msg.req, 0, "not a directory record"))]
+            if isinstance(body, PresenceBody) and body.node != src:
+                # someone else's presence replayed through this link: it would say
+                # "reach me here" about a node that is not the one publishing
+                return [(src, PublishAck(msg.req, 0, PRESENCE_OF_ANOTHER_NODE))]
             k = user_key(body.username)
             if key is not None and k != key:
                 return [(src, PublishAck(msg.req, 0, "records of different users"))]
             key = k
         if key is None:
             return [(src, PublishAck(msg.req, 0, "nothing to publish"))]
-        entry.key = key
-        entry.records = _merge(entry.records, msg.records)
+        records = _merge(entry.records if entry.key == key else [], msg.records)
         req = self._next_req()
-        out, accepted, outstanding, reason = self._replicate(key, entry.records, now, req)
-        if not outstanding:
-            return [*out, (src, PublishAck(msg.req, accepted, "" if accepted else reason))]
-        self._stores[req] = _PendingStore(
+        out, accepted, outstanding, reason = self._replicate(key, records, now, req)
+        pending = _PendingStore(
             src, msg.req, outstanding, accepted, now + self.config.store_timeout_s, reason
         )
+        pending.key, pending.records = key, records
+        pending.taken = 1 if reason == NAME_TAKEN else 0
+        if not outstanding:
+            return [*out, self._publish_done(pending)]
+        self._stores[req] = pending
         return out
+
+    def _publish_done(self, pending: _PendingStore) -> Send:
+        """Answer the client; remember its records only if the directory took them (they
+        are re-replicated if the replicas vanish, so a refused name must never be)."""
+        entry = self.clients.get(pending.client)
+        if entry is not None and pending.accepted > pending.taken:
+            entry.key, entry.records = pending.key, pending.records
+        reason = "" if pending.accepted else pending.reason
+        return (pending.client, PublishAck(pending.client_req, pending.accepted, reason))
 
     def _replicate(
         self, key: bytes, records: list[Record], now: float, req: int
@@ -346,11 +366,11 @@ class SupernodeCore:
             pending.accepted += 1
         else:
             pending.reason = pending.reason or msg.reason
+            pending.taken += 1 if msg.reason == NAME_TAKEN else 0
         if pending.outstanding:
             return []
         del self._stores[msg.req]
-        reason = "" if pending.accepted else pending.reason
-        return [(pending.client, PublishAck(pending.client_req, pending.accepted, reason))]
+        return [self._publish_done(pending)]
 
     # -- watches ----------------------------------------------------------------------------
 
@@ -461,13 +481,9 @@ class SupernodeCore:
     def handle_signal_relay_ack(self, msg: SignalRelayAck, src: NodeId, now: float) -> list[Send]:
         return self.signals.handle_relay_ack(msg, src, now)
 
-    def _client_of(self, key: bytes) -> NodeId | None:
-        """Our primary client that published the user `key` (the newest if several)."""
-        best: ClientEntry | None = None
-        for entry in self.clients.values():
-            if entry.primary and entry.key == key and (best is None or entry.since > best.since):
-                best = entry
-        return None if best is None else best.node
+    def _client_of(self, node: NodeId) -> NodeId | None:
+        """`node` if it is attached to us (its link authenticated as that node id)."""
+        return node if node in self.clients else None
 
     def _is_member(self, node: NodeId) -> bool:
         return node == self.me or node in self.membership.members
@@ -642,7 +658,8 @@ class SupernodeCore:
         out.extend(self.signals.handle_timer(now))
         for req in sorted(r for r, p in self._stores.items() if p.deadline <= now):
             store = self._stores.pop(req)
-            out.append((store.client, PublishAck(store.client_req, store.accepted, "timeout")))
+            store.reason = store.reason or "timeout"
+            out.append(self._publish_done(store))
         if now >= self._next_expire:
             self._next_expire = now + self.config.expire_interval_s
             self.store.expire(now)

@@ -1,0 +1,74 @@
+"""Signals reach only the node the directory names, never a name squatter (issue 8, break 1).
+
+Sans-I/O: the same attack as tests/test_security_processes.py, on the fake network.
+"""
+
+from __future__ import annotations
+
+from peerphone.overlay.events import CallIncoming, PublishRefused
+from peerphone.overlay.node import NodeCore
+from peerphone.overlay.supernode import PRESENCE_OF_ANOTHER_NODE
+from peerphone.records import RecordKind
+from peerphone.wire import Publish, PublishAck, SignalDeliver
+
+from .helpers import FakeNet
+from .test_calls import OFFER, of
+
+
+def incoming(net: FakeNet, core: NodeCore) -> list[bytes]:
+    return [e.call_id for e in of(net, core, CallIncoming) if isinstance(e, CallIncoming)]
+
+
+def test_a_name_squatter_on_the_callees_supernode_gets_no_signal() -> None:
+    net = FakeNet(7)
+    tier = net.supernodes([f"sn{i}" for i in range(5)])
+    alice, carol = net.log_in(tier, ["alice", "carol"])
+    net.run_until(1.0)
+    primary = alice.client.primary
+    assert primary is not None
+    sn = net.nodes[primary]
+    assert sn.supernode is not None
+    # mallory: a stock node named "alice" with her own key, attached to alice's primary
+    mallory = net.node("alice")
+    mallory.learn_supernodes([sn.supernode.record], net.now)
+    net.call(mallory, mallory.login(net.now))
+    net.run_until(net.now + 2.0)
+    assert mallory.client.primary == primary
+    assert [e for e in net.events[mallory.id] if isinstance(e, PublishRefused)]
+    call_id, sends = carol.call("alice", OFFER, net.now)
+    net.call(carol, sends)
+    net.run_until(net.now + 2.0)
+    assert incoming(net, alice) == [call_id]
+    assert net.sent(SignalDeliver, src=primary)
+    assert all(dst != mallory.id for _, _, dst, _ in net.sent(SignalDeliver))
+    assert not of(net, mallory, CallIncoming)
+
+
+def test_a_replayed_presence_is_refused_and_routes_nothing() -> None:
+    net = FakeNet(8)
+    tier = net.supernodes([f"sn{i}" for i in range(5)])
+    alice, carol = net.log_in(tier, ["alice", "carol"])
+    net.run_until(1.0)
+    primary = alice.client.primary
+    assert primary is not None
+    sn = net.nodes[primary]
+    assert sn.supernode is not None
+    publishes = [m for _, _, _, m in net.sent(Publish, src=alice.id) if isinstance(m, Publish)]
+    genuine = [r for m in publishes for r in m.records]
+    name = next(r for r in genuine if r.kind is RecordKind.NAME)
+    presence = next(r for r in reversed(genuine) if r.kind is RecordKind.PRESENCE)
+    mallory = net.node("mallory")
+    mallory.learn_supernodes([sn.supernode.record], net.now)
+    net.call(mallory, mallory.login(net.now))
+    net.run_until(net.now + 2.0)
+    assert mallory.client.primary == primary
+    net.call(mallory, [(primary, Publish(999, [name, presence]))])
+    net.run_until(net.now + 1.0)
+    acks = [m for _, s, d, m in net.log if d == mallory.id and isinstance(m, PublishAck)]
+    assert any(a.req == 999 and a.stored == 0 for a in acks)
+    assert any(a.reason == PRESENCE_OF_ANOTHER_NODE for a in acks)
+    call_id, sends = carol.call("alice", OFFER, net.now)
+    net.call(carol, sends)
+    net.run_until(net.now + 2.0)
+    assert incoming(net, alice) == [call_id]
+    assert all(dst != mallory.id for _, _, dst, _ in net.sent(SignalDeliver))
