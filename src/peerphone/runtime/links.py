@@ -43,7 +43,8 @@ from peerphone.errors import DecodeError
 from peerphone.identity import KeyPair, NodeId, short
 from peerphone.overlay.node import Send
 from peerphone.runtime import quic_identity
-from peerphone.runtime.tcp_carrier import FallbackPolicy, TcpCarrier, is_tcp
+from peerphone.runtime.link_limits import MAX_LINKS, LinkLimits, LinkLimitsConfig
+from peerphone.runtime.tcp_carrier import FallbackPolicy, TcpCarrier, is_tcp, socket_address
 from peerphone.wire import MAX_MESSAGE_BYTES, Message, decode_message, encode_message
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,6 @@ Address = tuple[str, int]
 # LinkManager.__init__); anything larger is not QUIC from a peerphone node.
 MAX_DATAGRAM_BYTES = 1500
 INITIAL_MIN_BYTES = 1200  # RFC 9000 §14.1: a client Initial fills at least this much
-MAX_LINKS = 4096  # QUIC connections (handshaking or up) per node; inbound beyond are dropped
 MAX_QUEUED_PER_PEER = 256  # messages waiting for a link to come up, per peer
 MAX_ADDRESS_BOOK = 100_000  # NodeId -> address entries learned from inbound links
 HANDSHAKE_TIMEOUT_S = 5.0  # a link not authenticated by then is closed (in or out)
@@ -64,6 +64,8 @@ UDP_ANSWER_TIMEOUT_S = 1.0
 TCP_IDLE_FACTOR = 2  # a TCP connection silent for this many QUIC idle timeouts is closed
 HANDSHAKE_SAMPLES = 64  # recent handshake durations kept for status and benchmarks
 FRAME_HEADER_BYTES = 4
+# how often links idle without attaching are looked for (a fraction of that idle time)
+UNATTACHED_SWEEP_FRACTION = 1 / 4
 
 
 @dataclass(eq=False, slots=True)
@@ -98,6 +100,10 @@ class LinkManager(asyncio.DatagramProtocol):
     queueing until the link is authenticated.
     Authenticated messages go to `on_message(peer, msg)`; the end of a link (close, idle
     timeout, failed dial) goes to `on_link_lost(peer)`.
+    Inbound links are bounded per source address and prefix (`LinkLimits`, configured by
+    `limits`); when a bound is reached the inbound link idle longest whose peer is not
+    `protected` (attached to us, in the tier...) and that we did not dial is closed, and
+    `in_tier` peers may use the room the rest may not.
     """
 
     def __init__(
@@ -111,8 +117,14 @@ class LinkManager(asyncio.DatagramProtocol):
         on_link_up: Callable[[NodeId, Link], None] = lambda node, link: None,
         idle_timeout_s: float = 15.0,
         retry: bool = True,
+        limits: LinkLimitsConfig | None = None,
+        protected: Callable[[NodeId], bool] = lambda node: False,
+        in_tier: Callable[[NodeId], bool] = lambda node: False,
     ) -> None:
         self.me = keys.node_id
+        self.protected = protected  # its inbound links are never closed for the limits
+        self.in_tier = in_tier  # ... and may use the room kept for the tier
+        self.limits: LinkLimits[Link] = LinkLimits(limits or LinkLimitsConfig())
         self.on_message = on_message
         self.on_link_lost = on_link_lost
         self.on_link_up = on_link_up
@@ -147,6 +159,8 @@ class LinkManager(asyncio.DatagramProtocol):
             idle_timeout_s=TCP_IDLE_FACTOR * idle_timeout_s,
             on_unreachable=self._tcp_unreachable,
         )
+        sweep_s = self.limits.config.unattached_idle_s * UNATTACHED_SWEEP_FRACTION
+        self._sweep = self._loop.call_later(sweep_s, self._close_unattached, sweep_s)
 
     # -- socket ---------------------------------------------------------------------------
 
@@ -193,7 +207,7 @@ class LinkManager(asyncio.DatagramProtocol):
             return "bad_version"  # no version negotiation: all peers speak QUIC v1
         if len(data) < INITIAL_MIN_BYTES:
             return "short_initial"
-        return "too_many_links" if len(self._all) >= MAX_LINKS else None
+        return None  # the link limits decide once the address is proven (_accept)
 
     def _accept(self, header: QuicHeader, addr: Address) -> Link | None:
         """A new inbound connection, once the client proved its address (Retry), else None."""
@@ -229,6 +243,12 @@ class LinkManager(asyncio.DatagramProtocol):
                 self._drop("bad_token")  # silently: no reply to what may be spoofed
                 return None
             retry_cid = header.destination_cid
+        admission = self.limits.admit(socket_address(addr)[0], self._evictable)
+        if not admission.admitted:
+            self._drop(admission.refused)
+            return None
+        for victim in admission.evict:
+            self._evict(victim, "link limit")
         connection = QuicConnection(
             configuration=self._server_config,
             original_destination_connection_id=original_cid,
@@ -284,7 +304,7 @@ class LinkManager(asyncio.DatagramProtocol):
 
     def dial_address(self, addr: Address) -> None:
         """Open a link to whoever listens at `addr` (bootstrap); `on_link_up` names it."""
-        if self._closing or len(self._all) >= MAX_LINKS:
+        if self._closing or not self._room():
             return
         if not any(link.outbound and link.addr == addr for link in self._all):
             self._connect(addr, expected=None).bootstrap = True
@@ -296,7 +316,7 @@ class LinkManager(asyncio.DatagramProtocol):
         if tcp is not None and not self.fallback.udp_works(dest, self._loop.time()):
             addr, tcp = tcp, None
             self.stats["dial_tcp_first"] += 1
-        if addr is None or len(self._all) >= MAX_LINKS:
+        if addr is None or not self._room():
             self.stats["drop_no_address" if addr is None else "drop_too_many_links"] += len(
                 self._queued.pop(dest, [])
             )
@@ -371,6 +391,7 @@ class LinkManager(asyncio.DatagramProtocol):
         link = Link(connection, addr, outbound, expected, self._loop.time())
         link.deadline = self._loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout, link)
         self._all.add(link)
+        self.limits.opened(link, socket_address(addr)[0], not outbound, link.started)
         self._register(link, connection.host_cid)
         return link
 
@@ -413,9 +434,18 @@ class LinkManager(asyncio.DatagramProtocol):
             if peer == self.me:
                 link.connection.close(reason_phrase="connected to myself")
             return
+        now = self._loop.time()
+        self.limits.up(link, self.in_tier(peer), now)
+        victims = () if link.outbound else self.limits.settle(link, self._evictable)
+        if link in victims:  # not in the tier, and the room outside it is taken
+            self.stats["drop_tier_reserve"] += 1
+            link.connection.close(reason_phrase="link limit")
+            return
+        for victim in victims:
+            self._evict(victim, "link limit")
         if link.deadline is not None:
             link.deadline.cancel()  # the handshake timeout
-        link.peer, link.up_since = peer, self._loop.time()
+        link.peer, link.up_since = peer, now
         if not is_tcp(link.addr):
             self.fallback.udp_link_up()
         elif link.outbound:
@@ -486,6 +516,8 @@ class LinkManager(asyncio.DatagramProtocol):
                 continue
             self.stats["messages_in"] += 1
             self.on_message(peer, msg)
+            if self.protected(peer):  # attached, in the tier...: not idle for the limits
+                self.limits.active(link, self._loop.time())
 
     def _terminated(self, link: Link) -> None:
         self._forget(link)
@@ -511,6 +543,7 @@ class LinkManager(asyncio.DatagramProtocol):
 
     def _forget(self, link: Link) -> None:
         self._all.discard(link)
+        self.limits.closed(link)
         self._dirty.discard(link)
         for cid in link.cids:
             if self._by_cid.get(cid) is link:
@@ -519,6 +552,37 @@ class LinkManager(asyncio.DatagramProtocol):
             if handle is not None:
                 handle.cancel()
         link.timer = link.deadline = link.fallback = None
+
+    # -- link limits ----------------------------------------------------------------------
+
+    def _evictable(self, link: Link) -> bool:
+        """Whether the link limits may close `link`: inbound, authenticated, peer not
+        protected (see `LinkLimits`)."""
+        return not link.outbound and link.peer is not None and not self.protected(link.peer)
+
+    def _room(self) -> bool:
+        """Whether one more link fits, after closing an evictable one if the table is full."""
+        if len(self._all) < self.limits.config.max_links:
+            return True
+        victim = self.limits.idlest(self._evictable)
+        if victim is not None:
+            self._evict(victim, "link limit")
+        return victim is not None
+
+    def _evict(self, link: Link, reason: str) -> None:
+        """Close `link` now: CONNECTION_CLOSE to the peer, then forget it at once."""
+        self.stats["links_evicted"] += 1
+        link.connection.close(reason_phrase=reason)
+        for data, addr in link.connection.datagrams_to_send(now=self._loop.time()):
+            self._sendto(data, addr)
+        self._terminated(link)
+
+    def _close_unattached(self, interval_s: float) -> None:
+        """Close links whose peers stayed unattached (see `UNATTACHED_IDLE_S`)."""
+        self._sweep = self._loop.call_later(interval_s, self._close_unattached, interval_s)
+        for link in self.limits.expired(self._loop.time(), self._evictable):
+            self.stats["links_unattached_closed"] += 1
+            self._evict(link, "not attached")
 
     def _arm(self, link: Link) -> None:
         if link not in self._all:
@@ -548,6 +612,7 @@ class LinkManager(asyncio.DatagramProtocol):
             self._dirty.add(link)
         self._flush()
         self._closing = True
+        self._sweep.cancel()
         for link in list(self._all):
             self._forget(link)
         self.links.clear()

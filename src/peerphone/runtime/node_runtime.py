@@ -31,6 +31,7 @@ from peerphone.identity import KeyPair, NodeId, short
 from peerphone.overlay.events import Event, LookupDone
 from peerphone.overlay.node import NodeCore, Send
 from peerphone.records import MemberBody, Record, Status, decode_body
+from peerphone.runtime.link_limits import LinkLimitsConfig
 from peerphone.runtime.links import UDP_ANSWER_TIMEOUT_S, Address, Link, LinkManager
 from peerphone.runtime.tcp_carrier import dialled, is_tcp
 from peerphone.wire import Message
@@ -107,6 +108,8 @@ class NodeRuntime:
     answered (a TCP one as its pseudo-address, `tcp_carrier.dialled`). The client core
     attaches to those (the AttachAccept carries the member record); records given in
     `host_cache` (a persisted host cache or a bootstrap file) save that round.
+    `link_limits` bounds inbound links per source (`link_limits.LinkLimits`); the runtime
+    tells the links which peers are protected from eviction (`protected`).
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class NodeRuntime:
         retry: bool = True,
         tcp_listen: Address | None = None,
         tcp_bootstrap: Iterable[Address] = (),
+        link_limits: LinkLimitsConfig | None = None,
     ) -> None:
         if keys.node_id != core.id:
             raise LocalProtocolError("the link keys must be the core's node keys")
@@ -136,6 +140,7 @@ class NodeRuntime:
         self.host_cache = list(host_cache)
         self.idle_timeout_s = idle_timeout_s
         self.retry = retry
+        self.link_limits = link_limits or LinkLimitsConfig()
         self.stats: Counter[str] = Counter()
         self.events: asyncio.Queue[Event] = asyncio.Queue(MAX_QUEUED_EVENTS)
         self.address: Address | None = None  # bound address, once started
@@ -178,6 +183,9 @@ class NodeRuntime:
             on_link_up=self._on_link_up,
             idle_timeout_s=self.idle_timeout_s,
             retry=self.retry,
+            limits=self.link_limits,
+            protected=self.protected,
+            in_tier=self.in_tier,
         )
         transport, _ = await loop.create_datagram_endpoint(
             lambda: links, local_addr=(self.host, self.port)
@@ -300,6 +308,23 @@ class NodeRuntime:
                 self.stats["bootstrap_without_record"] += 1
                 log.info("bootstrap %s is %s; no member record yet", link.addr, short(peer))
             self.drive(self.core.learn_bootstrap([peer], self.now()))
+
+    def in_tier(self, peer: NodeId) -> bool:
+        """Whether `peer` is a supernode we know of: a member of our tier, or in the host
+        cache (attach targets; where the client role learned supernodes)."""
+        sn = self.core.supernode
+        if sn is not None and peer in sn.membership.members:
+            return True
+        return peer in self.core.client.host_cache
+
+    def protected(self, peer: NodeId) -> bool:
+        """Whether the link limits must leave `peer`'s inbound links alone: our primary or
+        backup supernode, a client attached to our supernode role, or a tier member."""
+        client = self.core.client
+        if peer == client.primary or peer == client.backup:
+            return True
+        sn = self.core.supernode
+        return (sn is not None and peer in sn.clients) or self.in_tier(peer)
 
     def _dial_tcp_bootstrap(self) -> None:
         self._tcp_bootstrap_timer = None
