@@ -19,12 +19,14 @@ from peerphone.overlay.events import (
     Attached,
     AttachLost,
     Event,
+    KeyPinned,
     LookupDone,
     PresenceChanged,
     Published,
     PublishRefused,
     TurnGranted,
 )
+from peerphone.overlay.lookups import CONFLICT
 from peerphone.records import (
     Capacity,
     MemberBody,
@@ -96,6 +98,7 @@ class _PendingLookup:
     deadline: float
     try_deadline: float
     sent_to: NodeId | None
+    buddy: bool = False  # started by a presence update of a watched, unpinned user
 
 
 class ClientCore:
@@ -309,6 +312,10 @@ class ClientCore:
             return self.connection_lost(src, now) if src == self.primary else []
         del self._lookups[msg.req]
         presence, reason = self._verified_presence(pending.username, msg.records, now)
+        if presence is not None:
+            self._buddy_seen(pending.username, presence)
+        if pending.buddy:
+            return []  # our own lookup (of a watched user): nobody waits for its event
         status = None
         if presence is not None:
             status = _presence_body(presence).status
@@ -335,18 +342,38 @@ class ClientCore:
                 continue
             if isinstance(body, (NameBody, PresenceBody)) and body.username in self.watched:
                 by_user.setdefault(body.username, []).append(record)
+        out: list[Send] = []
         for username in sorted(by_user):
+            if username not in self.pinned:
+                # a watch is served by one replica, whose word alone never decides who
+                # owns a name: a lookup (agreed by several) pins the key first
+                out.extend(self._look_up_buddy(username, now))
+                continue
             presence, _ = self._verified_presence(username, by_user[username], now)
-            if presence is None:
-                continue
-            last = self.buddies.get(username)
-            if last is not None and (last.seq >= presence.seq or last.body == presence.body):
-                if last.seq < presence.seq:
-                    self.buddies[username] = presence  # a refresh: same content, newer
-                continue
-            self.buddies[username] = presence
-            self.events.append(PresenceChanged(username, _presence_body(presence).status, presence))
-        return []
+            if presence is not None:
+                self._buddy_seen(username, presence)
+        return out
+
+    def _look_up_buddy(self, username: str, now: float) -> list[Send]:
+        if any(p.username == username and p.buddy for p in self._lookups.values()):
+            return []
+        req, sends = self.lookup(username, now)
+        pending = self._lookups.get(req)
+        if pending is not None:
+            pending.buddy = True
+        return sends
+
+    def _buddy_seen(self, username: str, presence: Record) -> None:
+        """A verified presence of a watched user: remember it, tell if it changed."""
+        if username not in self.watched:
+            return
+        last = self.buddies.get(username)
+        if last is not None and (last.seq >= presence.seq or last.body == presence.body):
+            if last.seq < presence.seq:
+                self.buddies[username] = presence  # a refresh: same content, newer
+            return
+        self.buddies[username] = presence
+        self.events.append(PresenceChanged(username, _presence_body(presence).status, presence))
 
     def request_turn(self, now: float) -> list[Send]:
         """Ask our primary for relay credentials (a TurnGranted event answers)."""
@@ -613,10 +640,17 @@ class ClientCore:
             (names if record.kind is RecordKind.NAME else presences).append(record)
         if not names:
             return None, "not found"
-        owner = self.pinned.get(username) or max(names, key=lambda r: r.seq).owner
-        if not any(r.owner == owner for r in names):
+        owners = {r.owner for r in names}
+        owner = self.pinned.get(username)
+        if owner is None:
+            if len(owners) != 1:  # our supernode settles the owner; two owners: refuse
+                return None, CONFLICT
+            owner = next(iter(owners))
+        if owner not in owners:
             return None, "name bound to a different key than the pinned one"
-        self.pinned.setdefault(username, owner)
+        if username not in self.pinned:
+            self.pinned[username] = owner
+            self.events.append(KeyPinned(username, owner))
         mine = [r for r in presences if r.owner == owner]
         if not mine:
             return None, "offline"

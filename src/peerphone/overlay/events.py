@@ -40,6 +40,19 @@ class PublishRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyPinned:
+    """The user key of `username` was seen for the first time and is now trusted for it
+    (trust on first use); the application keeps the pin across restarts."""
+
+    username: str
+    key: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.key) != 32:
+            raise ValueError("a user key is 32 bytes")
+
+
+@dataclass(frozen=True, slots=True)
 class LookupDone:
     """A lookup finished: `presence` is a verified record, or None (with `reason`)."""
 
@@ -142,6 +155,7 @@ Event = (
     | AttachLost
     | Published
     | PublishRefused
+    | KeyPinned
     | LookupDone
     | PresenceChanged
     | RoleChanged

@@ -1,8 +1,17 @@
-"""Lookups on the supernode that serves the asking client: ask two replicas, keep the freshest.
+"""Lookups on the supernode that serves the asking client: replicas agree on the owner, then
+the owner's freshest presence wins.
 
 A lookup asks `LOOKUP_FANOUT` replicas of the user's key (itself first when it is one, one
-hop fewer); if no presence comes back within `fetch_timeout_s` it asks the next ones, up
-to `rounds` rounds. Every record is checked (signature, body, key) before it can win.
+hop fewer); if they do not settle the answer within `fetch_timeout_s` it asks the next
+ones, up to `rounds` rounds. Every record is checked (signature, body, key) first.
+
+Who owns a name is decided by agreement, never by the highest sequence from any one replica
+(a hostile replica can sign a "newer" name record with its own key at will): each replica
+that answers votes for the owner of the name record it holds; votes from one address range
+(see `overlay.independence`) count once; the owner needs `NAME_QUORUM` independent votes (or
+every range among the key's replicas, on a tiny tier) and strictly more than any other
+owner. Presence is then taken only under that owner's key. Undecided after every round,
+the lookup fails with `CONFLICT` rather than guess.
 """
 
 from __future__ import annotations
@@ -17,8 +26,10 @@ from peerphone.wire import Fetch, FetchResult, LookupResult, Message
 
 Send = tuple[NodeId, Message]
 
-LOOKUP_FANOUT = 2  # replicas asked per round ("ask two, take the freshest")
+LOOKUP_FANOUT = 2  # replicas asked per round
 MAX_PENDING_LOOKUPS = 10_000  # in flight on one supernode
+NAME_QUORUM = 2  # independent replicas that must agree on a name's owner
+CONFLICT = "replicas disagree on the name's owner"
 
 
 @dataclass(slots=True)
@@ -32,7 +43,9 @@ class _Pending:
     deadline: float = 0.0
     remote: bool = False
     outstanding: set[NodeId] = field(default_factory=set)
-    best: dict[RecordKind, Record] = field(default_factory=dict)
+    votes: dict[bytes, set[bytes]] = field(default_factory=dict)  # owner -> address groups
+    names: dict[bytes, Record] = field(default_factory=dict)  # freshest name per owner
+    presences: dict[bytes, Record] = field(default_factory=dict)  # freshest per owner
 
 
 class LookupCoordinator:
@@ -45,8 +58,10 @@ class LookupCoordinator:
         local_records: Callable[[bytes], list[Record]],
         fetch_timeout_s: float,
         rounds: int,
+        group_of: Callable[[NodeId], bytes] = bytes,
     ) -> None:
         self.me = me
+        self.group_of = group_of  # the address range a supernode's vote counts for
         self.verifier = verifier
         self.local_records = local_records
         self.fetch_timeout_s = fetch_timeout_s
@@ -75,7 +90,7 @@ class LookupCoordinator:
         if pending is None or src not in pending.outstanding:
             return []
         pending.outstanding.discard(src)
-        self._merge(pending, msg.records, now)
+        self._merge(pending, src, msg.records, now)
         if pending.outstanding:
             return []
         return self._finish(msg.req, now)
@@ -97,7 +112,7 @@ class LookupCoordinator:
         pending.tried += len(batch)
         for replica in batch:
             if replica == self.me:
-                self._merge(pending, self.local_records(pending.key), now)
+                self._merge(pending, self.me, self.local_records(pending.key), now)
             else:
                 pending.outstanding.add(replica)
                 pending.remote = True
@@ -107,7 +122,8 @@ class LookupCoordinator:
             out.extend(self._finish(req, now))
         return out
 
-    def _merge(self, pending: _Pending, records: list[Record], now: float) -> None:
+    def _merge(self, pending: _Pending, replica: NodeId, records: list[Record], now: float) -> None:
+        voted = False
         for record in records:
             try:
                 body = check_record(record, now, self.verifier)
@@ -118,21 +134,41 @@ class LookupCoordinator:
                 or user_key(body.username) != pending.key
             ):
                 continue
-            best = pending.best.get(record.kind)
+            owner = record.owner
+            kept = pending.names if record.kind is RecordKind.NAME else pending.presences
+            best = kept.get(owner)
             if best is None or record.seq > best.seq:
-                pending.best[record.kind] = record
+                kept[owner] = record
+            if record.kind is RecordKind.NAME and not voted:
+                voted = True  # one vote per replica, whatever it sends
+                pending.votes.setdefault(owner, set()).add(self.group_of(replica))
+
+    def _owner(self, pending: _Pending) -> bytes | None:
+        """The owner that independent replicas agree on, or None (undecided)."""
+        if not pending.votes:
+            return None
+        groups = {self.group_of(r) for r in pending.replicas}
+        quorum = min(NAME_QUORUM, len(groups))
+        ranked = sorted(pending.votes.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        owner, voters = ranked[0]
+        if len(voters) < quorum or (len(ranked) > 1 and len(ranked[1][1]) >= len(voters)):
+            return None
+        return owner
 
     def _finish(self, req: int, now: float) -> list[Send]:
         pending = self._pending[req]
-        found = RecordKind.PRESENCE in pending.best
+        owner = self._owner(pending)
+        found = owner is not None and owner in pending.presences
         more = pending.tried < len(pending.replicas) and pending.rounds < self.rounds
         if not found and more:
             pending.outstanding.clear()
             return self._round(req, pending, now)
         del self._pending[req]
-        records = [
-            pending.best[k] for k in (RecordKind.NAME, RecordKind.PRESENCE) if k in pending.best
-        ]
+        records: list[Record] = []
+        if owner is not None:
+            records.append(pending.names[owner])
+            if owner in pending.presences:
+                records.append(pending.presences[owner])
         hops = 2 if pending.remote else 1
-        reason = "" if records else "not found"
+        reason = "" if records else (CONFLICT if pending.votes else "not found")
         return [(pending.client, LookupResult(pending.client_req, records, hops, reason))]

@@ -18,6 +18,7 @@ from peerphone.overlay import election
 from peerphone.overlay.client import NOT_ATTACHED, NOT_ATTACHED_LOOKUP
 from peerphone.overlay.directory import NAME_TAKEN, RecordStore, Verdict
 from peerphone.overlay.election import ElectionConfig
+from peerphone.overlay.independence import member_group
 from peerphone.overlay.lookups import LookupCoordinator
 from peerphone.overlay.membership import Membership, MembershipConfig
 from peerphone.overlay.ring import in_arc, keys_in_arc
@@ -67,6 +68,7 @@ Send = tuple[NodeId, Message]
 TurnIssuer = Callable[[NodeId, float], tuple[list[str], str, str, float]]
 
 MAX_WATCHES_PER_CLIENT = 1000
+MAX_CACHED_GROUPS = 200_000  # address groups of members (one per member; MAX_MEMBERS)
 PRESENCE_OF_ANOTHER_NODE = "presence names another node"  # a publish refusal
 
 # Replicas a watching supernode subscribes at. One is enough: ring changes move the
@@ -151,11 +153,13 @@ class SupernodeCore:
             self.store.get,
             self.config.fetch_timeout_s,
             self.config.lookup_rounds,
+            self._group_of,
         )
         self.signals = SignalRouter(self.me, self._client_of, self._is_member)
         # set by the runtime that runs a TURN relay beside this supernode
         self.turn_issuer: TurnIssuer | None = None
         self._stores: dict[int, _PendingStore] = {}
+        self._groups: dict[NodeId, tuple[int, bytes]] = {}  # member -> (incarnation, group)
         self._req = 0
         self._next_expire = now + self.config.expire_interval_s
         self._next_resubscribe = now + self.config.resubscribe_interval_s
@@ -484,6 +488,20 @@ class SupernodeCore:
     def _client_of(self, node: NodeId) -> NodeId | None:
         """`node` if it is attached to us (its link authenticated as that node id)."""
         return node if node in self.clients else None
+
+    def _group_of(self, node: NodeId) -> bytes:
+        """The address range whose vote `node` casts (see overlay.independence)."""
+        member = self.membership.members.get(node)
+        record = self.record if node == self.me else member.record if member else None
+        cached = self._groups.get(node)
+        if cached is not None and record is not None and cached[0] == record.seq:
+            return cached[1]
+        group = member_group(node, record)
+        if record is not None:
+            if len(self._groups) >= MAX_CACHED_GROUPS:
+                self._groups.clear()
+            self._groups[node] = (record.seq, group)
+        return group
 
     def _is_member(self, node: NodeId) -> bool:
         return node == self.me or node in self.membership.members

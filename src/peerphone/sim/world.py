@@ -15,10 +15,18 @@ from typing import Any
 
 from peerphone.identity import KeyPair, SignatureVerifier, short
 from peerphone.overlay.client import ClientConfig
-from peerphone.overlay.events import LookupDone, PresenceChanged, Published, RoleChanged
+from peerphone.overlay.events import (
+    KeyPinned,
+    LookupDone,
+    PresenceChanged,
+    Published,
+    RoleChanged,
+)
 from peerphone.overlay.node import NodeCore
+from peerphone.overlay.ring import Ring
 from peerphone.overlay.supernode import SupernodeConfig
-from peerphone.records import Capacity, Record, Status
+from peerphone.records import Capacity, MemberBody, Record, Status, user_key
+from peerphone.sim.adversary import HostileSupernode, grind_key, positions_after
 from peerphone.sim.callload import CallLoad
 from peerphone.sim.engine import Engine, SimNode
 from peerphone.sim.invariants import InvariantChecker
@@ -58,6 +66,11 @@ class SimConfig:
     link_timeout_s: tuple[float, float] = (5.0, 15.0)  # QUIC idle detection of a dead peer
     encode_messages: bool = False
     verify_every: int = 50
+    # adversary: one hostile supernode per `hostile_every` honest ones at start (0: none),
+    # in groups of `hostile_cluster` from one /24 that grind their ring positions next to
+    # the same chosen user name and forge its name and presence records
+    hostile_every: int = 0
+    hostile_cluster: int = 1
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -68,6 +81,8 @@ class SimConfig:
             raise ValueError("need at least 10 users")
         if self.duration_s <= 0:
             raise ValueError("duration must be positive")
+        if self.hostile_every < 0 or self.hostile_cluster < 1:
+            raise ValueError("hostile_every must be >= 0 and hostile_cluster >= 1")
 
     def bootstrap_count(self) -> int:
         return self.seeds or max(self.supernode.replication, self.users // 25_000)
@@ -77,6 +92,13 @@ class SimConfig:
 
     def disaster_time(self) -> float:
         return self.event_at or max(self.ramp_s + 300.0, self.duration_s / 3)
+
+
+def _address(user_index: int) -> str:
+    """A distinct address per user, scattered over /24s as real hosts are (consecutive users
+    in one /24 would make the first supernodes one address range: see overlay.independence)."""
+    a = (user_index * 2654435761) % (1 << 24)  # odd multiplier: a bijection on 24 bits
+    return f"100.{a >> 16}.{a >> 8 & 255}.{a & 255}:4433"
 
 
 class IndexedSet:
@@ -151,6 +173,10 @@ class World:
         self._pending: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._bootstrap: list[Record] = []
         self.samples: list[tuple[float, int, int]] = []  # (t, supernodes, online)
+        self.hostiles: list[HostileSupernode] = []
+        self.hostile_targets: list[str] = []
+        self.forged_accepted = 0  # records of a target accepted under a key not its own
+        self.true_keys: dict[str, bytes] = {}  # username -> its real user key
 
     # -- population -------------------------------------------------------------------------
 
@@ -168,9 +194,7 @@ class World:
             self.core_rng,
             self.verifier,
             capacity=capacity,
-            addresses=[
-                f"10.{user_index >> 16 & 255}.{user_index >> 8 & 255}.{user_index & 255}:4433"
-            ],
+            addresses=[_address(user_index)],
             client_config=self.config.client,
             supernode_config=self.config.supernode,
         )
@@ -188,6 +212,7 @@ class World:
             user = User(i, core.client.username, is_eligible, node)
             self.users.append(user)
             self.by_node[i] = user
+        self.true_keys = {u.name: u.node.core.client.user_keys.public for u in self.users}
         eligible_users = [u for u in self.users if u.eligible]
         # a warm start: the network has been running, so a tier of eligible nodes exists;
         # the first few are bootstrap supernodes that stay up for the whole run
@@ -201,10 +226,14 @@ class World:
                 self.seed_nodes.add(user.index)
             self.initial_tier_nodes.add(user.index)
             self._bootstrap.append(sn.record)
-        for user in seeds:
+        tier = list(seeds)
+        if cfg.hostile_every:
+            tier.extend(self._add_hostiles(len(seeds)))
+        members = [u.node.core.supernode.record for u in tier if u.node.core.supernode]
+        for user in tier:
             sn_core = user.node.core.supernode
             assert sn_core is not None
-            for record in self._bootstrap:
+            for record in members:
                 sn_core.membership.add_record(record, 0.0)
             sn_core.membership.changes.clear()
             user.node.core.pop_events()
@@ -217,6 +246,57 @@ class World:
             in_tier = user.index in self.initial_tier_nodes
             delay = 0.0 if in_tier else rng.uniform(0.0, cfg.ramp_s)
             self.engine.schedule(delay, self._login, user, user.session + 1)
+
+    def _add_hostiles(self, tier_size: int) -> list[User]:
+        """Hostile supernodes ground next to chosen names (see sim.adversary); they join the
+        tier at start but are in no client's host cache."""
+        cfg = self.config
+        rng = random.Random(f"{cfg.seed}:hostile")
+        ring = Ring([c.id for c in self._tier_cores()])
+        clusters = max(1, tier_size // cfg.hostile_every // cfg.hostile_cluster)
+        added: list[User] = []
+        for c in range(clusters):
+            target = f"user{rng.randrange(cfg.users)}"
+            self.hostile_targets.append(target)
+            for j in range(cfg.hostile_cluster):
+                key = user_key(target)
+                keys = grind_key(rng, key, positions_after(ring, key))
+                ring.add(keys.node_id)
+                attacker = KeyPair.from_rng(rng)
+                index = len(self.users)
+                core = NodeCore(keys, attacker, f"hostile{c}-{j}", self.core_rng, self.verifier)
+                address = f"198.18.{c % 256}.{j + 1}:4433"  # one /24 per cluster
+                body = MemberBody([address], Capacity(True, 86_400, 10_000, 50_000, 150), 600)
+                sn = HostileSupernode(
+                    keys, body, 0.0, self.core_rng, self.verifier, cfg.supernode, [target], attacker
+                )
+                core.supernode = sn
+                self.hostiles.append(sn)
+                node = SimNode(index, core, self.network.place())
+                self.engine.add(node)
+                user = User(index, core.client.username, True, node)
+                self.users.append(user)
+                self.by_node[index] = user
+                added.append(user)
+        # each also forges every other name it became a replica of
+        by_id = {h.me: h for h in self.hostiles}
+        r = cfg.supernode.replication
+        for victim in self.users[: cfg.users]:
+            key = user_key(victim.name)
+            for replica in ring.replicas(key, r):
+                hostile = by_id.get(replica)
+                if hostile is not None:
+                    hostile.targets[key] = victim.name
+        return added
+
+    def _tier_cores(self) -> list[NodeCore]:
+        return [n.core for n in self.supernodes.values() if n.core.supernode is not None]
+
+    def _forged(self, username: str, key: bytes) -> None:
+        """Count a record a client accepted for `username` under a key not its own."""
+        true_key = self.true_keys.get(username)
+        if true_key is not None and key != true_key:
+            self.forged_accepted += 1
 
     def _watch_supernode(self, node: SimNode) -> None:
         sn = node.core.supernode
@@ -340,8 +420,13 @@ class World:
                     user.published_seq = event.seq
                     self.online.add(user.index)
             elif isinstance(event, LookupDone):
+                if event.presence is not None:
+                    self._forged(event.username, event.presence.owner)
                 self._lookup_done(user, event)
+            elif isinstance(event, KeyPinned):
+                self._forged(event.username, event.key)
             elif isinstance(event, PresenceChanged):
+                self._forged(event.username, event.record.owner)
                 created = event.record.expires() - self.config.client.presence_ttl_s
                 if created >= user.login_at + 1.0:
                     self.metrics.propagation_s.append(now - created)
@@ -494,6 +579,14 @@ class World:
                 "events": self.engine.events,
             },
         }
+        if cfg.hostile_every:
+            report["adversary"] = {
+                "hostile_supernodes": len(self.hostiles),
+                "per_24": cfg.hostile_cluster,
+                "targets": sorted(self.hostile_targets),
+                "forged_sent": sum(h.forged_sent for h in self.hostiles),
+                "forged_accepted": self.forged_accepted,
+            }
         if cfg.scenario != "steady":
             event_at = cfg.disaster_time()
             report["event_at_s"] = event_at
