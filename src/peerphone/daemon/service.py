@@ -24,6 +24,7 @@ from peerphone.daemon.calls import CallManager
 from peerphone.daemon.config import NodeConfig, parse_endpoint
 from peerphone.daemon.datadir import Contact, DataDir
 from peerphone.daemon.logs import ErrorDigest
+from peerphone.daemon.pins import Pins
 from peerphone.daemon.relay import Relay
 from peerphone.daemon.views import error_counters, lookup_view, presence_view, status_view
 from peerphone.errors import LocalProtocolError, PeerphoneError
@@ -40,6 +41,7 @@ from peerphone.overlay.events import (
     CallRinging,
     CallTransferRequested,
     Event,
+    KeyPinned,
     PresenceChanged,
     Published,
     PublishRefused,
@@ -100,6 +102,7 @@ class NodeService:
         self._digest = ErrorDigest(log)
         self.calls = CallManager(self)
         self.relay = Relay(self)
+        self.pins = Pins(data.path)
 
     @property
     def runtime(self) -> NodeRuntime:
@@ -119,6 +122,7 @@ class NodeService:
         node_keys, user_keys, self.first_start = self.data.keys()
         self.node_keys, self.user_keys = node_keys, user_keys
         self.contacts = {c.name: c for c in self.data.load_contacts()}
+        trusted = self.pins.load()  # before any socket: a damaged file stops us here
         core = NodeCore(
             node_keys,
             user_keys,
@@ -132,6 +136,7 @@ class NodeService:
             may_serve=cfg.role != "client",
         )
         core.client.device = cfg.device
+        core.client.pinned.update(trusted)
         for contact in self.contacts.values():
             if contact.key is not None:
                 core.client.pinned[contact.name] = contact.key
@@ -267,6 +272,13 @@ class NodeService:
                 self.stopping.set()
             else:
                 log.error("directory refused our records: %s", event.reason)
+        elif isinstance(event, KeyPinned):
+            try:
+                self.pins.add(event.username, event.key)
+            except OSError as exc:
+                log.warning("could not save the pin of %r: %s", event.username, exc)
+            out.update(username=event.username, key=event.key.hex())
+            log.info("pinned %r to key %s (first use)", event.username, event.key.hex()[:16])
         elif isinstance(event, PresenceChanged):
             contact = self.contacts.get(event.username)
             if contact is not None and contact.key is None:
