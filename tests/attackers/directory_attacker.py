@@ -1,0 +1,145 @@
+"""A stock `peerphone node` with small patches, as an attacker on the directory would run it.
+
+    python -m tests.attackers.directory_attacker MODE REPORT node --data-dir ... [node options]
+
+MODE
+  squat   keep running when the directory says the name belongs to another key (the stock
+          node exits with status 3): a name squatter attached to the victim's supernode.
+  forge   as a supernode, answer every Fetch and watch subscription for the names listed in
+          $PEERPHONE_FORGE (comma-separated) with a name and a presence record signed by this
+          node's own user key, at a sequence far above any genuine one.
+Both count, in REPORT (JSON, rewritten on every change), the call signals this node was
+handed (`signals`, with the call kinds) and the forged answers it sent (`forged`).
+
+The patches replace module attributes before the stock CLI runs: nothing in the package
+knows about them. Kept in the tests' support code, never in `src/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import peerphone.daemon.service as service_module
+from peerphone import cli
+from peerphone.errors import DecodeError
+from peerphone.identity import NodeId
+from peerphone.overlay import node as node_module
+from peerphone.overlay.callmsg import decode_call_message
+from peerphone.overlay.node import NodeCore
+from peerphone.overlay.supernode import Send, SupernodeCore
+from peerphone.records import (
+    NameBody,
+    PresenceBody,
+    Record,
+    RecordKind,
+    Status,
+    make_record,
+    user_key,
+)
+from peerphone.wire import Fetch, FetchResult, Message, Notify, SignalDeliver, Subscribe
+
+FORGED_SEQ = 2**60
+FORGED_TTL_S = 3600.0
+
+counts: dict[str, Any] = {"signals": 0, "kinds": [], "forged": 0}
+report_path = Path()
+
+
+def _save() -> None:
+    tmp = report_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(counts))
+    tmp.replace(report_path)
+
+
+def _patch_count_signals() -> None:
+    stock_receive = NodeCore.receive
+
+    def receive(self: NodeCore, msg: Message, src: NodeId, now: float) -> list[Send]:
+        if isinstance(msg, SignalDeliver):
+            counts["signals"] += 1
+            try:
+                counts["kinds"].append(decode_call_message(msg.payload).kind.name)
+            except DecodeError:
+                counts["kinds"].append("undecodable")
+            _save()
+        return stock_receive(self, msg, src, now)
+
+    NodeCore.receive = receive  # type: ignore[method-assign]
+
+
+def _patch_squat() -> None:
+    # the stock node stops when its publish is refused with NAME_TAKEN: never match it
+    service_module.NAME_TAKEN = "\x00never"  # type: ignore[attr-defined]
+
+
+def _forged(sn: SupernodeCore, name: str, now: float) -> list[Record]:
+    keys = sn_user_keys[0]
+    expires_ms = int((now + FORGED_TTL_S) * 1000)
+    fields: list[Any] = [name, "attacker", Status.ONLINE, [bytes(sn.me)], [], ["voice"], sn.me]
+    # (cut to the fields this version has: the same attacker runs against older code)
+    body = PresenceBody(*fields[: len(PresenceBody.__struct_fields__)])
+    return [
+        make_record(RecordKind.NAME, keys, FORGED_SEQ, expires_ms, NameBody(name)),
+        make_record(RecordKind.PRESENCE, keys, FORGED_SEQ, expires_ms, body),
+    ]
+
+
+sn_user_keys: list[Any] = []
+
+
+def _patch_forge(targets: list[str]) -> None:
+    by_key = {user_key(name): name for name in targets}
+    stock_fetch = node_module.SUPERNODE_HANDLERS[Fetch]
+    stock_subscribe = node_module.SUPERNODE_HANDLERS[Subscribe]
+    stock_init = NodeCore.__init__
+
+    def init(self: NodeCore, *args: Any, **kwargs: Any) -> None:
+        stock_init(self, *args, **kwargs)
+        sn_user_keys.append(self.client.user_keys)
+
+    def fetch(sn: SupernodeCore, msg: Message, src: NodeId, now: float) -> list[Send]:
+        assert isinstance(msg, Fetch)
+        name = by_key.get(msg.key)
+        if name is None:
+            return stock_fetch(sn, msg, src, now)
+        counts["forged"] += 1
+        _save()
+        return [(src, FetchResult(msg.req, _forged(sn, name, now), True))]
+
+    def subscribe(sn: SupernodeCore, msg: Message, src: NodeId, now: float) -> list[Send]:
+        assert isinstance(msg, Subscribe)
+        out = stock_subscribe(sn, msg, src, now)
+        forged = [r for k in msg.keys if k in by_key for r in _forged(sn, by_key[k], now)]
+        if msg.add and forged:
+            counts["forged"] += 1
+            _save()
+            out.append((src, Notify(forged)))
+        return out
+
+    NodeCore.__init__ = init  # type: ignore[method-assign]
+    node_module.SUPERNODE_HANDLERS[Fetch] = fetch
+    node_module.SUPERNODE_HANDLERS[Subscribe] = subscribe
+
+
+def main(argv: list[str]) -> int:
+    global report_path
+    mode, report, *rest = argv
+    report_path = Path(report)
+    _save()
+    _patch_count_signals()
+    if mode == "squat":
+        _patch_squat()
+    elif mode == "forge":
+        _patch_forge([n for n in os.environ.get("PEERPHONE_FORGE", "").split(",") if n])
+    else:
+        print(f"unknown mode {mode!r}", file=sys.stderr)
+        return 2
+    return cli.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

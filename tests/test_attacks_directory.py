@@ -1,0 +1,186 @@
+"""Issue 8, breaks 1 and 2, against real node processes on loopback.
+
+The attackers are stock nodes with small patches (tests/attackers/directory_attacker.py):
+- a name squatter (a node named "alice" with its own key that does not exit when the name is
+  refused) attached to alice's primary supernode must not receive calls meant for alice;
+- a self-made supernode whose node key was ground to sit right after alice's directory key
+  (so it is her first replica) and that answers every Fetch for "alice" with a name and a
+  presence record signed by its own key must not make any client — fresh, or restarted —
+  accept its key for alice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peerphone.identity import KeyPair
+from peerphone.records import user_key
+
+from .node_procs import START_TIMEOUT_S, Node, NodeProcs, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_GRIND_TRIES = 100_000
+
+
+def spawn_attacker(
+    procs: NodeProcs, mode: str, name: str, data_dir: Path, *args: str, env: dict[str, str]
+) -> tuple[Node, Path]:
+    """Start the patched node; its counters go to DIR/attack.json."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    report = data_dir / "attack.json"
+    argv = [sys.executable, "-m", "tests.attackers.directory_attacker", mode, str(report)]
+    argv += ["node", "--data-dir", str(data_dir), "--name", name, "--listen", "127.0.0.1:0"]
+    argv += list(args)
+    with (data_dir / "stderr.log").open("ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            env={**os.environ, **env},
+        )
+    node = Node(data_dir, proc)
+    procs.nodes.append(node)  # stopped by PID with the others
+    return node, report
+
+
+def counters(report: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(report.read_text())
+    return data
+
+
+def supernode_of(sns: list[Node], node_id: str) -> Node:
+    return next(sn for sn in sns if sn.status()["node_id"] == node_id)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcs, list[Node]]]:
+    procs = NodeProcs(tmp_path_factory.mktemp("attacks"))
+    try:
+        sn0 = procs.supernode("sn0")
+        sns = [sn0, procs.supernode("sn1", sn0), procs.supernode("sn2", sn0)]
+        alice = procs.start("alice", "--role", "client", "--auto-answer")
+        alice.proc.kill()  # only to reserve the directory name; restarted below with options
+        alice.proc.wait()
+        procs.nodes.remove(alice)
+        yield procs, sns
+    finally:
+        procs.close()
+
+
+def test_a_name_squatter_on_alices_supernode_never_receives_her_calls(
+    lab: tuple[NodeProcs, list[Node]],
+) -> None:
+    procs, sns = lab
+    alice = procs.start("alice", "--role", "client", "--bootstrap", sns[0].udp_address())
+    wait_for("alice online", alice.online, START_TIMEOUT_S)
+    carol = procs.client("carol", sns[0])
+    primary_id = alice.status()["attached"]["primary"]["node_id"]
+    primary = supernode_of(sns, primary_id)
+    mallory, report = spawn_attacker(
+        procs,
+        "squat",
+        "alice",
+        procs.root / "mallory",
+        "--role",
+        "client",
+        "--bootstrap",
+        primary.udp_address(),
+        env={},
+    )
+
+    def squatting() -> dict[str, Any] | None:
+        st = mallory.status()
+        attached = st["attached"]["primary"]
+        on_primary = attached is not None and attached["node_id"] == primary_id
+        return st if st["name_refused"] and on_primary else None
+
+    wait_for("the squatter attached to alice's primary, name refused", squatting, 20.0)
+    calls = 3
+    for _ in range(calls):
+        carol.control.request("POST", "/v1/calls", {"name": "alice"})
+
+    def alice_rang() -> list[dict[str, Any]] | None:
+        incoming = [c for c in alice.control.request("GET", "/v1/calls") if c["peer"] == "carol"]
+        return incoming if len(incoming) >= calls else None
+
+    incoming = wait_for("alice's incoming calls", alice_rang, 20.0)
+    seen = counters(report)
+    print(f"squatter: calls placed {calls}, alice saw {len(incoming)}, squatter got {seen}")
+    assert seen["signals"] == 0, seen
+    assert mallory.control.request("GET", "/v1/calls") == []
+
+
+def _grind_after(key: bytes, ring: list[bytes]) -> KeyPair:
+    """A node key whose id lands in [key, first member after key): alice's first replica."""
+    later = sorted(n for n in ring if n >= key)
+    high = later[0] if later else None
+    for i in range(MAX_GRIND_TRIES):
+        keys = KeyPair.from_seed(i.to_bytes(4, "big") + os.urandom(28))
+        if keys.node_id >= key and (high is None or keys.node_id < high):
+            return keys
+    raise AssertionError("no key landed after alice's directory key")
+
+
+def test_a_ground_hostile_supernode_cannot_hand_out_a_forged_alice(
+    lab: tuple[NodeProcs, list[Node]],
+) -> None:
+    procs, sns = lab
+    carol = next((n for n in procs.nodes if n.data_dir.name == "carol"), None)
+    if carol is None or carol.proc.poll() is not None:
+        carol = procs.client("carol", sns[0])
+    alice = next(n for n in procs.nodes if n.data_dir.name == "alice")
+    alice_key = alice.status()["user_key"]
+    # carol knew alice before the attack: her pin must survive a restart
+    assert carol.control.lookup("alice")["record"]["owner"] == alice_key
+    ring = [bytes.fromhex(sn.status()["node_id"]) for sn in sns]
+    keys = _grind_after(user_key("alice"), ring)
+    evil_dir = procs.root / "evil"
+    evil_dir.mkdir()
+    (evil_dir / "node.key").write_bytes(keys.private_bytes())
+    (evil_dir / "node.key").chmod(0o600)
+    evil, report = spawn_attacker(
+        procs,
+        "forge",
+        "evil",
+        evil_dir,
+        "--role",
+        "supernode",
+        "--tcp-listen",
+        "127.0.0.1:0",
+        "--bootstrap",
+        sns[0].udp_address(),
+        env={"PEERPHONE_FORGE": "alice"},
+    )
+    wait_for("the hostile supernode online", evil.online, START_TIMEOUT_S)
+    evil_key = evil.status()["user_key"]
+
+    def tier_knows_evil() -> bool | None:
+        counts = [sn.status()["supernode"]["membership_size"] for sn in sns]
+        return True if all(c >= 4 for c in counts) else None
+
+    wait_for("the tier admitted the hostile supernode", tier_knows_evil, 20.0)
+    procs.stop(carol)
+    carol_again = procs.start("carol")  # settings and pins come from its data directory
+    wait_for("carol online again", carol_again.online, START_TIMEOUT_S)
+    dave = procs.client("dave", sns[1])  # a fresh client, no pin
+    results: list[dict[str, Any]] = []
+    for node in (dave, carol_again, dave, carol_again):
+        results.append(node.control.lookup("alice"))
+    forged = counters(report)["forged"]
+    owners = [r["record"]["owner"] if r["record"] else None for r in results]
+    print(f"hostile supernode: forged answers sent {forged}; lookups saw owners {owners}")
+    assert forged > 0, "the hostile supernode was never asked: the attack did not happen"
+    assert evil_key not in owners
+    assert all(r["found"] and r["record"]["owner"] == alice_key for r in results), results
+    pins = json.loads((carol_again.data_dir / "pins.json").read_text())["pins"]
+    assert pins["alice"] == alice_key
