@@ -35,6 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=_positive_float, default=1800.0, help="simulated seconds")
     sim.add_argument("--scenario", choices=SCENARIOS, default="steady")
     sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument(
+        "--hostile-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="one hostile supernode per N at start that forges names next to it (0: none)",
+    )
+    sim.add_argument(
+        "--hostile-per-24",
+        type=_positive_int,
+        default=1,
+        metavar="K",
+        help="hostile supernodes per attacked name, from one /24",
+    )
     sim.add_argument("--json", type=Path, help="also write the report as JSON to this path")
     sim.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     cli_node.add_commands(sub)
@@ -76,6 +90,15 @@ def summary_table(report: dict[str, Any]) -> str:
             f"{calls['ringing_ms']['p50']} ms / p95 {calls['ringing_ms']['p95']} ms",
         )
     )
+    if "adversary" in report:
+        adv = report["adversary"]
+        rows.append(
+            (
+                "hostile supernodes",
+                f"{adv['hostile_supernodes']} ({adv['per_24']} per /24): {adv['forged_sent']} "
+                f"forged answers sent, {adv['forged_accepted']} accepted by clients",
+            )
+        )
     if "recovery_s" in report:
         rec = report["recovery_s"]
         rows.append(("recovery after event", "not recovered" if rec is None else f"{rec:.0f} s"))
@@ -93,7 +116,12 @@ def summary_table(report: dict[str, Any]) -> str:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     config = SimConfig(
-        users=args.users, duration_s=args.duration, scenario=args.scenario, seed=args.seed
+        users=args.users,
+        duration_s=args.duration,
+        scenario=args.scenario,
+        seed=args.seed,
+        hostile_every=args.hostile_every,
+        hostile_cluster=args.hostile_per_24,
     )
     progress = None
     bar = None
