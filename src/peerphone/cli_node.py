@@ -54,6 +54,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         help="let our relay reach this special range anyway (repeatable)",
     )
     node.add_argument("--turn-port", type=int, help="STUN/TURN UDP port as a supernode (3478)")
+    node.add_argument("--links-max", type=int, metavar="N", help="QUIC links in all (4096)")
+    node.add_argument(
+        "--links-per-address", type=int, metavar="N", help="inbound links per source IP (16)"
+    )
+    node.add_argument(
+        "--links-per-prefix", type=int, metavar="N", help="... per /24 or /48 prefix (64)"
+    )
+    node.add_argument(
+        "--links-loopback-exempt",
+        choices=("yes", "no"),
+        help="whether loopback sources skip those two bounds (default yes)",
+    )
     node.add_argument("--verbose", action="store_true")
 
     call = sub.add_parser("call", help="call a user; prints the call's statistics")
@@ -154,6 +166,12 @@ def _apply_options(config: NodeConfig, args: argparse.Namespace) -> None:
         config.turn_port = args.turn_port
     if args.relay_allow is not None:
         config.relay_allow = list(args.relay_allow)
+    for option in ("links_max", "links_per_address", "links_per_prefix"):
+        value = getattr(args, option)
+        if value is not None:
+            setattr(config, option, value)
+    if args.links_loopback_exempt is not None:
+        config.links_loopback_exempt = args.links_loopback_exempt == "yes"
 
 
 def _print(value: Any, as_json: bool, text: str) -> None:

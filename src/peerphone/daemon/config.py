@@ -17,11 +17,20 @@ import tomli_w
 
 from peerphone.errors import PeerphoneError
 from peerphone.records import valid_username
+from peerphone.runtime.link_limits import (
+    MAX_LINKS,
+    MAX_LINKS_PER_ADDRESS,
+    MAX_LINKS_PER_PREFIX,
+    TIER_RESERVE_LINKS,
+    LinkLimitsConfig,
+)
 
 CONFIG_FILE = "config.toml"
 ROLES = ("auto", "client", "supernode")
 MAX_BOOTSTRAP = 64  # addresses in the bootstrap list
 MAX_CONFIG_BYTES = 64 * 1024
+MIN_LINKS = 64  # a smaller link table could not hold a supernode's tier links
+MAX_LINKS_SETTING = 65_536
 
 
 class ConfigError(PeerphoneError):
@@ -84,7 +93,24 @@ class NodeConfig:
     answer_record: str = ""  # directory where auto-answered calls are recorded
     relay_allow: list[str] = field(default_factory=list)  # CIDRs our relay may reach anyway
     turn_port: int = 3478  # STUN/TURN over UDP, when a supernode (0: any free port)
+    # QUIC links in all; inbound ones per source address and per /24 (/48) prefix
+    # (runtime/link_limits.py)
+    links_max: int = MAX_LINKS
+    links_per_address: int = MAX_LINKS_PER_ADDRESS
+    links_per_prefix: int = MAX_LINKS_PER_PREFIX
+    # loopback sources skip those two bounds (docs/decisions/0013-link-limits.md)
+    links_loopback_exempt: bool = True
     share: ShareConfig = field(default_factory=ShareConfig)
+
+    def link_limits(self) -> LinkLimitsConfig:
+        """The link limits these settings ask for (checked by `check`)."""
+        return LinkLimitsConfig(
+            max_links=self.links_max,
+            tier_reserve=min(TIER_RESERVE_LINKS, self.links_max // 8),
+            per_address=self.links_per_address,
+            per_prefix=self.links_per_prefix,
+            loopback_exempt=self.links_loopback_exempt,
+        )
 
     def check(self) -> None:
         """Raise ConfigError unless every value is usable."""
@@ -114,6 +140,10 @@ class NodeConfig:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
                 raise ConfigError(f"relay_allow: {cidr!r} is not a CIDR range") from None
+        if not MIN_LINKS <= self.links_max <= MAX_LINKS_SETTING:
+            raise ConfigError(f"links_max: {MIN_LINKS}-{MAX_LINKS_SETTING}")
+        if not 1 <= self.links_per_address <= self.links_per_prefix <= self.links_max:
+            raise ConfigError("need 1 <= links_per_address <= links_per_prefix <= links_max")
         if not 0 < len(self.device) <= 32:
             raise ConfigError("device: 1-32 characters")
         share = self.share
@@ -169,4 +199,4 @@ def load_config(data_dir: Path) -> NodeConfig:
 def save_config(data_dir: Path, config: NodeConfig) -> None:
     from peerphone.daemon.datadir import write_atomic
 
-    write_atomic(data_dir / CONFIG_FILE, tomli_w.dumps(asdict(config)).encode(), private=False)
+    write_atomic(data_dir / CONFIG_FILE, tomli_w.dumps(asdict(config)).encode(), private=True)

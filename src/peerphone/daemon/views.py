@@ -153,6 +153,7 @@ def status_view(service: NodeService) -> dict[str, Any]:
             "tcp": format_address(runtime.tcp_address) if runtime.tcp_address else None,
         },
         "links": len(runtime.links.links),
+        "links_open": len(runtime.links.limits),  # handshaking or up, in or out
         "links_over_tcp": sum(1 for link in runtime.links.links.values() if is_tcp(link.addr)),
         "host_cache": len(client.host_cache),
         "errors": errors,

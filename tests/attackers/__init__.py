@@ -1,0 +1,1 @@
+"""Attacking processes for the security tests (never part of the package)."""
