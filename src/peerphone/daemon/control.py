@@ -28,11 +28,13 @@ import json
 import logging
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from peerphone.daemon.calls import Media
 from peerphone.daemon.config import parse_endpoint
@@ -44,10 +46,55 @@ from peerphone.records import Status
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 4096
+# request line and each header field (aiohttp's defaults, named): beyond, a 400
+MAX_REQUEST_LINE_BYTES = 8190
+MAX_HEADER_FIELD_BYTES = 8190
+MAX_HEADERS = 64
+# malformed requests (any local user can send them) are logged once per this, counted
+MALFORMED_LOG_INTERVAL_S = 10.0
+MALFORMED_DETAIL_CHARS = 120  # of the parser's message, which quotes the request
 TOKEN_BYTES = 32
 SERVICE_KEY = web.AppKey("service", NodeService)
 TOKEN_KEY = web.AppKey("token", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class MalformedRequestDigest(logging.Filter):
+    """Turns aiohttp's traceback for a request it could not parse (oversized header,
+    bad syntax) into one line without traceback, at most once per `interval_s`, counting
+    the others; every other record passes unchanged (a bug of ours keeps its traceback)."""
+
+    def __init__(self, interval_s: float = MALFORMED_LOG_INTERVAL_S) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self.count = 0  # malformed requests since the last line
+        self._next = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        self.count += 1
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.interval_s
+        detail = f"{type(exc).__name__}: {exc.message}"[:MALFORMED_DETAIL_CHARS]
+        record.msg, record.args = (
+            "refused %d malformed control request(s), last: %s",
+            (
+                self.count,
+                detail,
+            ),
+        )
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        self.count = 0
+        return True
+
+
+http_log = logging.getLogger("peerphone.control.http")  # aiohttp's server log, for us
+http_log.addFilter(MalformedRequestDigest())
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -81,6 +128,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         body = json.loads(raw or b"{}")
     except ValueError:
         raise ValueError("body is not JSON") from None
+    except RecursionError:  # 4 KiB of brackets nest deeper than the interpreter's stack
+        raise ValueError("body is nested too deeply") from None
     if not isinstance(body, dict):
         raise ValueError("body must be a JSON object")
     return body
@@ -239,7 +288,15 @@ def make_app(service: NodeService, token: str) -> web.Application:
 async def start_control(service: NodeService) -> web.AppRunner:
     """Serve the control API at the configured loopback address; write DIR/control.json."""
     token = secrets.token_urlsafe(TOKEN_BYTES)
-    runner = web.AppRunner(make_app(service, token), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        make_app(service, token),
+        access_log=None,
+        handle_signals=False,
+        logger=http_log,
+        max_line_size=MAX_REQUEST_LINE_BYTES,
+        max_field_size=MAX_HEADER_FIELD_BYTES,
+        max_headers=MAX_HEADERS,
+    )
     await runner.setup()
     _, host, port = parse_endpoint(service.config.control)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)

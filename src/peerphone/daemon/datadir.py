@@ -4,9 +4,11 @@
     DIR/node.key        the node's Ed25519 private key, 32 raw bytes, mode 0600
     DIR/user.key        the user's Ed25519 private key (signs name and presence), 0600
     DIR/host_cache.bin  msgpack list of supernode member records, checked again on load
-    DIR/contacts.toml   the buddy list with the user key pinned at first sight
+    DIR/contacts.toml   the buddy list with the user key pinned at first sight, 0600
     DIR/control.json    where the running node's control API listens and its token, 0600
-    DIR/node.log        structured log (JSON lines)
+    DIR/node.log        structured log (JSON lines), 0600
+
+DIR itself is 0700, made so at every start (`create`) even if it existed before.
 
 Every write goes to a temporary file that is renamed over the old one, so a crash leaves
 the old or the new file, never half of one. Files are read with size limits; a damaged
@@ -80,7 +82,9 @@ class DataDir:
         self.path = path
 
     def create(self) -> None:
+        """Make the directory, or close an existing one: owner only (it holds the keys)."""
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.path, 0o700)
 
     @property
     def log_file(self) -> Path:
@@ -146,7 +150,7 @@ class DataDir:
                 item["key"] = contact.key.hex()
             items.append(item)
         write_atomic(
-            self.path / "contacts.toml", tomli_w.dumps({"contact": items}).encode(), private=False
+            self.path / "contacts.toml", tomli_w.dumps({"contact": items}).encode(), private=True
         )
 
     # -- control file -------------------------------------------------------------------

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 LOG_FILE_BYTES = 5 * 1024 * 1024  # per file; two old files are kept
 LOG_BACKUPS = 2
@@ -32,14 +34,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A rotating log file readable by its owner only (0600), also when it existed before
+    or is started anew at rotation: a node's log names its peers and calls."""
+
+    def _open(self) -> Any:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def setup_logging(log_file: Path, verbose: bool) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    to_file = logging.handlers.RotatingFileHandler(
-        log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_BACKUPS
-    )
+    to_file = PrivateRotatingFileHandler(log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_BACKUPS)
     to_file.setFormatter(JsonFormatter())
     root.addHandler(to_file)
     to_err = logging.StreamHandler(sys.stderr)
