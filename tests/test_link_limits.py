@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
 from peerphone.errors import LocalProtocolError
+from peerphone.identity import KeyPair, NodeId
 from peerphone.runtime.link_limits import (
     LinkLimits,
     LinkLimitsConfig,
     source_groups,
 )
+from peerphone.runtime.links import LinkManager
 
 SMALL = LinkLimitsConfig(max_links=10, per_address=2, per_prefix=3, tier_reserve=2)
 
@@ -149,3 +154,74 @@ def test_bad_configurations_are_refused() -> None:
     limits.opened("a", "198.51.100.1", inbound=True, now=0.0)
     with pytest.raises(LocalProtocolError):
         limits.opened("a", "198.51.100.1", inbound=True, now=0.0)
+
+
+# -- the link manager applying them, on real sockets ------------------------------------
+
+WAIT_S = 5.0
+
+
+class Side:
+    """A `LinkManager` on 127.0.0.1 with its own throwaway key."""
+
+    def __init__(self, limits: LinkLimitsConfig, protected: Callable[[NodeId], bool]) -> None:
+        self.keys = KeyPair.generate()
+        self.lost: list[NodeId] = []
+        self.links = LinkManager(
+            self.keys,
+            lambda peer, msg: None,
+            self.lost.append,
+            Counter(),
+            limits=limits,
+            protected=protected,
+        )
+
+    async def start(self) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: self.links, local_addr=("127.0.0.1", 0)
+        )
+        host, port = transport.get_extra_info("sockname")[:2]
+        return host, port
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll `condition` (on counters: nothing to await) until it holds, or TimeoutError."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_S
+    while not condition():
+        if loop.time() > deadline:
+            raise TimeoutError
+        await asyncio.sleep(0.01)
+
+
+def test_the_manager_closes_unattached_links_and_evicts_for_newcomers() -> None:
+    limits = LinkLimitsConfig(
+        max_links=64, tier_reserve=8, per_address=2, loopback_exempt=False, unattached_idle_s=0.4
+    )
+    attached: set[NodeId] = set()
+
+    async def scenario() -> None:
+        server = Side(limits, attached.__contains__)
+        clients = [Side(LinkLimitsConfig(), lambda peer: True) for _ in range(3)]
+        try:
+            addr = await server.start()
+            for client in clients:
+                await client.start()
+            clients[0].links.dial_address(addr)
+            clients[1].links.dial_address(addr)
+            await until(lambda: len(server.links.links) == 2)
+            attached.add(clients[0].keys.node_id)  # as if it attached
+            clients[2].links.dial_address(addr)  # the address is full: the idlest goes
+            await until(lambda: clients[2].keys.node_id in server.links.links)
+            assert clients[1].keys.node_id not in server.links.links
+            assert clients[0].keys.node_id in server.links.links
+            assert server.links.stats["links_evicted"] == 1
+            # clients[2] never attaches: closed after unattached_idle_s; clients[0] stays
+            await until(lambda: server.links.stats["links_unattached_closed"] == 1)
+            assert sorted(server.links.links) == [clients[0].keys.node_id]
+        finally:
+            for side in (server, *clients):
+                side.links.close()
+
+    asyncio.run(scenario())

@@ -64,8 +64,7 @@ UDP_ANSWER_TIMEOUT_S = 1.0
 TCP_IDLE_FACTOR = 2  # a TCP connection silent for this many QUIC idle timeouts is closed
 HANDSHAKE_SAMPLES = 64  # recent handshake durations kept for status and benchmarks
 FRAME_HEADER_BYTES = 4
-# how often links idle without attaching are looked for (a fraction of that idle time)
-UNATTACHED_SWEEP_FRACTION = 1 / 4
+UNATTACHED_SWEEP_FRACTION = 1 / 4  # of the unattached idle time: how often it is checked
 
 
 @dataclass(eq=False, slots=True)
@@ -100,10 +99,8 @@ class LinkManager(asyncio.DatagramProtocol):
     queueing until the link is authenticated.
     Authenticated messages go to `on_message(peer, msg)`; the end of a link (close, idle
     timeout, failed dial) goes to `on_link_lost(peer)`.
-    Inbound links are bounded per source address and prefix (`LinkLimits`, configured by
-    `limits`); when a bound is reached the inbound link idle longest whose peer is not
-    `protected` (attached to us, in the tier...) and that we did not dial is closed, and
-    `in_tier` peers may use the room the rest may not.
+    Inbound links are bounded per source (`link_limits`); when full, the idlest inbound
+    link whose peer is not `protected` goes; only `in_tier` peers may use the reserve.
     """
 
     def __init__(
@@ -556,8 +553,7 @@ class LinkManager(asyncio.DatagramProtocol):
     # -- link limits ----------------------------------------------------------------------
 
     def _evictable(self, link: Link) -> bool:
-        """Whether the link limits may close `link`: inbound, authenticated, peer not
-        protected (see `LinkLimits`)."""
+        """Whether the link limits may close `link` (inbound, peer known, not protected)."""
         return not link.outbound and link.peer is not None and not self.protected(link.peer)
 
     def _room(self) -> bool:
