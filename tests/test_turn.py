@@ -405,7 +405,7 @@ def test_allocate_with_unsupported_attributes() -> None:
 
 
 def test_allocation_quotas() -> None:
-    server = make_server(limits=TurnLimits(max_allocations_per_username=2, max_allocations=3))
+    server = make_server(limits=TurnLimits(max_allocations_per_user=2, max_allocations=3))
     for port in (1, 2):
         TurnClient(server, Client(UDP, ("198.51.100.7", port)), who="alice").allocate()
     third = TurnClient(server, Client(UDP, ("198.51.100.7", 3)), who="alice")
@@ -546,11 +546,12 @@ def test_allow_list_opens_a_private_range_but_never_loopback() -> None:
 
 def test_own_listener_is_not_a_peer() -> None:
     server = make_server(address_filter=AddressFilter(["10.99.0.0/24"]))
-    server.own_addresses.add(("10.99.0.1", 3478))
+    server.own.add_socket(("10.99.0.1", 3478))
     alice = TurnClient(server)
     alice.allocate()
     assert alice.permit(("10.99.0.1", 3478)).error_code == 403
-    assert alice.permit(("10.99.0.1", 3479)).message_class == Class.RESPONSE
+    assert alice.permit(("10.99.0.1", 3479)).error_code == 403  # our host: any port
+    assert alice.permit(("10.99.0.2", 3478)).message_class == Class.RESPONSE
 
 
 def test_permission_table_is_bounded() -> None:

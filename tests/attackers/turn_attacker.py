@@ -39,6 +39,8 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,8 @@ from aioice import stun as aiostun
 from aioice.turn import make_integrity_key
 
 TRANSACTION_TIMEOUT_S = 2.0  # one STUN request (loopback / lab: a few ms)
-REPLY_WAIT_S = 1.0  # how long a probe through the relay waits for an answer
+REPLY_WAIT_S = 1.5  # how long a probe through the relay waits for an answer, in all
+PROBE_TRIES = 3  # ... sending it this many times
 MAX_TRIES_PER_USERNAME = 6  # Allocates with one credential (the quota was 4)
 CHANNEL = 0x4000
 FDS_SPARE = 256
@@ -209,6 +212,16 @@ class TurnClient:
         frame = number.to_bytes(2, "big") + len(payload).to_bytes(2, "big") + payload
         self.transport.sendto(frame + b"\x00" * (-len(frame) % 4), self.server)
 
+    async def probe(self, send: Callable[[], None]) -> int:
+        """Send (again, up to PROBE_TRIES times, as UDP may lose one) until something comes
+        back through the relay; how many datagrams came back."""
+        for _ in range(PROBE_TRIES):
+            send()
+            count = await self.replies(REPLY_WAIT_S / PROBE_TRIES)
+            if count:
+                return count
+        return 0
+
     async def replies(self, wait_s: float = REPLY_WAIT_S) -> int:
         """How many relayed datagrams arrived within `wait_s` (then forgets them)."""
         deadline = time.monotonic() + wait_s
@@ -351,12 +364,12 @@ class Attack:
             name, _, where = spec.partition("=")
             target = parse_address(where)
             result: dict[str, Any] = {"address": where}
+            payload = probe_payload(name, target)
             result["permission"] = await a.permit(target)
-            a.send_indication(target, probe_payload(name, target))
-            result["send_replies"] = await a.replies()
+            result["send_replies"] = await a.probe(partial(a.send_indication, target, payload))
             result["channel_bind"] = await a.bind(target, CHANNEL + number)
-            a.send_channel(CHANNEL + number, probe_payload(name, target))
-            result["channel_replies"] = await a.replies()
+            channel = partial(a.send_channel, CHANNEL + number, payload)
+            result["channel_replies"] = await a.probe(channel)
             results[name] = result
             self.report.save()
         # allocation A to allocation B's relayed port, both ours
@@ -366,6 +379,7 @@ class Attack:
         result = {"address": f"{relayed_b[0]}:{relayed_b[1]}"}
         result["permission_b_for_a"] = await b.permit(relayed_a)
         result["permission"] = await a.permit(relayed_b)
+        a.send_indication(relayed_b, b"A to B through the relay twice")
         a.send_indication(relayed_b, b"A to B through the relay twice")
         result["send_replies"] = await b.replies()  # what reached B's client
         results["other_allocation"] = result
@@ -428,7 +442,7 @@ async def fill(args: argparse.Namespace) -> dict[str, Any]:
     clients: list[TurnClient] = []
     started = time.monotonic()
     for user in range(args.users):
-        who = f"{user:032x}"  # like a node id: one per throwaway node
+        who = f"{args.first_user + user:032x}"  # like a node id: one per throwaway node
         creds = issue_credentials(args.secret.encode(), who, 600, time.time())
         for _ in range(MAX_TRIES_PER_USERNAME):
             if counts["allocations"] >= args.max_allocations:
@@ -553,6 +567,7 @@ def main(argv: list[str]) -> int:
     f.add_argument("--bind", default="127.0.0.1")
     f.add_argument("--max-allocations", type=int, default=1200)
     f.add_argument("--hold", type=float, default=0.0)
+    f.add_argument("--first-user", type=int, default=0, help="number of the first user")
     t = sub.add_parser("tcp-idle")
     t.add_argument("--target", required=True, metavar="HOST:PORT")
     t.add_argument("--connections", type=int, default=500)

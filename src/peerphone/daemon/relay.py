@@ -5,9 +5,12 @@ over UDP listen on their own port (`turn_port`, 3478 by default); TURN over TCP 
 the overlay's TCP carrier port (443 on a public supernode): the carrier hands every
 connection that does not start with its magic to the relay. Credentials are short-lived
 (TURN REST style, a secret that lives as long as the process), issued only to our own
-attached clients over the authenticated overlay (`TurnRequest`/`TurnGrant`). The relay
-refuses special address ranges unless the owner allowed them (`relay_allow`), and its
-bandwidth is capped at the `share.up_kbps` the owner agreed to.
+attached clients over the authenticated overlay (`TurnRequest`/`TurnGrant`), to each
+client node at most one fresh credential a minute (`CredentialIssuer`: asking sooner gets
+the one it has); the relay's quotas count per client node, not per credential. The relay
+refuses special address ranges unless the owner allowed them (`relay_allow`), never
+reaches this node itself (its sockets, addresses and relayed ports: `nat/own.py`), and
+its bandwidth is capped at the `share.up_kbps` the owner agreed to.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from peerphone.identity import NodeId
 from peerphone.nat.addrfilter import AddressFilter
-from peerphone.nat.credentials import issue_credentials
+from peerphone.nat.credentials import CredentialIssuer
 from peerphone.nat.events import AllocationSnapshot
 from peerphone.nat.server import TurnService
 from peerphone.nat.turn import TurnServer
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("peerphone.relay")
 
 CREDENTIAL_TTL_S = 600.0  # what a TurnGrant is valid for; clients ask again before expiry
+CREDENTIAL_USER_HEX_CHARS = 32  # the client's node id in its username: 128 bits of it
 SECRET_BYTES = 32
 
 
@@ -44,7 +48,7 @@ class Relay:
         self.service = service
         self.turn: TurnService | None = None
         self.urls: list[str] = []
-        self._secret = b""
+        self._issuer: CredentialIssuer | None = None
         self._stats: Counter[str] = Counter()
 
     @property
@@ -62,19 +66,24 @@ class Relay:
         if advertised is None or bound is None:
             log.warning("no routable address to advertise: not running a relay")
             return
-        self._secret = os.urandom(SECRET_BYTES)
+        secret = os.urandom(SECRET_BYTES)
         core = TurnServer(
-            self._secret,
+            secret,
             bandwidth_bytes_per_s=cfg.share.up_kbps * 1000 / 8,
             now=runtime.now(),
             rng=random.SystemRandom(),
             address_filter=AddressFilter(cfg.relay_allow),
         )
         # never a peer: our own sockets (a client must not reach our QUIC socket through us)
+        # and addresses; the relay adds its own sockets and the interface addresses
         for own in (bound, runtime.tcp_address):
             if own is not None:
-                core.own_addresses.add(own)
-                core.own_addresses.add((advertised, own[1]))
+                core.own.add_socket(own)
+        for text in runtime.core.addresses:
+            endpoint = parse_endpoint(text)
+            if endpoint is not None:
+                core.own.add_host(endpoint[1][0])
+        self._issuer = CredentialIssuer(secret, CREDENTIAL_TTL_S, stats=core.stats)
         turn = TurnService(core, relay_host=bound[0], advertised_host=advertised)
         udp = await turn.listen_udp(bound[0], cfg.turn_port)
         urls = [
@@ -95,7 +104,8 @@ class Relay:
         )
 
     def _issue(self, client: NodeId, now: float) -> tuple[list[str], str, str, float]:
-        grant = issue_credentials(self._secret, client.hex()[:32], CREDENTIAL_TTL_S, now)
+        assert self._issuer is not None  # set before this is handed to the supernode core
+        grant = self._issuer.issue(client.hex()[:CREDENTIAL_USER_HEX_CHARS], now)
         return list(self.urls), grant.username, grant.password, float(grant.expires_at)
 
     async def stop(self) -> None:

@@ -1,5 +1,6 @@
 """TURN allocations and the table that holds them: lookups by id and by client, counts per
-username, expiry in time order, and the purge of expired permissions and channels."""
+user and per client address range, the relayed ports in use, expiry in time order, and the
+purge of expired permissions and channels."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import heapq
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from peerphone.nat.events import Address, AllocationSnapshot, Client
-from peerphone.nat.limits import CHANNEL_QUARANTINE_S, HOUSEKEEPING_INTERVAL_S
+from peerphone.nat.limits import CHANNEL_QUARANTINE_S, HOUSEKEEPING_INTERVAL_S, address_prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +21,7 @@ class Auth:
     username: str
     key: bytes  # the long-term key: signs our responses
     algorithm: str  # "sha1" or "sha256", as the request was signed
+    user: str = ""  # the "<who>" inside the username: whom the credential was issued to
 
 
 @dataclass(slots=True)
@@ -36,6 +39,8 @@ class Allocation:
     id: int
     client: Client
     username: str
+    user: str  # whom its credential was issued to: the quota's key
+    prefix: str  # the client's address range (/24, /48): the range cap's key
     key: bytes  # the long-term key of the Allocate: signs what we send unasked
     algorithm: str
     family: int  # 4 or 6
@@ -75,10 +80,13 @@ class Allocation:
 class AllocationTable:
     """Every allocation of a server, by id and by client, with one expiry timer each."""
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, relayed_ports: Counter[int] | None = None) -> None:
         self.by_id: dict[int, Allocation] = {}
         self.by_client: dict[Client, Allocation] = {}
-        self.per_username: Counter[str] = Counter()
+        self.per_user: Counter[str] = Counter()
+        self.per_prefix: Counter[str] = Counter()
+        # relayed port -> allocations on it (shared with `OwnAddresses`: never a peer)
+        self.relayed_ports: Counter[int] = Counter() if relayed_ports is None else relayed_ports
         self._expiries: list[tuple[float, int]] = []  # (expiry, id); lazily updated
         self._ids = itertools.count(1)
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
@@ -90,6 +98,8 @@ class AllocationTable:
             id=next(self._ids),
             client=client,
             username=auth.username,
+            user=auth.user or auth.username,
+            prefix=address_prefix(client.address[0]),
             key=auth.key,
             algorithm=auth.algorithm,
             family=family,
@@ -98,20 +108,29 @@ class AllocationTable:
         )
         self.by_id[alloc.id] = alloc
         self.by_client[client] = alloc
-        self.per_username[auth.username] += 1
+        self.per_user[alloc.user] += 1
+        self.per_prefix[alloc.prefix] += 1
         heapq.heappush(self._expiries, (expires, alloc.id))
         if len(self._expiries) > 2 * len(self.by_id) + 64:  # deleted ones linger: rebuild
             self._expiries = [(a.expires, a.id) for a in self.by_id.values()]
             heapq.heapify(self._expiries)
         return alloc
 
+    def opened(self, alloc: Allocation, relayed: Address) -> None:
+        """`alloc`'s relayed socket is open at `relayed`."""
+        if alloc.relayed is not None:
+            _decrement(self.relayed_ports, alloc.relayed[1])
+        alloc.relayed = relayed
+        self.relayed_ports[relayed[1]] += 1
+
     def forget(self, alloc: Allocation) -> None:
         del self.by_id[alloc.id]
         if self.by_client.get(alloc.client) is alloc:
             del self.by_client[alloc.client]
-        self.per_username[alloc.username] -= 1
-        if self.per_username[alloc.username] <= 0:
-            del self.per_username[alloc.username]
+        _decrement(self.per_user, alloc.user)
+        _decrement(self.per_prefix, alloc.prefix)
+        if alloc.relayed is not None:
+            _decrement(self.relayed_ports, alloc.relayed[1])
 
     def expire(self, now: float) -> list[Allocation]:
         """Forget and return the allocations that expired by `now`; purge expired
@@ -150,3 +169,9 @@ class AllocationTable:
 
     def snapshot(self, now: float) -> tuple[AllocationSnapshot, ...]:
         return tuple(self.by_id[i].snapshot(now) for i in sorted(self.by_id))
+
+
+def _decrement(counter: Counter[Any], key: Any) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]

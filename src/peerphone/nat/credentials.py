@@ -19,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 from aioice.turn import make_integrity_key
@@ -31,6 +32,12 @@ MAX_WHO_CHARS = 128  # the "<who>" part (a user name or a node id)
 NONCE_WINDOW_S = 600  # a nonce is valid for 600..1200 s, then 438 (Stale Nonce)
 NONCE_CHARS = 4
 NONCE_KEY_BYTES = 32
+# a user (node) gets a fresh credential at most this often; sooner, the one it has (still
+# valid for the TTL minus this: a client asks again a minute before expiry)
+MIN_FRESH_CREDENTIAL_INTERVAL_S = 60.0
+# users whose last grant is remembered for that; then the oldest is forgotten (it may get
+# a fresh one sooner: harmless, quotas are per user)
+MAX_REMEMBERED_CREDENTIALS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +80,13 @@ def username_expiry(username: str) -> int | None:
     return int(expiry)
 
 
+def username_user(username: str) -> str:
+    """The "<who>" in a "<expiry>:<who>" username (whom it was issued to), or "" if none.
+    Unforgeable once the username authenticated: the password is an HMAC over it."""
+    _, sep, who = username.partition(":")
+    return who if sep else ""
+
+
 def long_term_key(secret: bytes, username: str, realm: str, now: float) -> bytes | None:
     """The STUN long-term key for `username`, or None when the username is malformed,
     expired, or expires implausibly far in the future."""
@@ -80,6 +94,60 @@ def long_term_key(secret: bytes, username: str, realm: str, now: float) -> bytes
     if expiry is None or expiry < now or expiry > now + MAX_CREDENTIAL_TTL_S:
         return None
     return make_integrity_key(username, realm, turn_password(secret, username))
+
+
+class CredentialIssuer:
+    """Issues credentials per user with at most one fresh credential per
+    `min_fresh_interval_s`: asking sooner gets the credential already issued, which is still
+    valid for at least `ttl_s - min_fresh_interval_s` (issue 8: a fresh username per ask
+    made usernames free). The relay's quotas bind to the user anyway (`username_user`);
+    this keeps the work and the log of one asking client bounded. Sans-I/O: takes `now`."""
+
+    def __init__(
+        self,
+        secret: bytes,
+        ttl_s: float,
+        *,
+        min_fresh_interval_s: float = MIN_FRESH_CREDENTIAL_INTERVAL_S,
+        max_remembered: int = MAX_REMEMBERED_CREDENTIALS,
+        stats: Counter[str] | None = None,
+    ) -> None:
+        if not 0 <= min_fresh_interval_s < ttl_s:
+            raise LocalProtocolError("need 0 <= min_fresh_interval_s < ttl_s")
+        if max_remembered <= 0:
+            raise LocalProtocolError("max_remembered must be positive")
+        self.secret = secret
+        self.ttl_s = ttl_s
+        self.min_fresh_interval_s = min_fresh_interval_s
+        self.max_remembered = max_remembered
+        self.stats: Counter[str] = Counter() if stats is None else stats
+        self._issued: dict[str, tuple[float, TurnCredentials]] = {}  # who -> (when, what)
+
+    def issue(self, who: str, now: float) -> TurnCredentials:
+        """Credentials for `who`: the ones issued less than `min_fresh_interval_s` ago, if
+        any, else fresh ones."""
+        remembered = self._issued.get(who)
+        if remembered is not None:
+            issued_at, creds = remembered
+            if now - issued_at < self.min_fresh_interval_s and creds.expires_at > now:
+                self.stats["credentials_reissued"] += 1
+                return creds
+            del self._issued[who]
+        creds = issue_credentials(self.secret, who, self.ttl_s, now)
+        if len(self._issued) >= self.max_remembered:
+            self._forget_old(now)
+        self._issued[who] = (now, creds)
+        self.stats["credentials_issued"] += 1
+        return creds
+
+    def _forget_old(self, now: float) -> None:
+        """Make room: forget every grant past its fresh interval, else the oldest one."""
+        old = [w for w, (t, _) in self._issued.items() if now - t >= self.min_fresh_interval_s]
+        for who in old:
+            del self._issued[who]
+        if len(self._issued) >= self.max_remembered:  # all recent: the oldest goes
+            del self._issued[next(iter(self._issued))]
+            self.stats["credentials_forgotten_early"] += 1
 
 
 class NonceMinter:

@@ -1,6 +1,7 @@
 """The relay's data plane: ChannelData and Send indications from clients, datagrams from
-peers — each checked against its allocation's channels and permissions, its byte quota
-and the owner's bandwidth cap, then framed for the other side. This is the hot path:
+peers — each checked against its allocation's channels and permissions, the node's own
+addresses (`own.py`: permissions are per IP, so every packet), its byte quota and the
+owner's bandwidth cap, then framed for the other side. This is the hot path:
 no STUN decoding for ChannelData, one dict lookup per check, counters only for drops."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from peerphone.nat import stun
 from peerphone.nat.allocation import Allocation, AllocationTable
 from peerphone.nat.events import TCP, Address, Client, Output, ToClient, ToPeer
 from peerphone.nat.limits import RateMeter, TokenBucket, TurnLimits
+from peerphone.nat.own import OwnAddresses
 
 
 class DataPlane:
@@ -24,6 +26,7 @@ class DataPlane:
         stats: Counter[str],
         bucket: TokenBucket,
         rng: random.Random,
+        own: OwnAddresses,
     ) -> None:
         self.table = table
         self.limits = limits
@@ -31,6 +34,7 @@ class DataPlane:
         self.bucket = bucket  # the owner's cap, shared by every allocation
         self.meter = RateMeter()
         self.rng = rng  # transaction ids of Data indications
+        self.own = own  # the node itself: never sent to, never heard from
         self.total_bytes_relayed = 0
 
     def channel_data(self, data: bytes, client: Client, now: float) -> list[Output]:
@@ -76,6 +80,10 @@ class DataPlane:
         if expiry is None or expiry <= now:
             self.stats["drop_peer_no_permission"] += 1
             return []
+        own = self.own.refusal(peer)
+        if own is not None:
+            self.stats["drop_from_own_" + own] += 1
+            return []
         size = len(data)
         if size > self.limits.max_payload_bytes:
             self.stats["drop_oversized"] += 1
@@ -102,6 +110,10 @@ class DataPlane:
         expiry = alloc.permissions.get(peer[0])
         if expiry is None or expiry <= now:
             self.stats["drop_no_permission"] += 1
+            return []
+        own = self.own.refusal(peer)
+        if own is not None:
+            self.stats["drop_to_own_" + own] += 1
             return []
         size = len(payload)
         if size > self.limits.max_payload_bytes:

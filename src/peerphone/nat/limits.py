@@ -9,6 +9,7 @@ credentials, see `credentials.py`) at least once an hour.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from peerphone.errors import LocalProtocolError
@@ -19,8 +20,16 @@ PERMISSION_LIFETIME_S = 300  # RFC 8656 section 9 (not negotiable)
 CHANNEL_LIFETIME_S = 600  # RFC 8656 section 12
 CHANNEL_QUARANTINE_S = 300  # an expired channel's number/peer stay reserved this long
 MAX_ALLOCATION_BYTES = 64 * 1024 * 1024  # relayed payload per allocation, both ways
-MAX_ALLOCATIONS_PER_USERNAME = 4  # a call needs 1-2 (one per ICE transport)
+# per user: the "<who>" inside the credential (the node id the supernode issued it to,
+# bound by the relay's HMAC), not the username string, which changes with every grant
+MAX_ALLOCATIONS_PER_USER = 4  # a call needs 1-2 (one per ICE transport)
 MAX_ALLOCATIONS = 1000  # on this node, in total
+# from one client address range (/24 IPv4, /48 IPv6): throwaway node keys are free, so
+# the per-user quota alone lets one range fill the table. A tenth: ten ranges must join
+# to fill it, and a range of 25 users each in a relayed call at once still fits.
+MAX_ALLOCATIONS_PER_PREFIX = MAX_ALLOCATIONS // 10
+IPV4_PREFIX_BITS = 24  # an "address range" of clients: what one holder usually has
+IPV6_PREFIX_BITS = 48
 MAX_PERMISSIONS_PER_ALLOCATION = 32  # peer IPs (a call's remote candidates: a handful)
 MAX_CHANNELS_PER_ALLOCATION = 32
 MAX_PAYLOAD_BYTES = 1500  # a relayed UDP payload above this is dropped (voice: ~60-160)
@@ -41,8 +50,9 @@ class TurnLimits:
     default_lifetime_s: int = DEFAULT_LIFETIME_S
     max_lifetime_s: int = MAX_LIFETIME_S
     max_allocation_bytes: int = MAX_ALLOCATION_BYTES
-    max_allocations_per_username: int = MAX_ALLOCATIONS_PER_USERNAME
+    max_allocations_per_user: int = MAX_ALLOCATIONS_PER_USER
     max_allocations: int = MAX_ALLOCATIONS
+    max_allocations_per_prefix: int = MAX_ALLOCATIONS_PER_PREFIX
     max_permissions_per_allocation: int = MAX_PERMISSIONS_PER_ALLOCATION
     max_channels_per_allocation: int = MAX_CHANNELS_PER_ALLOCATION
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
@@ -53,6 +63,19 @@ class TurnLimits:
         for name in self.__slots__:
             if getattr(self, name) <= 0:
                 raise LocalProtocolError(f"{name} must be positive")
+
+
+def address_prefix(ip: str) -> str:
+    """The client range `ip` belongs to for `max_allocations_per_prefix`: its /24 (IPv4,
+    also inside ::ffff:0:0/96) or its /48 (IPv6)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    bits = IPV4_PREFIX_BITS if address.version == 4 else IPV6_PREFIX_BITS
+    return str(ipaddress.ip_network((address, bits), strict=False))
 
 
 class TokenBucket:

@@ -4,7 +4,13 @@
 * one relayed UDP socket per allocation, bound to `relay_host` port 0 when the core asks;
 * STUN/TURN over TCP, framed on the stream (`framing.StreamFramer`; ChannelData padded),
   either on a listener of its own (`listen_tcp`) or on connections the overlay's
-  `TcpCarrier` hands over: pass `service.on_other` as the carrier's ``on_other``.
+  `TcpCarrier` hands over: pass `service.on_other` as the carrier's ``on_other``. Both
+  kinds are bounded alike: per source address and range, and a connection that has no
+  allocation `TCP_ALLOCATE_TIMEOUT_S` after we got it is closed, whatever it sent.
+
+The core learns the node's own addresses from here (`OwnAddresses`): every socket we
+listen on, the relay and advertised hosts, and the host's interface addresses, read
+again every `OWN_ADDRESSES_REFRESH_S`.
 
 Nothing read from the network escapes: the core turns garbage into counted drops, and a
 TCP stream that cannot be framed is closed (counted in `stats`, ``tcp_*`` keys).
@@ -23,6 +29,7 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -42,13 +49,24 @@ from peerphone.nat.events import (
     ToPeer,
 )
 from peerphone.nat.framing import StreamFramer
+from peerphone.nat.limits import address_prefix
+from peerphone.nat.own import local_interface_addresses
 from peerphone.nat.turn import TurnServer
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 3478
 MAX_TCP_CONNECTIONS = 1000  # TURN-over-TCP clients at once; more are closed at once
+# ... from one source address, and from one /24 (/48): a client needs one per relayed call,
+# a NATed office some dozens; one holder of one address cannot take them all
+MAX_TCP_CONNECTIONS_PER_ADDRESS = 16
+MAX_TCP_CONNECTIONS_PER_PREFIX = 128
+# a connection must have an allocation (an authenticated Allocate) this long after we got
+# it, or it is closed: silence, one byte, a message that never completes all cost the
+# attacker a reconnect every few seconds (a client's 401 round trip and Allocate: ~ms)
+TCP_ALLOCATE_TIMEOUT_S = 10.0
 TCP_IDLE_TIMEOUT_S = 120.0  # a TCP client silent this long is closed (refreshes: < 600 s)
+OWN_ADDRESSES_REFRESH_S = 60.0  # the interface addresses are read again this often
 MAX_TCP_WRITE_BUFFER_BYTES = 256 * 1024  # unsent bytes per connection; above, dropped
 MAX_CACHED_CLIENTS = 10_000  # `Client` keys kept per UDP address (cleared when full)
 MAX_EVEN_PORT_TRIES = 32  # binds to port 0 until the kernel picks an even port (EVEN-PORT)
@@ -102,6 +120,8 @@ class _TcpConnection(asyncio.Protocol):
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.client: Client | None = None
+        self.prefix = ""  # the source's /24 (/48), counted while we hold the connection
+        self.allocated = False  # an authenticated Allocate succeeded on it
         self.last_rx = 0.0
         self.timer: asyncio.TimerHandle | None = None
 
@@ -109,15 +129,19 @@ class _TcpConnection(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         service = self.service
-        if peer is None or len(service._connections) >= MAX_TCP_CONNECTIONS:
-            service.stats["tcp_refused"] += 1
+        refused = service._tcp_refusal(peer)
+        if refused is not None:
+            service.stats["tcp_refused_" + refused] += 1
             transport.abort()
             return
         self.client = Client(TCP, (peer[0], peer[1]), next(service._connection_ids))
+        self.prefix = address_prefix(peer[0])
         service._connections[self.client.connection] = self
+        service._tcp_per_address[peer[0]] += 1
+        service._tcp_per_prefix[self.prefix] += 1
         service.stats["tcp_accepted"] += 1
         self.last_rx = service.loop.time()
-        self.timer = service.loop.call_later(TCP_IDLE_TIMEOUT_S, self._check_idle)
+        self.timer = service.loop.call_later(TCP_ALLOCATE_TIMEOUT_S, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
         client = self.client
@@ -133,6 +157,8 @@ class _TcpConnection(asyncio.Protocol):
         service = self.service
         for frame in frames:
             service._flush(service.core.receive(frame, client, CLOCK()))
+        if not self.allocated and frames and service.core.has_allocation(client):
+            self.allocated = True  # from now on only silence closes it
 
     def write(self, data: bytes) -> None:
         transport = self.transport
@@ -155,11 +181,17 @@ class _TcpConnection(asyncio.Protocol):
         if client is not None:
             service = self.service
             service._connections.pop(client.connection, None)
+            _decrement(service._tcp_per_address, client.address[0])
+            _decrement(service._tcp_per_prefix, self.prefix)
             service._flush(service.core.client_gone(client, CLOCK()))
 
     def _check_idle(self) -> None:
         self.timer = None
         if self.client is None:
+            return
+        if not self.allocated:
+            self.service.stats["tcp_closed_without_allocation"] += 1
+            self.abort()
             return
         idle_until = self.last_rx + TCP_IDLE_TIMEOUT_S
         if self.service.loop.time() < idle_until:
@@ -188,10 +220,39 @@ class TurnService:
         self._opening: dict[int, socket.socket] = {}  # bound, endpoint being created
         self._tasks: set[asyncio.Task[None]] = set()
         self._connections: dict[int, _TcpConnection] = {}
+        self._tcp_per_address: Counter[str] = Counter()
+        self._tcp_per_prefix: Counter[str] = Counter()
         self._connection_ids = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._closed = False
+        core.own.add_host(relay_host)
+        core.own.add_host(self.advertised_host)
+        self._refresh: asyncio.TimerHandle | None = None
+        self.refresh_own_addresses()
+
+    def refresh_own_addresses(self) -> None:
+        """Read the interface addresses again (they are the node's own: never peers)."""
+        try:
+            self.core.own.set_interfaces(local_interface_addresses())
+        except OSError as exc:  # keep the last ones
+            log.warning("cannot read the interface addresses: %r", exc)
+        if not self._closed:
+            self._refresh = self.loop.call_later(
+                OWN_ADDRESSES_REFRESH_S, self.refresh_own_addresses
+            )
+
+    def _tcp_refusal(self, peer: tuple[str, int] | None) -> str | None:
+        """Why a new TCP connection from `peer` is refused (a counter's suffix), or None."""
+        if peer is None:
+            return "no_peer"
+        if len(self._connections) >= MAX_TCP_CONNECTIONS:
+            return "full"
+        if self._tcp_per_address[peer[0]] >= MAX_TCP_CONNECTIONS_PER_ADDRESS:
+            return "per_address"
+        if self._tcp_per_prefix[address_prefix(peer[0])] >= MAX_TCP_CONNECTIONS_PER_PREFIX:
+            return "per_prefix"
+        return None
 
     # -- listening ------------------------------------------------------------------------
 
@@ -204,7 +265,7 @@ class TurnService:
         sock = transport.get_extra_info("socket")
         _tune(sock)
         bound = sock.getsockname()
-        self.core.own_addresses.add((bound[0], bound[1]))
+        self.core.own.add_socket((bound[0], bound[1]))
         self._schedule()
         return bound[0], bound[1]
 
@@ -213,7 +274,7 @@ class TurnService:
         server = await self.loop.create_server(self.tcp_protocol, host, port)
         self._servers.append(server)
         bound = server.sockets[0].getsockname()
-        self.core.own_addresses.add((bound[0], bound[1]))
+        self.core.own.add_socket((bound[0], bound[1]))
         self._schedule()
         return bound[0], bound[1]
 
@@ -340,6 +401,8 @@ class TurnService:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._refresh is not None:
+            self._refresh.cancel()
         if self._udp is not None:
             self._udp.close()
         for server in self._servers:
@@ -360,6 +423,12 @@ class TurnService:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+def _decrement(counter: Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
+
+
 # -- stand-alone relay (tests, benchmarks) --------------------------------------------------
 
 
@@ -373,7 +442,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--secret", required=True, help="shared secret of the credentials")
     parser.add_argument("--relay-allow", action="append", default=[], metavar="CIDR")
     parser.add_argument("--bandwidth", type=float, default=12.5e6, help="cap, bytes/s")
-    parser.add_argument("--max-allocations-per-username", type=int, default=None)
+    parser.add_argument("--max-allocations-per-user", type=int, default=None)
     parser.add_argument("--credentials-for", default=None, help="print credentials for WHO")
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--debug", action="store_true", help="log every error response")
@@ -385,8 +454,8 @@ async def _serve(args: argparse.Namespace) -> None:
 
     now = CLOCK()
     limits = TurnLimits()
-    if args.max_allocations_per_username:
-        limits = TurnLimits(max_allocations_per_username=args.max_allocations_per_username)
+    if args.max_allocations_per_user:
+        limits = TurnLimits(max_allocations_per_user=args.max_allocations_per_user)
     core = TurnServer(
         args.secret.encode(),
         bandwidth_bytes_per_s=args.bandwidth,

@@ -15,11 +15,14 @@ FINGERPRINT, EVEN-PORT without reservation. Not implemented (answered with 420, 
 508): RESERVATION-TOKEN and EVEN-PORT's R bit, DONT-FRAGMENT, TCP relays (RFC 6062),
 USERHASH and PASSWORD-ALGORITHMS.
 
-Safety (see docs/decisions/0009-turn-relay.md): only an authenticated allocation relays,
-only to peers it holds a permission for, and permissions are only granted to addresses
-`AddressFilter` allows (403 otherwise); lifetimes, bytes and table sizes are capped
-(`limits.py`); the owner's cap is one token bucket for all allocations; every dropped
-packet is counted in `stats`. A sender that has not authenticated gets nothing bigger
+Safety (see docs/decisions/0009-turn-relay.md and 0012-relay-hardening.md): only an
+authenticated allocation relays, only to peers it holds a permission for, and permissions
+are only granted to addresses `AddressFilter` allows (403 otherwise); nothing is granted
+or relayed to the node itself (`own.py`: its addresses, ports and relayed ports, checked
+on every packet); lifetimes, bytes and table sizes are capped (`limits.py`), allocations
+per user (whom the credential was issued to, not the username) and per client address
+range too; the owner's cap is one token bucket for all allocations; every dropped packet
+is counted in `stats`. A sender that has not authenticated gets nothing bigger
 than `MAX_UNAUTHENTICATED_EXCESS_BYTES` more than it sent (no amplification), and costs
 no memory (nonces are stateless).
 """
@@ -36,7 +39,7 @@ from peerphone.errors import DecodeError, LocalProtocolError
 from peerphone.nat import stun
 from peerphone.nat.addrfilter import AddressFilter
 from peerphone.nat.allocation import Allocation, AllocationTable, Auth, Channel
-from peerphone.nat.credentials import REALM, NonceMinter, long_term_key
+from peerphone.nat.credentials import REALM, NonceMinter, long_term_key, username_user
 from peerphone.nat.dataplane import DataPlane
 from peerphone.nat.events import (
     Address,
@@ -55,7 +58,9 @@ from peerphone.nat.limits import (
     PERMISSION_LIFETIME_S,
     TokenBucket,
     TurnLimits,
+    address_prefix,
 )
+from peerphone.nat.own import OwnAddresses
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +117,15 @@ class TurnServer:
         self.rng = rng
         self.nonces = NonceMinter(rng)
         self.stats: Counter[str] = Counter()
-        self.own_addresses: set[Address] = set()  # our listeners: never a peer
-        self.table = AllocationTable(now)
+        self.own = OwnAddresses(self.filter)  # the node itself: never a peer
+        self.table = AllocationTable(now, self.own.relayed_ports)
         self.data = DataPlane(
-            self.table, self.limits, self.stats, TokenBucket(bandwidth_bytes_per_s, now), rng
+            self.table,
+            self.limits,
+            self.stats,
+            TokenBucket(bandwidth_bytes_per_s, now),
+            rng,
+            self.own,
         )
         Handler = Callable[[stun.StunMessage, Client, Auth, Allocation | None, float], list[Output]]
         self._handlers: dict[int, Handler] = {
@@ -157,7 +167,9 @@ class TurnServer:
         alloc = self.table.by_id.get(allocation)
         if alloc is None:  # deleted meanwhile (its client went away)
             return [CloseRelay(allocation)]
-        alloc.relayed = relayed
+        self.table.opened(alloc, relayed)
+        if relayed[0] not in self.own.hosts:  # what we advertise is ours, of course
+            self.own.add_host(relayed[0])
         attributes = {
             "XOR-RELAYED-ADDRESS": relayed,
             "LIFETIME": max(0, int(alloc.expires - now)),
@@ -270,7 +282,7 @@ class TurnServer:
         if not message.check_integrity(key):
             self.stats["auth_bad_integrity"] += 1
             return self._challenge(message, client, 401, now)
-        return Auth(username, key, message.integrity)
+        return Auth(username, key, message.integrity, username_user(username))
 
     def _challenge(
         self, message: stun.StunMessage, client: Client, code: int, now: float
@@ -315,8 +327,13 @@ class TurnServer:
             return self._error(message, client, auth, 440)
         if message.even_port:  # R bit: reserve the next port as well (RESERVATION-TOKEN)
             return self._error(message, client, auth, 508)
-        if self.table.per_username[auth.username] >= self.limits.max_allocations_per_username:
+        if self.table.per_user[auth.user] >= self.limits.max_allocations_per_user:
             self.stats["refused_allocation_quota"] += 1
+            return self._error(message, client, auth, 486)
+        if self.table.per_prefix[address_prefix(client.address[0])] >= (
+            self.limits.max_allocations_per_prefix
+        ):
+            self.stats["refused_allocation_prefix_quota"] += 1
             return self._error(message, client, auth, 486)
         if len(self.table.by_id) >= self.limits.max_allocations:
             self.stats["refused_allocations_full"] += 1
@@ -433,9 +450,13 @@ class TurnServer:
         if _family(peer[0]) != alloc.family:
             return 443
         verdict = self.filter.verdict(peer[0])
-        if not verdict.allowed or peer[1] == 0 or peer in self.own_addresses:
-            reason = verdict.reason if not verdict.allowed else "own-or-port-0"
+        if not verdict.allowed or peer[1] == 0:
+            reason = verdict.reason if not verdict.allowed else "port-0"
             self.stats["refused_peer_" + reason] += 1
+            return 403
+        own = self.own.refusal(peer)
+        if own is not None:
+            self.stats["refused_peer_own_" + own] += 1
             return 403
         return 0
 
@@ -487,6 +508,10 @@ class TurnServer:
         return [CloseRelay(alloc.id)]
 
     # -- status ---------------------------------------------------------------------------
+
+    def has_allocation(self, client: Client) -> bool:
+        """Whether `client` holds an allocation (it authenticated an Allocate)."""
+        return client in self.table.by_client
 
     def allocation(self, allocation: int) -> Allocation | None:
         """The allocation with this id (for the adapter and tests), if it exists."""
