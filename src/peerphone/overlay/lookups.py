@@ -43,6 +43,7 @@ class _Pending:
     deadline: float = 0.0
     remote: bool = False
     outstanding: set[NodeId] = field(default_factory=set)
+    late: set[NodeId] = field(default_factory=set)  # asked in an earlier round, unanswered
     votes: dict[bytes, set[bytes]] = field(default_factory=dict)  # owner -> address groups
     names: dict[bytes, Record] = field(default_factory=dict)  # freshest name per owner
     presences: dict[bytes, Record] = field(default_factory=dict)  # freshest per owner
@@ -87,13 +88,22 @@ class LookupCoordinator:
 
     def handle_result(self, msg: FetchResult, src: NodeId, now: float) -> list[Send]:
         pending = self._pending.get(msg.req)
-        if pending is None or src not in pending.outstanding:
+        if pending is None:
             return []
-        pending.outstanding.discard(src)
+        if src in pending.outstanding:
+            pending.outstanding.discard(src)
+        elif src in pending.late:  # asked in an earlier round: its vote still counts
+            pending.late.discard(src)
+        else:
+            return []
         self._merge(pending, src, msg.records, now)
-        if pending.outstanding:
+        if pending.outstanding and not self._settled(pending):
             return []
         return self._finish(msg.req, now)
+
+    def _settled(self, pending: _Pending) -> bool:
+        owner = self._owner(pending)
+        return owner is not None and owner in pending.presences
 
     def next_timer(self) -> float | None:
         return min((p.deadline for p in self._pending.values()), default=None)
@@ -101,7 +111,9 @@ class LookupCoordinator:
     def handle_timer(self, now: float) -> list[Send]:
         out: list[Send] = []
         for req in sorted(r for r, p in self._pending.items() if p.deadline <= now):
-            self._pending[req].outstanding.clear()
+            pending = self._pending[req]
+            pending.late |= pending.outstanding
+            pending.outstanding.clear()
             out.extend(self._finish(req, now))
         return out
 
@@ -144,7 +156,9 @@ class LookupCoordinator:
                 pending.votes.setdefault(owner, set()).add(self.group_of(replica))
 
     def _owner(self, pending: _Pending) -> bytes | None:
-        """The owner that independent replicas agree on, or None (undecided)."""
+        """The owner that independent replicas agree on, or None (undecided). One
+        uncontested vote is not enough: in the simulator that let 323 forgeries through
+        (a hostile replica answering while honest ones were slow)."""
         if not pending.votes:
             return None
         groups = {self.group_of(r) for r in pending.replicas}
@@ -161,6 +175,7 @@ class LookupCoordinator:
         found = owner is not None and owner in pending.presences
         more = pending.tried < len(pending.replicas) and pending.rounds < self.rounds
         if not found and more:
+            pending.late |= pending.outstanding
             pending.outstanding.clear()
             return self._round(req, pending, now)
         del self._pending[req]
