@@ -21,7 +21,7 @@ from peerphone.nat.credentials import (
     issue_credentials,
     username_user,
 )
-from peerphone.nat.events import UDP, Client, ToPeer
+from peerphone.nat.events import UDP, Client, ToClient, ToPeer
 from peerphone.nat.limits import TurnLimits, address_prefix
 from peerphone.nat.own import (
     OWN_HOST,
@@ -58,14 +58,12 @@ def test_the_nodes_own_ports_addresses_and_relayed_ports_are_refused() -> None:
     server.own.add_socket((SELF, 4433))  # QUIC
     alice = TurnClient(server)
     a = alice.allocate(relayed=(SELF, 50000))
-    bob = TurnClient(server, Client(UDP, ("198.51.100.8", 1)), who="bob")
-    bob.allocate(relayed=(SELF, 50002))
     for peer, reason in [
         ((SELF, 3478), OWN_PORT),
         ((SELF, 4433), OWN_PORT),
-        ((SELF, 50002), OWN_RELAYED_PORT),  # another allocation's relayed port
-        ((SELF, 50000), OWN_RELAYED_PORT),  # its own
-        ((SELF, 7), OWN_HOST),  # any other service on our address
+        ((SELF, 50000), OWN_RELAYED_PORT),  # its own relayed port
+        ((SELF, 50002), OWN_HOST),  # any other service on our address
+        ((SELF, 7), OWN_HOST),
     ]:
         assert alice.permit(peer).error_code == 403, peer
         assert alice.bind(0x4000, peer).error_code == 403, peer
@@ -73,6 +71,34 @@ def test_the_nodes_own_ports_addresses_and_relayed_ports_are_refused() -> None:
     alloc = server.allocation(a)
     assert alloc is not None and alloc.permissions == {} and alloc.channels == {}
     assert alice.permit(PEER).message_class == Class.RESPONSE  # others in the range: fine
+
+
+def test_between_two_allocations_data_is_handed_over_inside_the_relay() -> None:
+    server = make_server(address_filter=AddressFilter([LAB]))
+    server.own.add_socket((SELF, 3478))
+    alice = TurnClient(server)
+    a = alice.allocate(relayed=(SELF, 50000))
+    bob_client = Client(UDP, ("198.51.100.8", 1))
+    bob = TurnClient(server, bob_client, who="bob")
+    bob.allocate(relayed=(SELF, 50002))
+    # two clients of this relay, both relayed (two firewalled users): a permission for
+    # the other's relayed address is granted ...
+    assert alice.permit((SELF, 50002)).message_class == Class.RESPONSE
+    assert bob.bind(0x4001, (SELF, 50000)).message_class == Class.RESPONSE
+    # ... and the data never leaves through a socket: bob's client gets it directly
+    assert alice.send(send_indication((SELF, 50002), b"hi bob")) == [
+        ToClient(bob_client, b"\x40\x01\x00\x06hi bob")
+    ]
+    assert server.stats["relayed_between_allocations"] == 1
+    # the permission alice holds is for our IP: it opens nothing else there
+    assert alice.send(send_indication((SELF, 3478), b"binding")) == []
+    assert alice.send(send_indication((SELF, 7), b"service")) == []
+    assert server.stats["drop_to_own_port"] == server.stats["drop_to_own_host"] == 1
+    # bob's client only hears alice through the relay if bob permitted her address
+    alloc = server.allocation(a)
+    assert alloc is not None and alloc.bytes_to_peers == 6
+    assert server.receive_from_peer(a, b"inside", (SELF, 50002), NOW) == []
+    assert server.stats["drop_from_own_relayed_port"] == 1
 
 
 def test_an_explicitly_allowed_own_address_opens_other_ports_never_ours() -> None:
@@ -94,15 +120,17 @@ def test_an_explicitly_allowed_own_address_opens_other_ports_never_ours() -> Non
     assert server.receive_from_peer(a, b"echo", (SELF, 7), NOW) != []
 
 
-def test_a_channel_to_a_port_that_becomes_a_relayed_port_stops_relaying() -> None:
+def test_a_channel_to_a_port_that_becomes_a_relayed_port_no_longer_leaves() -> None:
     server = make_server(address_filter=AddressFilter([LAB, f"{SELF}/32"]))
     alice = TurnClient(server)
     a = alice.allocate(relayed=(SELF, 50000))
     assert alice.bind(0x4000, (SELF, 50002)).message_class == Class.RESPONSE
     assert alice.send(channel_data(0x4000, b"x")) == [ToPeer(a, (SELF, 50002), b"x")]
     TurnClient(server, Client(UDP, ("198.51.100.8", 1)), who="bob").allocate(relayed=(SELF, 50002))
+    # now bob's: handed over inside, and bob permitted nobody
     assert alice.send(channel_data(0x4000, b"x")) == []
-    assert server.stats["drop_to_own_relayed_port"] == 1
+    assert server.stats["relayed_between_allocations"] == 1
+    assert server.stats["drop_peer_no_permission"] == 1
 
 
 def test_relayed_ports_are_forgotten_with_their_allocation() -> None:

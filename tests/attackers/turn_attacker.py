@@ -360,6 +360,19 @@ class Attack:
         await a.open(self.args.bind)
         relayed_a = await a.allocate()
         self.report.data["relayed"] = list(relayed_a)
+        # first, allocation A to allocation B's relayed port, both ours: A then holds a
+        # permission for the supernode's IP (permissions are per IP)
+        b = TurnClient(server, grant.username, grant.password)
+        await b.open(self.args.bind)
+        relayed_b = await b.allocate()
+        other: dict[str, Any] = {"address": f"{relayed_b[0]}:{relayed_b[1]}"}
+        other["permission_b_for_a"] = await b.permit(relayed_a)
+        other["permission"] = await a.permit(relayed_b)
+        a.send_indication(relayed_b, b"A to B through the relay twice")
+        a.send_indication(relayed_b, b"A to B through the relay twice")
+        other["send_replies"] = await b.replies()  # what reached B's client
+        results["other_allocation"] = other
+        self.report.save()
         for number, spec in enumerate(self.args.target, start=1):
             name, _, where = spec.partition("=")
             target = parse_address(where)
@@ -372,17 +385,6 @@ class Attack:
             result["channel_replies"] = await a.probe(channel)
             results[name] = result
             self.report.save()
-        # allocation A to allocation B's relayed port, both ours
-        b = TurnClient(server, grant.username, grant.password)
-        await b.open(self.args.bind)
-        relayed_b = await b.allocate()
-        result = {"address": f"{relayed_b[0]}:{relayed_b[1]}"}
-        result["permission_b_for_a"] = await b.permit(relayed_a)
-        result["permission"] = await a.permit(relayed_b)
-        a.send_indication(relayed_b, b"A to B through the relay twice")
-        a.send_indication(relayed_b, b"A to B through the relay twice")
-        result["send_replies"] = await b.replies()  # what reached B's client
-        results["other_allocation"] = result
         self.clients += [a, b]
         self.report.save()
 

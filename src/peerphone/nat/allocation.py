@@ -86,6 +86,8 @@ class AllocationTable:
         self.per_user: Counter[str] = Counter()
         self.per_prefix: Counter[str] = Counter()
         # relayed port -> allocations on it (shared with `OwnAddresses`: never a peer)
+        # and relayed address -> its allocation (sent to, it is handed over inside)
+        self.by_relayed: dict[Address, Allocation] = {}
         self.relayed_ports: Counter[int] = Counter() if relayed_ports is None else relayed_ports
         self._expiries: list[tuple[float, int]] = []  # (expiry, id); lazily updated
         self._ids = itertools.count(1)
@@ -118,10 +120,10 @@ class AllocationTable:
 
     def opened(self, alloc: Allocation, relayed: Address) -> None:
         """`alloc`'s relayed socket is open at `relayed`."""
-        if alloc.relayed is not None:
-            _decrement(self.relayed_ports, alloc.relayed[1])
+        self._closed(alloc)
         alloc.relayed = relayed
         self.relayed_ports[relayed[1]] += 1
+        self.by_relayed[relayed] = alloc
 
     def forget(self, alloc: Allocation) -> None:
         del self.by_id[alloc.id]
@@ -129,8 +131,13 @@ class AllocationTable:
             del self.by_client[alloc.client]
         _decrement(self.per_user, alloc.user)
         _decrement(self.per_prefix, alloc.prefix)
+        self._closed(alloc)
+
+    def _closed(self, alloc: Allocation) -> None:
         if alloc.relayed is not None:
             _decrement(self.relayed_ports, alloc.relayed[1])
+            if self.by_relayed.get(alloc.relayed) is alloc:
+                del self.by_relayed[alloc.relayed]
 
     def expire(self, now: float) -> list[Allocation]:
         """Forget and return the allocations that expired by `now`; purge expired

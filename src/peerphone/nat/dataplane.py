@@ -13,7 +13,7 @@ from peerphone.nat import stun
 from peerphone.nat.allocation import Allocation, AllocationTable
 from peerphone.nat.events import TCP, Address, Client, Output, ToClient, ToPeer
 from peerphone.nat.limits import RateMeter, TokenBucket, TurnLimits
-from peerphone.nat.own import OwnAddresses
+from peerphone.nat.own import OWN_RELAYED_PORT, OwnAddresses
 
 
 class DataPlane:
@@ -76,13 +76,16 @@ class DataPlane:
         if alloc is None:
             self.stats["drop_peer_no_allocation"] += 1
             return []
+        own = self.own.refusal(peer)
+        if own is not None:  # our own sockets and services never talk to a client
+            self.stats["drop_from_own_" + own] += 1
+            return []
+        return self._to_client(alloc, data, peer, now)
+
+    def _to_client(self, alloc: Allocation, data: bytes, peer: Address, now: float) -> list[Output]:
         expiry = alloc.permissions.get(peer[0])
         if expiry is None or expiry <= now:
             self.stats["drop_peer_no_permission"] += 1
-            return []
-        own = self.own.refusal(peer)
-        if own is not None:
-            self.stats["drop_from_own_" + own] += 1
             return []
         size = len(data)
         if size > self.limits.max_payload_bytes:
@@ -112,9 +115,12 @@ class DataPlane:
             self.stats["drop_no_permission"] += 1
             return []
         own = self.own.refusal(peer)
+        target = None
         if own is not None:
-            self.stats["drop_to_own_" + own] += 1
-            return []
+            target = self.table.by_relayed.get(peer) if own == OWN_RELAYED_PORT else None
+            if target is None or target is alloc:
+                self.stats["drop_to_own_" + own] += 1
+                return []
         size = len(payload)
         if size > self.limits.max_payload_bytes:
             self.stats["drop_oversized"] += 1
@@ -123,6 +129,12 @@ class DataPlane:
             return []
         alloc.bytes_to_peers += size
         alloc.packets_to_peers += 1
+        if target is not None:
+            # another allocation's relayed address: handed over inside the relay, as if
+            # it came from ours (two clients of this relay, both relayed: a firewalled
+            # pair's only path); no packet goes to our own socket
+            self.stats["relayed_between_allocations"] += 1
+            return self._to_client(target, payload, alloc.relayed, now)
         return [ToPeer(alloc.id, peer, payload)]
 
     def _account(self, alloc: Allocation, size: int, now: float) -> bool:

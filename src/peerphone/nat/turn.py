@@ -60,7 +60,7 @@ from peerphone.nat.limits import (
     TurnLimits,
     address_prefix,
 )
-from peerphone.nat.own import OwnAddresses
+from peerphone.nat.own import OWN_RELAYED_PORT, OwnAddresses
 
 log = logging.getLogger(__name__)
 
@@ -456,8 +456,12 @@ class TurnServer:
             return 403
         own = self.own.refusal(peer)
         if own is not None:
-            self.stats["refused_peer_own_" + own] += 1
-            return 403
+            other = self.table.by_relayed.get(peer) if own == OWN_RELAYED_PORT else None
+            if other is None or other is alloc:
+                self.stats["refused_peer_own_" + own] += 1
+                return 403
+            # another allocation's relayed address: its data is handed over inside the
+            # relay (`DataPlane`), never sent to our socket
         return 0
 
     # -- helpers --------------------------------------------------------------------------
