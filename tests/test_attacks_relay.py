@@ -123,6 +123,8 @@ def test_relay_quota_binds_to_the_node_not_the_credential(procs: NodeProcs) -> N
             f"{ {k: v for k, v in r.items() if k.startswith('refused')} }"
         )
     total = sum(r["allocations"] for r in reports)
+    fill_s = MAX_ALLOCATIONS / max(total / GRANTS_DURATION_S, 1e-9)
+    print(f"  at that rate the table of {MAX_ALLOCATIONS} is full after {fill_s:.0f} s")
     print(
         f"  total allocations {total} of {MAX_ALLOCATIONS}; relay holds "
         f"{sharing['allocations']}; honest user: {got['allocations']} allocation "
