@@ -123,3 +123,22 @@ def test_publish_with_a_forged_signature_is_refused_with_reason() -> None:
     out = primary.receive(Publish(99, [forged]), alice.id, net.now)
     acks = [m for _, m in out if isinstance(m, PublishAck)]
     assert acks and acks[0].stored == 0 and acks[0].reason == "bad signature"
+
+
+def test_a_hand_over_that_overtakes_its_senders_member_record_is_kept_until_it_arrives() -> None:
+    net = FakeNet(seed=5)
+    tier = net.supernodes(["sn0", "sn1"])
+    online_users(net, tier, 1)
+    sender = tier[0].supernode
+    assert sender is not None
+    records = sender.store.get(user_key("user0"))
+    assert records
+    newcomer = net.node("newsn")
+    sn = newcomer.become_supernode(net.now, "test")
+    # the hand-over arrives before the newcomer knows its sender as a member
+    assert sn.handle_store(Store(0, records), tier[0].id, net.now) == []
+    assert not sn.store.get(user_key("user0"))
+    assert sn.stats["stores_from_unknown"] == 1
+    sn.membership.add_record(sender.record, net.now)  # the sender's record arrives
+    sn.after_input(net.now)
+    assert sn.store.get(user_key("user0")) == records

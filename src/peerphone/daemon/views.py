@@ -115,6 +115,7 @@ def status_view(service: NodeService) -> dict[str, Any]:
             "keys_held": len(sn.store.entries),
             "membership_size": len(sn.membership.members) + 1,
             "seed": sn.seed,
+            "stats": dict(sn.stats),
         }
     return {
         "node_id": core.id.hex(),

@@ -68,6 +68,9 @@ Send = tuple[NodeId, Message]
 TurnIssuer = Callable[[NodeId, float], tuple[list[str], str, str, float]]
 
 MAX_WATCHES_PER_CLIENT = 1000
+MAX_EARLY_STORE_SENDERS = 64  # unknown supernodes whose hand-over we hold back
+MAX_EARLY_STORE_RECORDS = 20_000  # records held back in all (~10 MB at most)
+EARLY_STORE_TTL_S = 30.0  # the sender's member record arrives within seconds, or never
 MAX_CACHED_GROUPS = 200_000  # address groups of members (one per member; MAX_MEMBERS)
 PRESENCE_OF_ANOTHER_NODE = "presence names another node"  # a publish refusal
 
@@ -160,13 +163,20 @@ class SupernodeCore:
         self.turn_issuer: TurnIssuer | None = None
         self._stores: dict[int, _PendingStore] = {}
         self._groups: dict[NodeId, tuple[int, bytes]] = {}  # member -> (incarnation, group)
+        # hand-overs from supernodes not (yet) known as members: sender -> (until, records)
+        self._early_stores: dict[NodeId, tuple[float, list[Record]]] = {}
         self._req = 0
         self._next_expire = now + self.config.expire_interval_s
         self._next_resubscribe = now + self.config.resubscribe_interval_s
         self._next_election = now + rng.uniform(0.0, self.config.election.interval_s)
         self._last_promotion = -1e18
         self._promoted: dict[NodeId, float] = {}
-        self.stats: dict[str, int] = {"redirected": 0, "promoted": 0, "rejected_records": 0}
+        self.stats: dict[str, int] = {
+            "redirected": 0,
+            "promoted": 0,
+            "rejected_records": 0,
+            "stores_from_unknown": 0,
+        }
 
     @property
     def record(self) -> Record:
@@ -347,7 +357,12 @@ class SupernodeCore:
 
     def handle_store(self, msg: Store, src: NodeId, now: float) -> list[Send]:
         if src not in self.membership.members:
-            return []  # only fellow supernodes replicate to us
+            # only fellow supernodes replicate to us; a hand-over can overtake the member
+            # record of its sender, so it waits (bounded) until the sender is known
+            self.stats["stores_from_unknown"] += 1
+            if not msg.req:
+                self._hold_early_store(src, msg.records, now)
+            return []
         out: list[Send] = []
         accepted = 0
         reason = ""
@@ -360,6 +375,15 @@ class SupernodeCore:
         if msg.req:
             out.append((src, StoreAck(msg.req, accepted, reason)))
         return out
+
+    def _hold_early_store(self, src: NodeId, records: list[Record], now: float) -> None:
+        held = self._early_stores.get(src)
+        if held is None:
+            if len(self._early_stores) >= MAX_EARLY_STORE_SENDERS:
+                return
+            held = self._early_stores[src] = (now + EARLY_STORE_TTL_S, [])
+        room = MAX_EARLY_STORE_RECORDS - sum(len(h[1]) for h in self._early_stores.values())
+        held[1].extend(records[: max(0, room)])
 
     def handle_store_ack(self, msg: StoreAck, src: NodeId, now: float) -> list[Send]:
         pending = self._stores.get(msg.req)
@@ -517,6 +541,11 @@ class SupernodeCore:
         if not changes:
             return []
         self.membership.changes = []
+        early: list[Send] = []
+        for node, joined in changes:
+            held = self._early_stores.pop(node, None)
+            if joined and held is not None and held[0] >= now:
+                early.extend(self.handle_store(Store(0, held[1]), node, now))
         batches: dict[NodeId, list[Record]] = {}
         resubscribe: list[bytes] = []
         out: list[Send] = []
@@ -526,7 +555,7 @@ class SupernodeCore:
                 out.extend(self._shed_to(node, now))
         out.extend(_store_batches(batches))
         out.extend(self._subscribe(sorted(set(resubscribe)), now))
-        return out
+        return early + out
 
     def _hand_over(
         self,
@@ -547,9 +576,9 @@ class SupernodeCore:
                 continue
             if joined:
                 if node in new:
-                    pusher = next((n for n in new if n != node), None)
-                    if pusher == self.me or self.me not in new:
-                        batches.setdefault(node, []).extend(records)
+                    # every holder pushes (duplicates are cheap): a single designated pusher
+                    # may not hold what the others hold, and the joiner would miss it
+                    batches.setdefault(node, []).extend(records)
                 if self.me not in new:
                     self.store.drop(key)
             elif len(new) == r and new[0] == self.me and new[-1] != self.me:
@@ -681,6 +710,8 @@ class SupernodeCore:
         if now >= self._next_expire:
             self._next_expire = now + self.config.expire_interval_s
             self.store.expire(now)
+            for node in [n for n, h in self._early_stores.items() if h[0] < now]:
+                del self._early_stores[node]
             stale = [k for k in self._last_notified if k not in self.watching]
             for key in stale:
                 del self._last_notified[key]
