@@ -27,9 +27,6 @@ async def serve(data: DataDir, config: NodeConfig) -> int:
     """Run the node until SIGINT/SIGTERM or a fatal error; return the exit status."""
     service = NodeService(data, config)
     await service.start()
-    # until NodeService passes them to NodeRuntime itself: the links opened so far are
-    # only the bootstrap dials (outbound, never bounded by source)
-    service.runtime.links.limits.config = config.link_limits()
     try:
         runner = await start_control(service)
     except OSError:

@@ -156,6 +156,7 @@ class NodeService:
             idle_timeout_s=LINK_IDLE_TIMEOUT_S,
             tcp_listen=tcp_listen,
             tcp_bootstrap=[(h, p) for t, h, p in endpoints if t == "tcp"],
+            link_limits=cfg.link_limits(),
         )
         self._runtime = runtime
         await runtime.start()

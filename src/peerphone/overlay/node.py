@@ -216,6 +216,34 @@ class NodeCore:
             out.extend(self.supernode.client_lost(peer, now))
         return out
 
+    # -- what the runtime may ask ------------------------------------------------------------
+
+    def knows_supernode(self, peer: NodeId) -> bool:
+        """Whether `peer` is a supernode we know of: a member of our tier, or in the host
+        cache (where the client role learned supernodes to attach to)."""
+        sn = self.supernode
+        if sn is not None and peer in sn.membership.members:
+            return True
+        return peer in self.client.host_cache
+
+    def protects(self, peer: NodeId) -> bool:
+        """Whether a link to `peer` carries our own service: our primary or backup
+        supernode, a client attached to our supernode role, or a known supernode."""
+        client = self.client
+        if peer == client.primary or peer == client.backup:
+            return True
+        sn = self.supernode
+        return (sn is not None and peer in sn.clients) or self.knows_supernode(peer)
+
+    def supernode_record(self, peer: NodeId) -> Record | None:
+        """`peer`'s member record, from the host cache or our tier's membership."""
+        record = self.client.host_cache.get(peer)
+        sn = self.supernode
+        if record is None and sn is not None:
+            member = sn.membership.members.get(peer)
+            record = member.record if member is not None else None
+        return record
+
     # -- application API --------------------------------------------------------------------
 
     def learn_supernodes(self, records: list[Record], now: float) -> None:

@@ -109,7 +109,7 @@ class NodeRuntime:
     attaches to those (the AttachAccept carries the member record); records given in
     `host_cache` (a persisted host cache or a bootstrap file) save that round.
     `link_limits` bounds inbound links per source (`link_limits.LinkLimits`); the runtime
-    tells the links which peers are protected from eviction (`protected`).
+    tells the links which peers are protected from eviction (`NodeCore.protects`).
     """
 
     def __init__(
@@ -184,8 +184,8 @@ class NodeRuntime:
             idle_timeout_s=self.idle_timeout_s,
             retry=self.retry,
             limits=self.link_limits,
-            protected=self.protected,
-            in_tier=self.in_tier,
+            protected=self.core.protects,
+            in_tier=self.core.knows_supernode,
         )
         transport, _ = await loop.create_datagram_endpoint(
             lambda: links, local_addr=(self.host, self.port)
@@ -304,27 +304,10 @@ class NodeRuntime:
     def _on_link_up(self, peer: NodeId, link: Link) -> None:
         if link.bootstrap:  # a bootstrap address answered: the client may attach there
             self.bootstrap_ids[peer] = link.addr
-            if peer not in self.core.client.host_cache:
+            if self.core.supernode_record(peer) is None:
                 self.stats["bootstrap_without_record"] += 1
                 log.info("bootstrap %s is %s; no member record yet", link.addr, short(peer))
             self.drive(self.core.learn_bootstrap([peer], self.now()))
-
-    def in_tier(self, peer: NodeId) -> bool:
-        """Whether `peer` is a supernode we know of: a member of our tier, or in the host
-        cache (attach targets; where the client role learned supernodes)."""
-        sn = self.core.supernode
-        if sn is not None and peer in sn.membership.members:
-            return True
-        return peer in self.core.client.host_cache
-
-    def protected(self, peer: NodeId) -> bool:
-        """Whether the link limits must leave `peer`'s inbound links alone: our primary or
-        backup supernode, a client attached to our supernode role, or a tier member."""
-        client = self.core.client
-        if peer == client.primary or peer == client.backup:
-            return True
-        sn = self.core.supernode
-        return (sn is not None and peer in sn.clients) or self.in_tier(peer)
 
     def _dial_tcp_bootstrap(self) -> None:
         self._tcp_bootstrap_timer = None
@@ -351,11 +334,7 @@ class NodeRuntime:
 
     def _endpoints(self, peer: NodeId) -> list[Endpoint] | None:
         """The endpoints in `peer`'s member record (None: the core holds no record)."""
-        record = self.core.client.host_cache.get(peer)
-        sn = self.core.supernode
-        if record is None and sn is not None:
-            member = sn.membership.members.get(peer)
-            record = member.record if member is not None else None
+        record = self.core.supernode_record(peer)
         if record is None:
             return None
         try:
