@@ -19,49 +19,45 @@ def incoming(net: FakeNet, core: NodeCore) -> list[bytes]:
     return [e.call_id for e in of(net, core, CallIncoming) if isinstance(e, CallIncoming)]
 
 
-def test_a_name_squatter_on_the_callees_supernode_gets_no_signal() -> None:
-    net = FakeNet(7)
+def squatter_beside_alice(seed: int, name: str) -> tuple[FakeNet, NodeCore, NodeCore, NodeCore]:
+    """Alice and carol logged in; a node called `name` attached to alice's primary."""
+    net = FakeNet(seed)
     tier = net.supernodes([f"sn{i}" for i in range(5)])
     alice, carol = net.log_in(tier, ["alice", "carol"])
     net.run_until(1.0)
     primary = alice.client.primary
     assert primary is not None
-    sn = net.nodes[primary]
-    assert sn.supernode is not None
-    # mallory: a stock node named "alice" with her own key, attached to alice's primary
-    mallory = net.node("alice")
-    mallory.learn_supernodes([sn.supernode.record], net.now)
-    net.call(mallory, mallory.login(net.now))
+    sn = net.nodes[primary].supernode
+    assert sn is not None
+    other = net.node(name)
+    other.learn_supernodes([sn.record], net.now)
+    net.call(other, other.login(net.now))
     net.run_until(net.now + 2.0)
-    assert mallory.client.primary == primary
+    assert other.client.primary == primary
+    return net, alice, carol, other
+
+
+def test_a_name_squatter_on_the_callees_supernode_gets_no_signal() -> None:
+    # mallory: a stock node named "alice" with her own key, attached to alice's primary
+    net, alice, carol, mallory = squatter_beside_alice(7, "alice")
     assert [e for e in net.events[mallory.id] if isinstance(e, PublishRefused)]
     call_id, sends = carol.call("alice", OFFER, net.now)
     net.call(carol, sends)
     net.run_until(net.now + 2.0)
     assert incoming(net, alice) == [call_id]
-    assert net.sent(SignalDeliver, src=primary)
+    assert net.sent(SignalDeliver, src=alice.client.primary)
     assert all(dst != mallory.id for _, _, dst, _ in net.sent(SignalDeliver))
     assert not of(net, mallory, CallIncoming)
 
 
 def test_a_replayed_presence_is_refused_and_routes_nothing() -> None:
-    net = FakeNet(8)
-    tier = net.supernodes([f"sn{i}" for i in range(5)])
-    alice, carol = net.log_in(tier, ["alice", "carol"])
-    net.run_until(1.0)
+    net, alice, carol, mallory = squatter_beside_alice(8, "mallory")
     primary = alice.client.primary
     assert primary is not None
-    sn = net.nodes[primary]
-    assert sn.supernode is not None
     publishes = [m for _, _, _, m in net.sent(Publish, src=alice.id) if isinstance(m, Publish)]
     genuine = [r for m in publishes for r in m.records]
     name = next(r for r in genuine if r.kind is RecordKind.NAME)
     presence = next(r for r in reversed(genuine) if r.kind is RecordKind.PRESENCE)
-    mallory = net.node("mallory")
-    mallory.learn_supernodes([sn.supernode.record], net.now)
-    net.call(mallory, mallory.login(net.now))
-    net.run_until(net.now + 2.0)
-    assert mallory.client.primary == primary
     net.call(mallory, [(primary, Publish(999, [name, presence]))])
     net.run_until(net.now + 1.0)
     acks = [m for _, s, d, m in net.log if d == mallory.id and isinstance(m, PublishAck)]
