@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcs, l
     try:
         sn0 = procs.supernode("sn0")
         sns = [sn0, procs.supernode("sn1", sn0), procs.supernode("sn2", sn0)]
+
+        def tier_formed() -> bool | None:
+            sizes = [sn.status()["supernode"]["membership_size"] for sn in sns]
+            return True if sizes == [3, 3, 3] else None
+
+        wait_for("every supernode knowing the other two", tier_formed, 20.0)
         alice = procs.start("alice", "--role", "client", "--auto-answer")
         alice.proc.kill()  # only to reserve the directory name; restarted below with options
         alice.proc.wait()
@@ -184,3 +191,41 @@ def test_a_ground_hostile_supernode_cannot_hand_out_a_forged_alice(
     assert all(r["found"] and r["record"]["owner"] == alice_key for r in results), results
     pins = json.loads((carol_again.data_dir / "pins.json").read_text())["pins"]
     assert pins["alice"] == alice_key
+
+
+def test_the_tier_admits_neither_a_false_address_nor_a_made_up_member(
+    lab: tuple[NodeProcs, list[Node]],
+) -> None:
+    procs, sns = lab
+    sizes_before = [sn.status()["supernode"]["membership_size"] for sn in sns]
+    intruder, report = spawn_attacker(
+        procs,
+        "intrude",
+        "intruder",
+        procs.root / "intruder",
+        "--role",
+        "supernode",
+        "--tcp-listen",
+        "127.0.0.1:0",
+        "--bootstrap",
+        sns[0].udp_address(),
+        env={},
+    )
+    intruder_id = wait_for("the intruder's control API", lambda: intruder.status())["node_id"]
+    made_up = wait_for("the made-up member sent", lambda: counters(report).get("made_up_member"))
+
+    def decided() -> dict[str, int] | None:
+        st = sns[0].status()["supernode"]
+        counts: dict[str, int] = st.get("membership_refused", {})
+        taken_in = st["membership_size"] > sizes_before[0]
+        return counts if sum(counts.values()) >= 1 or taken_in else None
+
+    counts = wait_for("sn0 refusing (or taking in) the intruder", decided, 20.0)
+    time_for_gossip = 3.0  # a probe interval and more: anything admitted would spread
+    time.sleep(time_for_gossip)
+    sizes_after = [sn.status()["supernode"]["membership_size"] for sn in sns]
+    print(f"intruder: sn0 refused {counts}; membership sizes {sizes_before} -> {sizes_after}")
+    assert max(sizes_after) <= max(sizes_before), (sizes_before, sizes_after)
+    assert counts.get("address not the one it joined from", 0) >= 1
+    assert intruder.status()["supernode"]["membership_size"] == 1, "no member took it in"
+    assert intruder_id and made_up

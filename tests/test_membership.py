@@ -158,6 +158,7 @@ def test_join_sends_pages_and_new_member_learns_everyone() -> None:
     keys = KeyPair.from_rng(random.Random(99))
     newcomer = Membership(keys, BODY, 5.0, random.Random(1), c.verifier, CONFIG)
     a = c.members[0]
+    assert newcomer.ask(a.me, 5.0) == (a.me, Join(newcomer.record, 0))
     pages = a.handle_join(Join(newcomer.record, 0), newcomer.me, 5.0)
     assert newcomer.me in a.members and (newcomer.me, True) in a.changes
     assert len(pages) == 1 and isinstance(pages[0][1], MembershipPage)
@@ -214,3 +215,57 @@ def test_join_pages_only_for_the_record_owner_or_members() -> None:
     assert a.handle_join(Join(someone_else, 0), outsider.node_id, 1.0) == []
     assert a.handle_join(Join(someone_else, 1), outsider.node_id, 1.0) == []
     assert outsider.node_id not in a.members
+
+
+def _member(seed: int, address: str) -> Membership:
+    body = MemberBody([address], Capacity(True, 3600, 10_000, 10_000, 100), 600)
+    return Membership(
+        KeyPair.from_rng(random.Random(seed)), body, 1.0, random.Random(seed), SignatureVerifier()
+    )
+
+
+def test_an_outsider_cannot_add_members_kill_members_or_send_pages() -> None:
+    c = Cluster(3)
+    a, b = c.members[0], c.members[1]
+    outsider, fake = _member(50, "44.7.7.5:4433"), _member(51, "45.8.8.9:4433")
+    gossip = [
+        Gossip(MemberState.ALIVE, fake.me, 0, fake.record),  # someone else's record
+        Gossip(MemberState.DEAD, b.me, 99, None),  # a member declared dead
+    ]
+    a.handle_ping(Ping(1, 0, gossip), outsider.me, 1.0)
+    assert fake.me not in a.members and a.members[b.me].state is MemberState.ALIVE
+    # its own record it may introduce (as with a Join)
+    a.handle_ping(
+        Ping(2, 0, [Gossip(MemberState.ALIVE, outsider.me, 0, outsider.record)]), outsider.me, 1.0
+    )
+    assert outsider.me in a.members
+    newcomer = _member(52, "44.7.7.7:4433")
+    assert newcomer.handle_page(a.page(0), outsider.me, 1.0) == []  # never asked
+    assert not newcomer.members
+
+
+def test_a_joiner_is_admitted_only_from_the_range_it_claims_and_ranges_are_capped() -> None:
+    a = _member(60, "192.0.2.1:4433")
+    hosts: dict[bytes, str] = {}
+    a.peer_host = hosts.get
+    liar = _member(61, "44.9.9.5:4433")  # claims a public range it does not sit in
+    hosts[liar.me] = "45.3.3.77"
+    a.handle_join(Join(liar.record, 0), liar.me, 1.0)
+    # nor may it introduce itself through gossip instead
+    a.handle_ping(Ping(1, 0, [Gossip(MemberState.ALIVE, liar.me, 0, liar.record)]), liar.me, 1.0)
+    assert liar.me not in a.members
+    assert a.refused == {"address not the one it joined from": 2}
+    limit = a.config.max_members_per_range
+    same_range = [_member(70 + i, f"44.1.2.{10 + i}:4433") for i in range(limit + 2)]
+    for i, m in enumerate(same_range):
+        hosts[m.me] = f"44.1.2.{10 + i}"
+        a.handle_join(Join(m.record, 0), m.me, 1.0)
+    admitted = [m for m in same_range if m.me in a.members]
+    assert len(admitted) == limit
+    assert a.refused["address range full"] == 2
+    # private and loopback addresses count per node: an organisation's own tier, the lab
+    lab = [_member(90 + i, f"10.99.0.{i + 2}:4433") for i in range(limit + 2)]
+    for i, m in enumerate(lab):
+        hosts[m.me] = f"10.99.0.{i + 2}"
+        a.handle_join(Join(m.record, 0), m.me, 1.0)
+    assert all(m.me in a.members for m in lab)

@@ -8,7 +8,10 @@ MODE
   forge   as a supernode, answer every Fetch and watch subscription for the names listed in
           $PEERPHONE_FORGE (comma-separated) with a name and a presence record signed by this
           node's own user key, at a sequence far above any genuine one.
-Both count, in REPORT (JSON, rewritten on every change), the call signals this node was
+  intrude as a supernode, claim a public address it does not have ("44.1.2.3:4433") in its
+          member record, and push a member record made up for a throwaway key to every
+          bootstrap supernode in the gossip of a Ping (the tier's second door besides Join).
+All count, in REPORT (JSON, rewritten on every change), the call signals this node was
 handed (`signals`, with the call kinds) and the forged answers it sent (`forged`).
 
 The patches replace module attributes before the stock CLI runs: nothing in the package
@@ -26,12 +29,14 @@ from typing import Any
 import peerphone.daemon.service as service_module
 from peerphone import cli
 from peerphone.errors import DecodeError
-from peerphone.identity import NodeId
+from peerphone.identity import KeyPair, NodeId
 from peerphone.overlay import node as node_module
 from peerphone.overlay.callmsg import decode_call_message
 from peerphone.overlay.node import NodeCore
 from peerphone.overlay.supernode import Send, SupernodeCore
 from peerphone.records import (
+    Capacity,
+    MemberBody,
     NameBody,
     PresenceBody,
     Record,
@@ -40,8 +45,20 @@ from peerphone.records import (
     make_record,
     user_key,
 )
-from peerphone.wire import Fetch, FetchResult, Message, Notify, SignalDeliver, Subscribe
+from peerphone.wire import (
+    Fetch,
+    FetchResult,
+    Gossip,
+    MemberState,
+    Message,
+    Notify,
+    Ping,
+    SignalDeliver,
+    Subscribe,
+)
 
+CLAIMED_ADDRESS = "44.1.2.3:4433"
+MADE_UP_ADDRESS = "45.6.7.8:4433"
 FORGED_SEQ = 2**60
 FORGED_TTL_S = 3600.0
 
@@ -125,6 +142,34 @@ def _patch_forge(targets: list[str]) -> None:
     node_module.SUPERNODE_HANDLERS[Subscribe] = subscribe
 
 
+def _patch_intrude() -> None:
+    stock_become = NodeCore.become_supernode
+    stock_learn = NodeCore.learn_bootstrap
+
+    def become(self: NodeCore, now: float, reason: str, seed: bool = False) -> SupernodeCore:
+        self.addresses[:] = [CLAIMED_ADDRESS]  # a public address that is not ours
+        return stock_become(self, now, reason, seed)
+
+    def learn(self: NodeCore, node_ids: list[NodeId], now: float) -> list[Send]:
+        out = stock_learn(self, node_ids, now)
+        sn = self.supernode
+        if sn is None:
+            return out
+        made_up = KeyPair.generate()
+        body = MemberBody([MADE_UP_ADDRESS], Capacity(True, 86_400, 10_000, 10_000, 100), 600)
+        record = make_record(RecordKind.MEMBER, made_up, 0, int((now + 3600) * 1000), body)
+        gossip = [
+            Gossip(MemberState.ALIVE, made_up.node_id, 0, record),
+            Gossip(MemberState.ALIVE, self.id, sn.membership.incarnation, sn.record),
+        ]
+        counts["made_up_member"] = made_up.node_id.hex()
+        _save()
+        return [*out, *((node, Ping(0, 0, gossip)) for node in node_ids)]
+
+    NodeCore.become_supernode = become  # type: ignore[method-assign]
+    NodeCore.learn_bootstrap = learn  # type: ignore[method-assign]
+
+
 def main(argv: list[str]) -> int:
     global report_path
     mode, report, *rest = argv
@@ -133,6 +178,8 @@ def main(argv: list[str]) -> int:
     _patch_count_signals()
     if mode == "squat":
         _patch_squat()
+    elif mode == "intrude":
+        _patch_intrude()
     elif mode == "forge":
         _patch_forge([n for n in os.environ.get("PEERPHONE_FORGE", "").split(",") if n])
     else:

@@ -116,6 +116,7 @@ def status_view(service: NodeService) -> dict[str, Any]:
             "membership_size": len(sn.membership.members) + 1,
             "seed": sn.seed,
             "stats": dict(sn.stats),
+            "membership_refused": dict(sn.membership.refused),
         }
     return {
         "node_id": core.id.hex(),

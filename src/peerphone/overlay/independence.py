@@ -2,10 +2,11 @@
 
 An attacker who runs several supernodes usually runs them from one network. Votes (who owns
 a name) and tier admission therefore count address ranges, not node ids: an IPv4 /24 or an
-IPv6 /48 is one group. Loopback addresses (every test and the demo run on 127.0.0.1) and
-records without a parsable address count per node, since they cannot be told apart by
-address at all; whether an address is really the node's is proven by dial-back at
-admission, not here.
+IPv6 /48 of the public internet is one group. Other addresses — loopback (every test and the
+demo run on 127.0.0.1), private and lab ranges (an organisation's own tier, the NAT lab) —
+and records without a parsable address count per node: they cannot be told apart by
+address. That a supernode's range is really its own is checked at admission: its member
+record's group must be the group of the address its link comes from (`overlay.membership`).
 """
 
 from __future__ import annotations
@@ -31,31 +32,42 @@ def host_of(address: str) -> str:
 
 
 def address_group(address: str) -> bytes | None:
-    """The range an address belongs to, or None for loopback and unparsable addresses."""
+    """The public range of "HOST:PORT" (any form host_of reads), or None (not a global
+    address, unparsable)."""
+    return host_group(host_of(address))
+
+
+def host_group(host: str) -> bytes | None:
+    """The public range of a bare IP literal, or None (not a global address, unparsable)."""
     try:
-        ip = ipaddress.ip_address(host_of(address))
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if ip.is_loopback or ip.is_unspecified:
+    if not ip.is_global:
         return None
     prefix = IPV4_GROUP_PREFIX if ip.version == 4 else IPV6_GROUP_PREFIX
     network = ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
     return b"net:" + network.network_address.packed + bytes([prefix])
 
 
+def record_group(record: Record) -> bytes | None:
+    """The public range of a member record's first address that has one, else None."""
+    try:
+        body = decode_body(record)
+    except DecodeError:
+        return None
+    if isinstance(body, MemberBody):
+        for address in body.addresses:
+            group = address_group(address)
+            if group is not None:
+                return group
+    return None
+
+
 def member_group(node: NodeId, record: Record | None) -> bytes:
     """The group a supernode's vote counts for: the range of its first address that has
     one, else the node itself."""
-    if record is not None:
-        try:
-            body = decode_body(record)
-        except DecodeError:
-            body = None
-        if isinstance(body, MemberBody):
-            for address in body.addresses:
-                group = address_group(address)
-                if group is not None:
-                    return group
-    return b"node:" + bytes(node)
+    group = record_group(record) if record is not None else None
+    return group if group is not None else b"node:" + bytes(node)

@@ -19,6 +19,7 @@ from typing import Any
 
 from peerphone.errors import RecordRejected
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier, node_id_of
+from peerphone.overlay.independence import host_group, record_group
 from peerphone.overlay.ring import Ring
 from peerphone.records import MemberBody, Record, RecordKind, check_record, make_record
 from peerphone.wire import (
@@ -42,6 +43,8 @@ TOMBSTONE_TTL_S = 3600.0  # how long a dead member's incarnation is remembered
 MAX_TOMBSTONES = 10_000
 REJOIN_EVERY_PROBES = 5  # every 5th probe interval, ping one dead member: heals partitions
 LEAVE_FANOUT = 8  # members told directly when this supernode leaves
+MAX_ASKED = 64  # supernodes whose membership pages we are waiting for
+JOIN_ANSWER_S = 30.0  # how long pages are taken from a supernode we asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,9 @@ class MembershipConfig:
     suspicion_timeout_s: float = 6.0
     gossip_multiplier: int = 3
     member_ttl_s: float = 86_400.0  # expiry of our own signed member record
+    # members admitted from one public /24 (/48): an attacker's supernodes usually share a
+    # network, and votes on a name count one per range (overlay.independence)
+    max_members_per_range: int = 4
 
 
 @dataclass(slots=True)
@@ -112,6 +118,13 @@ class Membership:
         self.left = False
         self._suspects: dict[NodeId, float] = {}  # suspect -> deadline (kept small)
         self._probes_started = 0
+        self._asked: dict[NodeId, float] = {}  # supernode -> until when its pages are taken
+        self._range_of: dict[NodeId, bytes] = {}  # member -> its public range (if any)
+        self._per_range: dict[bytes, int] = {}  # public range -> members in it
+        self.refused: dict[str, int] = {}  # member records refused, by reason
+        # the IP a peer's link comes from, where the runtime tells (NodeCore.link_up); the
+        # simulator has no addresses on its links: None
+        self.peer_host: Callable[[NodeId], str | None] = _unknown_host
 
     # -- own record -----------------------------------------------------------------------
 
@@ -146,7 +159,14 @@ class Membership:
                 self._gossip.append(slot)
         return out
 
-    def apply_gossip(self, items: list[Gossip], now: float) -> None:
+    def apply_gossip(self, items: list[Gossip], now: float, src: NodeId | None = None) -> None:
+        """Apply updates; from `src` that is not a member, only what it says about itself
+        (its own record or departure) or about us (we refute a death notice: a healed
+        partition): an outsider neither adds others nor kills members."""
+        seen_from: str | None = None
+        if src is not None and src not in self.members:
+            items = [item for item in items if item.node in (src, self.me)]
+            seen_from = self.peer_host(src)  # introducing itself: the same check as a Join
         for item in items:
             if item.node == self.me:
                 if item.state in (MemberState.SUSPECT, MemberState.DEAD) and (
@@ -156,7 +176,7 @@ class Membership:
                 continue
             if item.state is MemberState.ALIVE:
                 if item.record is not None:
-                    self.add_record(item.record, now)
+                    self.add_record(item.record, now, seen_from)
                 continue
             member = self.members.get(NodeId(item.node))
             if member is None or item.incarnation < member.incarnation:
@@ -168,8 +188,12 @@ class Membership:
             else:
                 self._remove(member.node, item.incarnation, item.state, now)
 
-    def add_record(self, record: Record, now: float) -> bool:
-        """Learn a (self-signed) member record; True if it changed what we know."""
+    def add_record(self, record: Record, now: float, seen_from: str | None = None) -> bool:
+        """Learn a (self-signed) member record; True if it changed what we know.
+
+        `seen_from`: the IP the record's owner itself sent it from (a Join). Its public
+        range must be the one the record claims, so a supernode cannot vote for a range it
+        does not sit in; and a range holds at most `max_members_per_range` members."""
         try:
             body = check_record(record, now, self.verifier)
         except RecordRejected:
@@ -187,7 +211,14 @@ class Membership:
             return False
         if member is None and len(self.members) >= MAX_MEMBERS:
             return False
+        group = record_group(record)
+        if seen_from is not None and group != host_group(seen_from):
+            return self._refuse("address not the one it joined from")
+        moves = group is not None and group != self._range_of.get(node)
+        if moves and self._per_range.get(group or b"", 0) >= self.config.max_members_per_range:
+            return self._refuse("address range full")
         self.tombstones.pop(node, None)
+        self._count_range(node, group)
         if member is None:
             self.members[node] = Member(record, node, record.seq, MemberState.ALIVE)
             self.ring.add(node)
@@ -200,10 +231,28 @@ class Membership:
         self._enqueue(Gossip(MemberState.ALIVE, node, record.seq, record))
         return True
 
+    def _refuse(self, reason: str) -> bool:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        return False
+
+    def _count_range(self, node: NodeId, group: bytes | None) -> None:
+        """Move `node` to `group` in the per-range member counts (None: out of them)."""
+        old = self._range_of.pop(node, None)
+        if old is not None:
+            left = self._per_range[old] - 1
+            if left:
+                self._per_range[old] = left
+            else:
+                del self._per_range[old]
+        if group is not None:
+            self._range_of[node] = group
+            self._per_range[group] = self._per_range.get(group, 0) + 1
+
     def _remove(self, node: NodeId, incarnation: int, state: MemberState, now: float) -> None:
         member = self.members.pop(node, None)
         if member is None:
             return
+        self._count_range(node, None)
         self._suspects.pop(node, None)
         if len(self.tombstones) >= MAX_TOMBSTONES:
             del self.tombstones[next(iter(self.tombstones))]
@@ -221,7 +270,7 @@ class Membership:
 
     def handle_ping(self, msg: Ping, src: NodeId, now: float) -> list[Send]:
         self._heard(src, msg.load)
-        self.apply_gossip(msg.gossip, now)
+        self.apply_gossip(msg.gossip, now, src)
         gossip = self._take_gossip()
         tomb = self.tombstones.get(src)
         if tomb is not None and len(gossip) < MAX_GOSSIP_PER_MESSAGE:
@@ -231,7 +280,7 @@ class Membership:
 
     def handle_ack(self, msg: Ack, src: NodeId, now: float) -> list[Send]:
         self._heard(src, msg.load)
-        self.apply_gossip(msg.gossip, now)
+        self.apply_gossip(msg.gossip, now, src)
         tomb = self.tombstones.get(src)
         if tomb is not None:  # (see handle_ping) it answered our rejoin ping: tell it too
             return [(src, Ping(0, self.load, [Gossip(MemberState.DEAD, src, tomb[0], None)]))]
@@ -247,7 +296,7 @@ class Membership:
         return []
 
     def handle_ping_req(self, msg: PingReq, src: NodeId, now: float) -> list[Send]:
-        self.apply_gossip(msg.gossip, now)
+        self.apply_gossip(msg.gossip, now, src)
         target = NodeId(msg.target)
         if target not in self.members:
             return []
@@ -263,14 +312,24 @@ class Membership:
 
     def handle_join(self, msg: Join, src: NodeId, now: float) -> list[Send]:
         """Pages of the membership, only for a supernode that signed its own member record
-        (first page) or that we already count as a member (later pages)."""
+        (first page, admitted from the range its link comes from) or that we already count
+        as a member (later pages)."""
         if msg.offset == 0 and node_id_of(msg.record.owner) == src:
-            self.add_record(msg.record, now)
+            self.add_record(msg.record, now, self.peer_host(src))
         if src not in self.members:
             return []
         return [(src, self.page(msg.offset))]
 
+    def ask(self, node: NodeId, now: float) -> Send:
+        """A Join asking `node` for the membership; only asked supernodes' pages count."""
+        if node not in self._asked and len(self._asked) >= MAX_ASKED:
+            del self._asked[min(self._asked, key=lambda n: (self._asked[n], n))]
+        self._asked[node] = now + JOIN_ANSWER_S
+        return (node, Join(self.record, 0))
+
     def handle_page(self, msg: MembershipPage, src: NodeId, now: float) -> list[Send]:
+        if src not in self.members and self._asked.get(src, -1.0) < now:
+            return []  # nobody asked it: an outsider cannot hand us members
         for record in msg.members:
             self.add_record(record, now)
         nxt = msg.offset + len(msg.members)
@@ -393,6 +452,10 @@ class Membership:
         loads = [m.load for m in self.members.values()]
         loads.append(self.load)
         return sum(loads) / len(loads)
+
+
+def _unknown_host(node: NodeId) -> str | None:
+    return None
 
 
 _HANDLERS: dict[type, Callable[[Membership, Any, NodeId, float], list[Send]]] = {

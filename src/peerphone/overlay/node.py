@@ -52,6 +52,7 @@ from peerphone.wire import (
 )
 
 Send = tuple[NodeId, Message]
+MAX_PEER_HOSTS = 8192  # link source IPs remembered (the runtime has fewer links)
 MAX_JOIN_TARGETS = 3  # members asked for the membership at once (each sends all of it)
 ClientHandler = Callable[[ClientCore, Message, NodeId, float], list[Send]]
 SupernodeHandler = Callable[[SupernodeCore, Message, NodeId, float], list[Send]]
@@ -121,6 +122,7 @@ class NodeCore:
         self.supernode: SupernodeCore | None = None
         self.events: list[Event] = []
         self.errors = 0  # messages dropped as unexpected for our role
+        self.peer_hosts: dict[NodeId, str] = {}  # IP each link comes from (runtime's word)
 
     # -- roles ------------------------------------------------------------------------------
 
@@ -129,6 +131,7 @@ class NodeCore:
         self.supernode = SupernodeCore(
             self.node_keys, body, now, self.rng, self.verifier, self.supernode_config, seed
         )
+        self.supernode.membership.peer_host = self.peer_hosts.get
         self.events.append(RoleChanged(True, reason))
         return self.supernode
 
@@ -139,7 +142,7 @@ class NodeCore:
         for record in msg.members:
             sn.membership.add_record(record, now)
         sn.membership.changes.clear()  # nothing to hand over yet: we hold no records
-        return [(src, Join(sn.record, 0))]
+        return [sn.membership.ask(src, now)]
 
     def _check_retired(self, now: float) -> None:
         sn = self.supernode
@@ -210,7 +213,14 @@ class NodeCore:
         self.client.events = kept
         return out
 
+    def link_up(self, peer: NodeId, host: str) -> None:
+        """The runtime's link to `peer` comes from this IP (checked when it joins the tier)."""
+        if peer not in self.peer_hosts and len(self.peer_hosts) >= MAX_PEER_HOSTS:
+            del self.peer_hosts[next(iter(self.peer_hosts))]
+        self.peer_hosts[peer] = host
+
     def connection_lost(self, peer: NodeId, now: float) -> list[Send]:
+        self.peer_hosts.pop(peer, None)
         out = self.client.connection_lost(peer, now)
         if self.supernode is not None:
             out.extend(self.supernode.client_lost(peer, now))
@@ -263,7 +273,7 @@ class NodeCore:
             return []
         known = sn.membership.members
         wanted = [n for n in node_ids if n != self.id and n not in known][:MAX_JOIN_TARGETS]
-        return [(node, Join(sn.record, 0)) for node in wanted]
+        return [sn.membership.ask(node, now) for node in wanted]
 
     def login(self, now: float) -> list[Send]:
         return self.client.login(now)

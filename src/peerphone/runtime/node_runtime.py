@@ -33,7 +33,7 @@ from peerphone.overlay.node import NodeCore, Send
 from peerphone.records import MemberBody, Record, Status, decode_body
 from peerphone.runtime.link_limits import LinkLimitsConfig
 from peerphone.runtime.links import UDP_ANSWER_TIMEOUT_S, Address, Link, LinkManager
-from peerphone.runtime.tcp_carrier import dialled, is_tcp
+from peerphone.runtime.tcp_carrier import dialled, is_tcp, socket_address
 from peerphone.wire import Message
 
 log = logging.getLogger(__name__)
@@ -302,6 +302,7 @@ class NodeRuntime:
         self.drive(self.core.connection_lost(peer, self.now()))
 
     def _on_link_up(self, peer: NodeId, link: Link) -> None:
+        self.core.link_up(peer, socket_address(link.addr)[0])
         if link.bootstrap:  # a bootstrap address answered: the client may attach there
             self.bootstrap_ids[peer] = link.addr
             if self.core.supernode_record(peer) is None:

@@ -98,7 +98,7 @@ def _address(user_index: int) -> str:
     """A distinct address per user, scattered over /24s as real hosts are (consecutive users
     in one /24 would make the first supernodes one address range: see overlay.independence)."""
     a = (user_index * 2654435761) % (1 << 24)  # odd multiplier: a bijection on 24 bits
-    return f"100.{a >> 16}.{a >> 8 & 255}.{a & 255}:4433"
+    return f"44.{a >> 16}.{a >> 8 & 255}.{a & 255}:4433"  # a global range (overlay.independence)
 
 
 class IndexedSet:
@@ -265,7 +265,7 @@ class World:
                 attacker = KeyPair.from_rng(rng)
                 index = len(self.users)
                 core = NodeCore(keys, attacker, f"hostile{c}-{j}", self.core_rng, self.verifier)
-                address = f"198.18.{c % 256}.{j + 1}:4433"  # one /24 per cluster
+                address = f"45.0.{c % 256}.{j + 1}:4433"  # one public /24 per cluster
                 body = MemberBody([address], Capacity(True, 86_400, 10_000, 50_000, 150), 600)
                 sn = HostileSupernode(
                     keys, body, 0.0, self.core_rng, self.verifier, cfg.supernode, [target], attacker
