@@ -191,6 +191,24 @@ def test_a_ground_hostile_supernode_cannot_hand_out_a_forged_alice(
     assert all(r["found"] and r["record"]["owner"] == alice_key for r in results), results
     pins = json.loads((carol_again.data_dir / "pins.json").read_text())["pins"]
     assert pins["alice"] == alice_key
+    # a fresh client whose *primary* is the hostile supernode: it answers her lookup itself,
+    # but an unpinned name is asked of both supernodes and they disagree
+    erin = procs.client("erin", evil)
+
+    def has_backup() -> dict[str, Any] | None:
+        st = erin.status()
+        attached = st["attached"]
+        on_evil = attached["primary"] and attached["primary"]["node_id"] == evil.status()["node_id"]
+        return st if on_evil and attached["backup"] else None
+
+    wait_for("erin on the hostile supernode, with an honest backup", has_backup, 20.0)
+    seen = erin.control.lookup("alice")
+    print(f"hostile primary: erin's lookup of alice -> found {seen['found']}, {seen['reason']!r}")
+    assert not seen["found"] or seen["record"]["owner"] == alice_key
+    erin_pins = erin.data_dir / "pins.json"
+    pinned = json.loads(erin_pins.read_text())["pins"] if erin_pins.exists() else {}
+    assert pinned.get("alice") in (None, alice_key)
+
 
 
 def test_the_tier_admits_neither_a_false_address_nor_a_made_up_member(

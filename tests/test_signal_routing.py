@@ -5,11 +5,15 @@ Sans-I/O: the same attack as tests/test_security_processes.py, on the fake netwo
 
 from __future__ import annotations
 
-from peerphone.overlay.events import CallIncoming, PublishRefused
+import msgspec
+
+from peerphone.identity import KeyPair, NodeId
+from peerphone.overlay.events import CallIncoming, LookupDone, PublishRefused
+from peerphone.overlay.lookups import CONFLICT
 from peerphone.overlay.node import NodeCore
 from peerphone.overlay.supernode import PRESENCE_OF_ANOTHER_NODE
-from peerphone.records import RecordKind
-from peerphone.wire import Publish, PublishAck, SignalDeliver
+from peerphone.records import NameBody, PresenceBody, RecordKind, Status, make_record
+from peerphone.wire import LookupResult, Message, Publish, PublishAck, SignalDeliver
 
 from .helpers import FakeNet
 from .test_calls import OFFER, of
@@ -68,3 +72,35 @@ def test_a_replayed_presence_is_refused_and_routes_nothing() -> None:
     net.run_until(net.now + 2.0)
     assert incoming(net, alice) == [call_id]
     assert all(dst != mallory.id for _, _, dst, _ in net.sent(SignalDeliver))
+
+
+def test_a_hostile_primary_cannot_decide_alone_whom_its_client_trusts() -> None:
+    net, alice, carol, _ = squatter_beside_alice(9, "mallory")
+    evil = KeyPair.from_seed(bytes(range(32)))
+    primary = carol.client.primary
+    assert primary is not None and carol.client.backup is not None
+
+    def forge(src: NodeId, dst: NodeId, msg: Message) -> Message:
+        # carol's primary answers her lookup of alice with records signed by its own key
+        if src == primary and dst == carol.id and isinstance(msg, LookupResult):
+            exp = int((net.now + 600) * 1000)
+            body = PresenceBody("alice", "x", Status.ONLINE, [bytes(primary)], [], [], primary)
+            forged = [
+                make_record(RecordKind.NAME, evil, 2**60, exp, NameBody("alice")),
+                make_record(RecordKind.PRESENCE, evil, 2**60, exp, body),
+            ]
+            return msgspec.structs.replace(msg, records=forged)
+        return msg
+
+    net.tamper = forge
+    req, sends = carol.lookup("alice", net.now)
+    net.call(carol, sends)
+    net.run_until(net.now + 3.0)
+    (done,) = [e for e in net.events[carol.id] if isinstance(e, LookupDone) and e.req == req]
+    assert done.presence is None and done.reason == CONFLICT
+    assert "alice" not in carol.client.pinned
+    net.tamper = None  # an honest answer from both: alice's real key
+    req, sends = carol.lookup("alice", net.now)
+    net.call(carol, sends)
+    net.run_until(net.now + 3.0)
+    assert carol.client.pinned["alice"] == alice.client.user_keys.public

@@ -5,9 +5,10 @@
 MODE
   squat   keep running when the directory says the name belongs to another key (the stock
           node exits with status 3): a name squatter attached to the victim's supernode.
-  forge   as a supernode, answer every Fetch and watch subscription for the names listed in
-          $PEERPHONE_FORGE (comma-separated) with a name and a presence record signed by this
-          node's own user key, at a sequence far above any genuine one.
+  forge   as a supernode, answer every Fetch, watch subscription and (for its own clients)
+          Lookup for the names listed in $PEERPHONE_FORGE (comma-separated) with a name and a
+          presence record signed by this node's own user key, at a sequence far above any
+          genuine one.
   intrude as a supernode, claim a public address it does not have ("44.1.2.3:4433") in its
           member record, and push a member record made up for a throwaway key to every
           bootstrap supernode in the gossip of a Ping (the tier's second door besides Join).
@@ -49,6 +50,8 @@ from peerphone.wire import (
     Fetch,
     FetchResult,
     Gossip,
+    Lookup,
+    LookupResult,
     MemberState,
     Message,
     Notify,
@@ -137,7 +140,17 @@ def _patch_forge(targets: list[str]) -> None:
             out.append((src, Notify(forged)))
         return out
 
+    def lookup(sn: SupernodeCore, msg: Message, src: NodeId, now: float) -> list[Send]:
+        assert isinstance(msg, Lookup)
+        if user_key(msg.username) not in by_key:
+            return stock_lookup(sn, msg, src, now)
+        counts["forged"] += 1
+        _save()
+        return [(src, LookupResult(msg.req, _forged(sn, msg.username, now), 1, ""))]
+
+    stock_lookup = node_module.SUPERNODE_HANDLERS[Lookup]
     NodeCore.__init__ = init  # type: ignore[method-assign]
+    node_module.SUPERNODE_HANDLERS[Lookup] = lookup
     node_module.SUPERNODE_HANDLERS[Fetch] = fetch
     node_module.SUPERNODE_HANDLERS[Subscribe] = subscribe
 

@@ -99,6 +99,10 @@ class _PendingLookup:
     try_deadline: float
     sent_to: NodeId | None
     buddy: bool = False  # started by a presence update of a watched, unpinned user
+    # an unpinned name is asked of both our supernodes: one hostile supernode alone must
+    # not decide whom we trust; `second` is the other one asked, `first` the first answer
+    second: NodeId | None = None
+    first: LookupResult | None = None
 
 
 class ClientCore:
@@ -310,12 +314,24 @@ class ClientCore:
             # the supernode forgot us: re-attach; the lookup goes out again once attached
             pending.sent_to = None
             return self.connection_lost(src, now) if src == self.primary else []
+        if pending.second is not None and src in (pending.sent_to, pending.second):
+            if pending.first is None:
+                pending.first = msg  # wait for the other supernode's answer
+                return []
+            first = pending.first
+            msg = LookupResult(
+                msg.req, [*first.records, *msg.records], max(first.hops, msg.hops), msg.reason
+            )
         del self._lookups[msg.req]
+        self._finish_lookup(msg, pending, now)
+        return []
+
+    def _finish_lookup(self, msg: LookupResult, pending: _PendingLookup, now: float) -> None:
         presence, reason = self._verified_presence(pending.username, msg.records, now)
         if presence is not None:
             self._buddy_seen(pending.username, presence)
         if pending.buddy:
-            return []  # our own lookup (of a watched user): nobody waits for its event
+            return  # our own lookup (of a watched user): nobody waits for its event
         status = None
         if presence is not None:
             status = _presence_body(presence).status
@@ -331,7 +347,6 @@ class ClientCore:
                 reason or msg.reason,
             )
         )
-        return []
 
     def handle_presence_update(self, msg: PresenceUpdate, src: NodeId, now: float) -> list[Send]:
         by_user: dict[str, list[Record]] = {}
@@ -481,7 +496,10 @@ class ClientCore:
                 LookupDone(req, p.username, None, None, 0, p.started, now, "timeout")
             )
         for req, p in sorted(self._lookups.items()):
-            if p.sent_to is None or now >= p.try_deadline:
+            if p.first is not None and now >= p.try_deadline:
+                del self._lookups[req]  # the other supernode is silent: one answer it is
+                self._finish_lookup(p.first, p, now)
+            elif p.sent_to is None or now >= p.try_deadline:
                 out.extend(self._send_lookup(req, p, now))
         return out
 
@@ -622,7 +640,13 @@ class ClientCore:
             return []
         pending.sent_to = target
         pending.try_deadline = now + self.config.lookup_try_timeout_s
-        return [(target, Lookup(req, pending.username))]
+        out: list[Send] = [(target, Lookup(req, pending.username))]
+        other = self.backup if target == self.primary else self.primary
+        pending.second, pending.first = None, None
+        if other is not None and pending.username not in self.pinned:
+            pending.second = other
+            out.append((other, Lookup(req, pending.username)))
+        return out
 
     def _verified_presence(
         self, username: str, records: list[Record], now: float
