@@ -9,10 +9,10 @@ credentials, see `credentials.py`) at least once an hour.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from peerphone.errors import LocalProtocolError
+from peerphone.ranges import parse_ip, range_of
 
 DEFAULT_LIFETIME_S = 600  # RFC 8656's default allocation lifetime
 MAX_LIFETIME_S = 3600  # a longer LIFETIME is cut down to this
@@ -28,8 +28,6 @@ MAX_ALLOCATIONS = 1000  # on this node, in total
 # the per-user quota alone lets one range fill the table. A tenth: ten ranges must join
 # to fill it, and a range of 25 users each in a relayed call at once still fits.
 MAX_ALLOCATIONS_PER_PREFIX = MAX_ALLOCATIONS // 10
-IPV4_PREFIX_BITS = 24  # an "address range" of clients: what one holder usually has
-IPV6_PREFIX_BITS = 48
 MAX_PERMISSIONS_PER_ALLOCATION = 32  # peer IPs (a call's remote candidates: a handful)
 MAX_CHANNELS_PER_ALLOCATION = 32
 MAX_PAYLOAD_BYTES = 1500  # a relayed UDP payload above this is dropped (voice: ~60-160)
@@ -68,14 +66,8 @@ class TurnLimits:
 def address_prefix(ip: str) -> str:
     """The client range `ip` belongs to for `max_allocations_per_prefix`: its /24 (IPv4,
     also inside ::ffff:0:0/96) or its /48 (IPv6)."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    bits = IPV4_PREFIX_BITS if address.version == 4 else IPV6_PREFIX_BITS
-    return str(ipaddress.ip_network((address, bits), strict=False))
+    address = parse_ip(ip)
+    return ip if address is None else str(range_of(address))
 
 
 class TokenBucket:

@@ -11,14 +11,10 @@ record's group must be the group of the address its link comes from (`overlay.me
 
 from __future__ import annotations
 
-import ipaddress
-
 from peerphone.errors import DecodeError
 from peerphone.identity import NodeId
+from peerphone.ranges import parse_ip, range_of
 from peerphone.records import MemberBody, Record, decode_body
-
-IPV4_GROUP_PREFIX = 24  # one /24 is one operator's network, as far as votes go
-IPV6_GROUP_PREFIX = 48  # a site's allocation
 
 
 def host_of(address: str) -> str:
@@ -39,17 +35,11 @@ def address_group(address: str) -> bytes | None:
 
 def host_group(host: str) -> bytes | None:
     """The public range of a bare IP literal, or None (not a global address, unparsable)."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
+    ip = parse_ip(host)
+    if ip is None or not ip.is_global:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if not ip.is_global:
-        return None
-    prefix = IPV4_GROUP_PREFIX if ip.version == 4 else IPV6_GROUP_PREFIX
-    network = ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
-    return b"net:" + network.network_address.packed + bytes([prefix])
+    network = range_of(ip)
+    return b"net:" + network.network_address.packed + bytes([network.prefixlen])
 
 
 def record_group(record: Record) -> bytes | None:

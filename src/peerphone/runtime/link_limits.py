@@ -17,12 +17,12 @@ No clock and no I/O here: the caller passes `now` and closes what it is told to 
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Collection, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from peerphone.errors import LocalProtocolError
+from peerphone.ranges import parse_ip, range_of
 
 K = TypeVar("K", bound=Hashable)
 
@@ -32,8 +32,6 @@ MAX_LINKS = 4096  # QUIC connections (handshaking or up, in or out) per node
 MAX_LINKS_PER_ADDRESS = 16
 # Inbound links from one /24 (IPv4) or /48 (IPv6): one operator's block, 4 addresses' worth
 MAX_LINKS_PER_PREFIX = 64
-IPV4_PREFIX_BITS = 24
-IPV6_PREFIX_BITS = 48  # one site's allocation: an attacker with one gets 2^80 addresses
 # Room in the table only members of the supernode tier may take: a newcomer that turns out
 # not to be a member is closed if it would eat into it (membership gossip needs links).
 TIER_RESERVE_LINKS = 256
@@ -88,17 +86,12 @@ def source_groups(host: str, loopback_exempt: bool) -> tuple[str, ...]:
 
     An IPv4-mapped IPv6 address counts as the IPv4 address it maps; an exempt loopback
     address counts in none."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
+    ip = parse_ip(host)
+    if ip is None:
         return ("addr:" + host,)  # never happens for sockets; bounded as an address anyway
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     if loopback_exempt and ip.is_loopback:
         return ()
-    bits = IPV4_PREFIX_BITS if ip.version == 4 else IPV6_PREFIX_BITS
-    prefix = ipaddress.ip_network(f"{ip}/{bits}", strict=False)
-    return (f"addr:{ip}", f"net:{prefix}")
+    return (f"addr:{ip}", f"net:{range_of(ip)}")
 
 
 @dataclass(slots=True)
