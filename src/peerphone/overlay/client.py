@@ -672,7 +672,7 @@ class ClientCore:
             owner = next(iter(owners))
         if owner not in owners:
             return None, "name bound to a different key than the pinned one"
-        if username not in self.pinned:
+        if username not in self.pinned and username != self.username:
             self.pinned[username] = owner
             self.events.append(KeyPinned(username, owner))
         mine = [r for r in presences if r.owner == owner]
