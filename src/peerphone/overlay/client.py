@@ -65,6 +65,7 @@ MAX_WATCHED = 1000  # buddies per user
 _INF = float("inf")
 NOT_ATTACHED = "not attached here as primary"  # PublishAck reason that makes us re-attach
 NOT_ATTACHED_LOOKUP = "not attached here"  # the same for a LookupResult
+PIN_MISMATCH = "name bound to a different key than the pinned one"  # a lookup's refusal
 REFUSAL_MEMORY_S = 60.0  # a supernode that refused us is not asked again for this long
 
 
@@ -671,7 +672,7 @@ class ClientCore:
                 return None, CONFLICT
             owner = next(iter(owners))
         if owner not in owners:
-            return None, "name bound to a different key than the pinned one"
+            return None, PIN_MISMATCH
         if username not in self.pinned and username != self.username:
             self.pinned[username] = owner
             self.events.append(KeyPinned(username, owner))
