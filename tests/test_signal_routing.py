@@ -104,3 +104,28 @@ def test_a_hostile_primary_cannot_decide_alone_whom_its_client_trusts() -> None:
     net.call(carol, sends)
     net.run_until(net.now + 3.0)
     assert carol.client.pinned["alice"] == alice.client.user_keys.public
+
+
+def test_a_conflict_seen_by_one_supernode_is_not_overruled_by_the_other() -> None:
+    net, _, carol, _ = squatter_beside_alice(10, "mallory")
+    evil = KeyPair.from_seed(bytes(range(1, 33)))
+    primary, backup = carol.client.primary, carol.client.backup
+    assert primary is not None and backup is not None
+
+    def split(src: NodeId, dst: NodeId, msg: Message) -> Message:
+        if dst != carol.id or not isinstance(msg, LookupResult):
+            return msg
+        if src == backup:  # the honest side could not settle the owner
+            return msgspec.structs.replace(msg, records=[], reason=CONFLICT)
+        exp = int((net.now + 600) * 1000)  # the hostile primary names its own key
+        return msgspec.structs.replace(
+            msg, records=[make_record(RecordKind.NAME, evil, 2**60, exp, NameBody("alice"))]
+        )
+
+    net.tamper = split
+    req, sends = carol.lookup("alice", net.now)
+    net.call(carol, sends)
+    net.run_until(net.now + 3.0)
+    (done,) = [e for e in net.events[carol.id] if isinstance(e, LookupDone) and e.req == req]
+    assert done.presence is None and done.reason == CONFLICT
+    assert "alice" not in carol.client.pinned

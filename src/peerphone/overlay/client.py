@@ -320,9 +320,11 @@ class ClientCore:
                 pending.first = msg  # wait for the other supernode's answer
                 return []
             first = pending.first
-            msg = LookupResult(
-                msg.req, [*first.records, *msg.records], max(first.hops, msg.hops), msg.reason
-            )
+            hops = max(first.hops, msg.hops)
+            if CONFLICT in (first.reason, msg.reason):  # one side's replicas disagree: so
+                msg = LookupResult(msg.req, [], hops, CONFLICT)  # do we, whatever the other says
+            else:
+                msg = LookupResult(msg.req, [*first.records, *msg.records], hops, msg.reason)
         del self._lookups[msg.req]
         self._finish_lookup(msg, pending, now)
         return []
@@ -331,6 +333,8 @@ class ClientCore:
         presence, reason = self._verified_presence(pending.username, msg.records, now)
         if presence is not None:
             self._buddy_seen(pending.username, presence)
+        elif not msg.records and msg.reason:
+            reason = msg.reason  # the supernode's own word (e.g. the replicas disagree)
         if pending.buddy:
             return  # our own lookup (of a watched user): nobody waits for its event
         status = None
