@@ -324,6 +324,9 @@ class MediaSession:
         candidate pair), None before ICE completes. After `close`, the numbers taken just
         before closing.
         """
+        # Read the live numbers first: the state below must not be older than they are (a
+        # view that says "connected" with no set-up time was this race).
+        live = {} if self.state is MediaState.CLOSED else await self._live_stats()
         out: dict[str, Any] = {
             "call_id": self.call_id,
             "state": self.state.value,
@@ -335,7 +338,7 @@ class MediaSession:
         }
         if self.state is MediaState.CLOSED:
             return self._final_stats | out
-        return await self._live_stats() | out
+        return live | out
 
     async def _live_stats(self) -> dict[str, Any]:
         now = self._clock()
