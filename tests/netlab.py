@@ -12,9 +12,11 @@ namespaces named ``pplab-<pid>-<seq>-<role>``:
   inbound traffic (dropping, not rejecting: a rejected packet leaves a conntrack entry
   behind that makes the NAT choose another source port, which breaks hole punching).
 
-No namespace has a default route or any address outside 10.99.0.0/24 and 192.168.N.0/24,
-so nothing can leave the lab. Veth pairs are created directly inside the namespaces (the
-host's own namespace never sees them) and vanish with them. IPv6 is switched off in the lab.
+No namespace has a default route or any address outside 10.99.0.0/24, 192.168.N.0/24 and
+(for a public host that asks for one, to test rules about public ranges) 44.0.0.0/8 on the
+same bridge, so nothing can leave the lab. Veth pairs are created directly inside the
+namespaces (the host's own namespace never sees them) and vanish with them.
+IPv6 is switched off in the lab.
 
 NAT kinds:
 
@@ -54,6 +56,7 @@ NAT_KINDS: tuple[NatKind, ...] = get_args(NatKind)
 
 PREFIX = "pplab-"
 INTERNET_NET = "10.99.0"  # /24
+GLOBAL_NET = "44"  # /8: globally routable-looking addresses, on request (public_host)
 CMD_TIMEOUT_S = 10.0
 KILL_WAIT_S = 2.0
 
@@ -410,13 +413,23 @@ class NetLab:
         )
         _ip_batch(ns, [f"addr add {addr}/24 dev {ifname}", f"link set {ifname} up"])
 
-    def public_host(self, name: str) -> Host:
-        """A host with an address on the internet bridge."""
+    def public_host(self, name: str, global_addr: str | None = None) -> Host:
+        """A host with an address on the internet bridge.
+
+        `global_addr` (in GLOBAL_NET): the host also has this address, and it is the one
+        the host's processes use. For tests of rules about public address ranges (what a
+        /24 may do); the lab still has no route out, and other hosts reach it only if they
+        have a GLOBAL_NET address too (one /8 on the one bridge)."""
+        if global_addr is not None and not global_addr.startswith(GLOBAL_NET + "."):
+            raise NetLabError(f"global address {global_addr!r} not in {GLOBAL_NET}.0.0.0/8")
         self._claim_name(name)
         ns = f"{self.prefix}h-{name}"
         self._add_namespace(ns)
         addr = self._public_address()
         self._plug_into_internet(ns, "eth0", addr)
+        if global_addr is not None:
+            _ip_batch(ns, [f"addr add {global_addr}/8 dev eth0"])
+            addr = global_addr
         host = Host(name, ns, addr, addr)
         self.hosts[name] = host
         return host

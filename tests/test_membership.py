@@ -7,7 +7,9 @@ import random
 import pytest
 
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier
+from peerphone.overlay.independence import address_group
 from peerphone.overlay.membership import Membership, MembershipConfig, Send
+from peerphone.overlay.ring import position_of
 from peerphone.records import Capacity, MemberBody
 from peerphone.wire import (
     Ack,
@@ -114,7 +116,7 @@ def test_dead_member_is_probed_indirectly_then_suspected_then_removed() -> None:
     assert a.next_timer() <= t0 + 1.9 + 6.0
     a.handle_timer(t0 + 1.9 + 6.0)
     assert victim.me not in a.members and victim.me not in a.ring
-    assert (victim.me, False) in a.changes
+    assert any(n == victim.me and not joined for n, _, joined in a.changes)
 
 
 def test_whole_cluster_learns_of_a_death_by_gossip() -> None:
@@ -160,7 +162,8 @@ def test_join_sends_pages_and_new_member_learns_everyone() -> None:
     a = c.members[0]
     assert newcomer.ask(a.me, 5.0) == (a.me, Join(newcomer.record, 0))
     pages = a.handle_join(Join(newcomer.record, 0), newcomer.me, 5.0)
-    assert newcomer.me in a.members and (newcomer.me, True) in a.changes
+    assert newcomer.me in a.members
+    assert any(n == newcomer.me and joined for n, _, joined in a.changes)
     assert len(pages) == 1 and isinstance(pages[0][1], MembershipPage)
     page = pages[0][1]
     assert page.total == 5
@@ -254,7 +257,7 @@ def test_a_joiner_is_admitted_only_from_the_range_it_claims_and_ranges_are_cappe
     # nor may it introduce itself through gossip instead
     a.handle_ping(Ping(1, 0, [Gossip(MemberState.ALIVE, liar.me, 0, liar.record)]), liar.me, 1.0)
     assert liar.me not in a.members
-    assert a.refused == {"address not the one it joined from": 2}
+    assert a.refused == {"address not the one its link comes from": 2}
     limit = a.config.max_members_per_range
     same_range = [_member(70 + i, f"44.1.2.{10 + i}:4433") for i in range(limit + 2)]
     for i, m in enumerate(same_range):
@@ -269,3 +272,60 @@ def test_a_joiner_is_admitted_only_from_the_range_it_claims_and_ranges_are_cappe
         hosts[m.me] = f"10.99.0.{i + 2}"
         a.handle_join(Join(m.record, 0), m.me, 1.0)
     assert all(m.me in a.members for m in lab)
+
+
+def test_a_public_supernode_cannot_choose_its_ring_position_by_grinding_keys() -> None:
+    """Position = H(public range, rank in it), whatever the key: 200 fresh keys from one /24
+    land on that range's few positions, never next to a name they aim at."""
+    a = _member(100, "192.0.2.1:4433")
+    group = address_group("44.5.6.7:4433")
+    slots = {position_of(NodeId(bytes(32)), group, rank) for rank in range(4)}
+    seen: set[bytes] = set()
+    for i in range(200):
+        grinder = _member(1000 + i, f"44.5.6.{i % 250 + 1}:4433")
+        trial = _member(100, "192.0.2.1:4433")  # a fresh tier each try: rank 0
+        trial.add_record(grinder.record, 1.0)
+        position = trial.position(grinder.me)
+        assert position is not None and position != bytes(grinder.me)
+        seen.add(position)
+    assert seen == {position_of(NodeId(bytes(32)), group, 0)} and seen <= slots
+    # in one tier the range's members take ranks by node id, so at most 4 positions
+    joiners = [_member(2000 + i, f"44.5.6.{i + 1}:4433") for i in range(4)]
+    for j in joiners:
+        a.add_record(j.record, 1.0)
+    ranked = sorted(j.me for j in joiners)
+    assert [a.position(n) for n in ranked] == [
+        position_of(n, group, r) for r, n in enumerate(ranked)
+    ]
+    # without a public address (loopback, a lab) the position is the node id
+    lab = _member(3000, "10.99.0.9:4433")
+    a.add_record(lab.record, 1.0)
+    assert a.position(lab.me) == bytes(lab.me)
+
+
+def test_a_member_whose_link_comes_from_another_range_is_removed() -> None:
+    """A record learned from gossip claims a /24 (and so a ring position and a vote) its
+    owner does not sit in: the first link to it shows the real range, and out it goes; a
+    newer incarnation is refused while that link stands."""
+    c = Cluster(3)
+    a, b = c.members[0], c.members[1]
+    hosts: dict[bytes, str] = {}
+    a.peer_host = hosts.get
+    fake = _member(110, "44.8.8.8:4433")
+    a.apply_gossip([Gossip(MemberState.ALIVE, fake.me, 0, fake.record)], 1.0, b.me)
+    assert fake.me in a.members and fake.me in a.ring
+    a.changes.clear()
+    hosts[fake.me] = "45.1.1.1"  # where the link really comes from
+    a.check_link(fake.me, "45.1.1.1", 2.0)
+    assert fake.me not in a.members and fake.me not in a.ring
+    assert any(n == fake.me and not joined for n, _, joined in a.changes)
+    assert a.refused == {"address not the one its link comes from": 1}
+    fake.incarnation = 5
+    newer = fake._sign(3.0)
+    a.apply_gossip([Gossip(MemberState.ALIVE, fake.me, 5, newer)], 3.0, b.me)
+    assert fake.me not in a.members
+    # an honest member's link from its own range changes nothing
+    honest = _member(111, "44.9.9.9:4433")
+    a.add_record(honest.record, 4.0)
+    a.check_link(honest.me, "44.9.9.200", 4.0)
+    assert honest.me in a.members

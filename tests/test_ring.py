@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peerphone.identity import NodeId
-from peerphone.overlay.ring import Ring, in_arc, keys_in_arc
+from peerphone.overlay.ring import Ring, in_arc, keys_in_arc, position_of
 
 
 def nid(i: int) -> NodeId:
@@ -68,3 +68,24 @@ def test_keys_in_arc_matches_in_arc_including_wraparound() -> None:
             sorted(keys_in_arc(keys, arc)) == sorted(k for k in keys if in_arc(k, arc))
         )
     assert keys_in_arc(keys, None) == keys
+
+
+def test_nodes_sit_at_their_positions_and_move_when_placed_again() -> None:
+    ring = Ring()
+    a, b = nid(1), nid(2)
+    assert ring.add(a, key(10)) and ring.add(b, key(20))
+    assert ring.position(a) == key(10) and ring.holder(key(20)) == b
+    assert ring.replicas(key(10), 1) == [a]  # a key belongs to the position at or after it
+    assert not ring.add(a, key(10))  # already there
+    assert not ring.add(a, key(20))  # b's place: refused, a stays
+    assert ring.position(a) == key(10)
+    assert ring.add(a, key(30)) and ring.position(a) == key(30) and ring.holder(key(10)) is None
+    assert len(ring) == 2 and sorted(ring.ids()) == sorted([a, b])
+    assert ring.remove(a) and ring.position(a) is None and a not in ring
+
+
+def test_a_position_follows_the_range_and_rank_not_the_key() -> None:
+    group = b"net:" + bytes([44, 5, 6, 0, 24])
+    assert position_of(nid(1), group, 0) == position_of(nid(2), group, 0)
+    assert position_of(nid(1), group, 0) != position_of(nid(1), group, 1)
+    assert position_of(nid(1), None, 0) == bytes(nid(1))  # no public range: the id

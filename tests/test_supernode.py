@@ -6,7 +6,9 @@ import msgspec
 
 from peerphone.overlay.election import ElectionConfig
 from peerphone.overlay.events import RoleChanged
+from peerphone.overlay.independence import address_group
 from peerphone.overlay.node import NodeCore
+from peerphone.overlay.ring import position_of
 from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.records import Capacity, RecordKind, user_key
 from peerphone.wire import Join, Promote, Publish, PublishAck, Redirect, Store
@@ -142,3 +144,53 @@ def test_a_hand_over_that_overtakes_its_senders_member_record_is_kept_until_it_a
     sn.membership.add_record(sender.record, net.now)  # the sender's record arrives
     sn.after_input(net.now)
     assert sn.store.get(user_key("user0")) == records
+
+
+def test_a_joiner_in_a_shared_range_moves_a_member_and_every_record_follows() -> None:
+    """Ring positions follow the public range and the rank in it (overlay.ring): a joiner
+    with a smaller id in a member's /24 takes rank 0 and moves that member to rank 1. The
+    moved member hands over what it no longer replicates; every record ends on exactly the
+    replicas of the ring; and again when the joiner leaves."""
+    net = FakeNet(seed=5)
+    newcomer = net.node("newsn")
+    cores = [net.node(f"sn{i}") for i in range(6)]
+    shared = min((c for c in cores if c.id > newcomer.id), key=lambda c: c.id)
+    for i, core in enumerate(cores):
+        core.addresses[:] = ["44.0.9.1:4433" if core is shared else f"44.0.{i}.1:4433"]
+        core.become_supernode(net.now, "test", seed=True)
+    records = [c.supernode.record for c in cores if c.supernode is not None]
+    for core in cores:
+        assert core.supernode is not None
+        for record in records:
+            core.supernode.membership.add_record(record, net.now)
+        core.supernode.membership.changes.clear()
+    users = online_users(net, cores, 40)
+    sn = shared.supernode
+    assert sn is not None
+    before = sn.membership.position(shared.id)
+    newcomer.addresses[:] = ["44.0.9.2:4433"]
+    newcomer.become_supernode(net.now, "test")
+    assert newcomer.supernode is not None
+    newcomer.supernode.membership.add_record(records[0], net.now)
+    newcomer.supernode.membership.changes.clear()
+    net.send(newcomer.id, [(cores[0].id, Join(newcomer.supernode.record, 0))])
+    net.run_until(net.now + 60.0)
+    everyone = [*cores, newcomer]
+    group = address_group("44.0.9.1:4433")
+    for core in everyone:
+        assert core.supernode is not None
+        m = core.supernode.membership
+        assert m.position(newcomer.id) == position_of(newcomer.id, group, 0)
+        assert m.position(shared.id) == position_of(shared.id, group, 1) != before
+    ring = newcomer.supernode.membership.ring
+    for user in users:
+        name = user.client.username
+        assert holders(everyone, name) == set(ring.replicas(user_key(name), 4)), name
+    # the joiner leaves: the member moves back to rank 0, and again every record follows
+    net.call(newcomer, newcomer.logout(net.now))
+    net.run_until(net.now + 60.0)
+    assert sn.membership.position(shared.id) == before
+    ring = sn.membership.ring
+    for user in users:
+        name = user.client.username
+        assert holders(cores, name) == set(ring.replicas(user_key(name), 4)), name

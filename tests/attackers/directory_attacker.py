@@ -12,8 +12,14 @@ MODE
   intrude as a supernode, claim a public address it does not have ("44.1.2.3:4433") in its
           member record, and push a member record made up for a throwaway key to every
           bootstrap supernode in the gossip of a Ping (the tier's second door besides Join).
+          With $PEERPHONE_MOVE_TO ("HOST:PORT") it also, once it knows
+          $PEERPHONE_MOVE_AFTER other members and has served $PEERPHONE_MOVE_DELAY_S
+          seconds, re-signs its member record (a higher
+          incarnation) with that address first — a public /24 it does not sit in, picked
+          so that the ring position of that range lands next to a target — and gossips it.
 All count, in REPORT (JSON, rewritten on every change), the call signals this node was
-handed (`signals`, with the call kinds) and the forged answers it sent (`forged`).
+handed (`signals`, with the call kinds), the forged answers it sent (`forged`), and the
+records of the target names it was handed to store (`target_stores`).
 
 The patches replace module attributes before the stock CLI runs: nothing in the package
 knows about them. Kept in the tests' support code, never in `src/`.
@@ -43,6 +49,7 @@ from peerphone.records import (
     Record,
     RecordKind,
     Status,
+    decode_body,
     make_record,
     user_key,
 )
@@ -57,6 +64,7 @@ from peerphone.wire import (
     Notify,
     Ping,
     SignalDeliver,
+    Store,
     Subscribe,
 )
 
@@ -65,7 +73,7 @@ MADE_UP_ADDRESS = "45.6.7.8:4433"
 FORGED_SEQ = 2**60
 FORGED_TTL_S = 3600.0
 
-counts: dict[str, Any] = {"signals": 0, "kinds": [], "forged": 0}
+counts: dict[str, Any] = {"signals": 0, "kinds": [], "forged": 0, "target_stores": 0}
 report_path = Path()
 
 
@@ -148,7 +156,22 @@ def _patch_forge(targets: list[str]) -> None:
         _save()
         return [(src, LookupResult(msg.req, _forged(sn, msg.username, now), 1, ""))]
 
+    stock_store = node_module.SUPERNODE_HANDLERS[Store]
+
+    def store(sn: SupernodeCore, msg: Message, src: NodeId, now: float) -> list[Send]:
+        assert isinstance(msg, Store)
+        for record in msg.records:
+            try:
+                body = decode_body(record)
+            except DecodeError:
+                continue
+            if isinstance(body, (NameBody, PresenceBody)) and user_key(body.username) in by_key:
+                counts["target_stores"] += 1
+                _save()
+        return stock_store(sn, msg, src, now)
+
     stock_lookup = node_module.SUPERNODE_HANDLERS[Lookup]
+    node_module.SUPERNODE_HANDLERS[Store] = store
     NodeCore.__init__ = init  # type: ignore[method-assign]
     node_module.SUPERNODE_HANDLERS[Lookup] = lookup
     node_module.SUPERNODE_HANDLERS[Fetch] = fetch
@@ -183,6 +206,22 @@ def _patch_intrude() -> None:
     NodeCore.learn_bootstrap = learn  # type: ignore[method-assign]
 
 
+def _patch_move(address: str, after: int, delay_s: float) -> None:
+    stock_timer = SupernodeCore.handle_timer
+
+    def handle_timer(sn: SupernodeCore, now: float) -> list[Send]:
+        m = sn.membership
+        if not counts.get("moved") and len(m.members) >= after and now - sn.started >= delay_s:
+            body = m.body
+            m.body = MemberBody([address, *body.addresses], body.capacity, body.max_clients)
+            m._refute(m.incarnation, now)  # re-sign at a higher incarnation and gossip it
+            counts["moved"] = m.incarnation
+            _save()
+        return stock_timer(sn, now)
+
+    SupernodeCore.handle_timer = handle_timer  # type: ignore[method-assign,assignment]
+
+
 def main(argv: list[str]) -> int:
     global report_path
     mode, report, *rest = argv
@@ -195,6 +234,10 @@ def main(argv: list[str]) -> int:
         _patch_intrude()
     elif mode == "forge":
         _patch_forge([n for n in os.environ.get("PEERPHONE_FORGE", "").split(",") if n])
+        move_to = os.environ.get("PEERPHONE_MOVE_TO")
+        if move_to:
+            after = int(os.environ.get("PEERPHONE_MOVE_AFTER", "1"))
+            _patch_move(move_to, after, float(os.environ.get("PEERPHONE_MOVE_DELAY_S", "0")))
     else:
         print(f"unknown mode {mode!r}", file=sys.stderr)
         return 2

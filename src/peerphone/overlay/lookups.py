@@ -59,10 +59,11 @@ class LookupCoordinator:
         local_records: Callable[[bytes], list[Record]],
         fetch_timeout_s: float,
         rounds: int,
-        group_of: Callable[[NodeId], bytes] = bytes,
+        group_of: Callable[[NodeId], bytes | None] = bytes,
     ) -> None:
         self.me = me
-        self.group_of = group_of  # the address range a supernode's vote counts for
+        # the address range a supernode's vote counts for; None: its vote does not count
+        self.group_of = group_of
         self.verifier = verifier
         self.local_records = local_records
         self.fetch_timeout_s = fetch_timeout_s
@@ -153,7 +154,9 @@ class LookupCoordinator:
                 kept[owner] = record
             if record.kind is RecordKind.NAME and not voted:
                 voted = True  # one vote per replica, whatever it sends
-                pending.votes.setdefault(owner, set()).add(self.group_of(replica))
+                group = self.group_of(replica)
+                if group is not None:
+                    pending.votes.setdefault(owner, set()).add(group)
 
     def _owner(self, pending: _Pending) -> bytes | None:
         """The owner that independent replicas agree on, or None (undecided). One
@@ -161,7 +164,7 @@ class LookupCoordinator:
         (a hostile replica answering while honest ones were slow)."""
         if not pending.votes:
             return None
-        groups = {self.group_of(r) for r in pending.replicas}
+        groups = {g for g in map(self.group_of, pending.replicas) if g is not None}
         quorum = min(NAME_QUORUM, len(groups))
         ranked = sorted(pending.votes.items(), key=lambda kv: (-len(kv[1]), kv[0]))
         owner, voters = ranked[0]

@@ -20,7 +20,7 @@ from typing import Any
 from peerphone.errors import RecordRejected
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier, node_id_of
 from peerphone.overlay.independence import host_group, record_group
-from peerphone.overlay.ring import Ring
+from peerphone.overlay.ring import Ring, position_of
 from peerphone.records import MemberBody, Record, RecordKind, check_record, make_record
 from peerphone.wire import (
     MAX_GOSSIP_PER_MESSAGE,
@@ -36,6 +36,7 @@ from peerphone.wire import (
 )
 
 Send = tuple[NodeId, Message]
+Change = tuple[NodeId, bytes, bool]  # (node, ring position, joined) for the directory
 
 MEMBERSHIP_PAGE_SIZE = 256  # member records per MembershipPage
 MAX_MEMBERS = 200_000  # one-hop table bound: 100 k supernodes x ~200 B = 20 MB
@@ -57,8 +58,9 @@ class MembershipConfig:
     suspicion_timeout_s: float = 6.0
     gossip_multiplier: int = 3
     member_ttl_s: float = 86_400.0  # expiry of our own signed member record
-    # members admitted from one public /24 (/48): an attacker's supernodes usually share a
-    # network, and votes on a name count one per range (overlay.independence)
+    # supernodes (ourselves included) in one public /24 (/48): an attacker's supernodes
+    # usually share a network, votes on a name count one per range (overlay.independence),
+    # and a range has this many ring positions (overlay.ring.position_of)
     max_members_per_range: int = 4
 
 
@@ -106,8 +108,8 @@ class Membership:
         self.record = self._sign(now)
         self.members: dict[NodeId, Member] = {}
         self.tombstones: dict[NodeId, tuple[int, float]] = {}  # node -> (incarnation, until)
-        self.ring = Ring([self.me])
-        self.changes: list[tuple[NodeId, bool]] = []  # (node, joined) for the directory
+        self.ring = Ring()
+        self.changes: list[Change] = []  # ring moves, for the directory's hand-over
         self.load = 0  # our own attached clients, set by the supernode core
         self._gossip: deque[list[object]] = deque()  # [Gossip, remaining sends]
         self._order: list[NodeId] = []
@@ -119,9 +121,12 @@ class Membership:
         self._suspects: dict[NodeId, float] = {}  # suspect -> deadline (kept small)
         self._probes_started = 0
         self._asked: dict[NodeId, float] = {}  # supernode -> until when its pages are taken
-        self._range_of: dict[NodeId, bytes] = {}  # member -> its public range (if any)
-        self._per_range: dict[bytes, int] = {}  # public range -> members in it
+        self._range_of: dict[NodeId, bytes] = {}  # supernode -> its public range (if any)
+        self._in_range: dict[bytes, set[NodeId]] = {}  # public range -> supernodes in it
         self.refused: dict[str, int] = {}  # member records refused, by reason
+        self._count_range(self.me, record_group(self.record))
+        self._place(self.me)
+        self.changes.clear()
         # the IP a peer's link comes from, where the runtime tells (NodeCore.link_up); the
         # simulator has no addresses on its links: None
         self.peer_host: Callable[[NodeId], str | None] = _unknown_host
@@ -212,18 +217,19 @@ class Membership:
         if member is None and len(self.members) >= MAX_MEMBERS:
             return False
         group = record_group(record)
-        if seen_from is not None and group != host_group(seen_from):
-            return self._refuse("address not the one it joined from")
+        seen = seen_from if seen_from is not None else self.peer_host(node)
+        if seen is not None and group != host_group(seen):
+            return self._refuse("address not the one its link comes from")
         moves = group is not None and group != self._range_of.get(node)
-        if moves and self._per_range.get(group or b"", 0) >= self.config.max_members_per_range:
+        if moves and len(self._in_range.get(group or b"", ())) >= self.config.max_members_per_range:
             return self._refuse("address range full")
         self.tombstones.pop(node, None)
-        self._count_range(node, group)
         if member is None:
             self.members[node] = Member(record, node, record.seq, MemberState.ALIVE)
-            self.ring.add(node)
-            self.changes.append((node, True))
-        else:
+        if member is None or group != self._range_of.get(node):
+            self._count_range(node, group)
+            self._place(node)
+        if member is not None:
             member.record = record
             member.incarnation = record.seq
             member.state = MemberState.ALIVE
@@ -235,30 +241,78 @@ class Membership:
         self.refused[reason] = self.refused.get(reason, 0) + 1
         return False
 
+    def check_link(self, node: NodeId, host: str, now: float) -> None:
+        """A link to `node` comes from (or was dialled to) `host`. A member whose link is
+        not in the public range its record claims is removed: its record would otherwise
+        choose its ring position and count its vote for a range it does not sit in."""
+        member = self.members.get(node)
+        if member is None or record_group(member.record) == host_group(host):
+            return
+        self._refuse("address not the one its link comes from")
+        self._remove(node, member.incarnation, MemberState.DEAD, now)
+
     def _count_range(self, node: NodeId, group: bytes | None) -> None:
-        """Move `node` to `group` in the per-range member counts (None: out of them)."""
+        """Move `node` to `group` in the per-range sets (None: out of them); re-place the
+        range it left."""
         old = self._range_of.pop(node, None)
         if old is not None:
-            left = self._per_range[old] - 1
-            if left:
-                self._per_range[old] = left
+            left = self._in_range[old]
+            left.discard(node)
+            if not left:
+                del self._in_range[old]
             else:
-                del self._per_range[old]
+                self._place_range(old)
         if group is not None:
             self._range_of[node] = group
-            self._per_range[group] = self._per_range.get(group, 0) + 1
+            self._in_range.setdefault(group, set()).add(node)
+
+    def _place(self, node: NodeId) -> None:
+        """Put `node` (and the rest of its range, whose ranks may shift) on the ring."""
+        group = self._range_of.get(node)
+        if group is None:
+            self._move(node, position_of(node, None, 0))
+        else:
+            self._place_range(group)
+
+    def _place_range(self, group: bytes) -> None:
+        ranked = sorted(self._in_range.get(group, ()))
+        moves = [(n, position_of(n, group, rank)) for rank, n in enumerate(ranked)]
+        moves = [(n, p) for n, p in moves if self.ring.position(n) != p]
+        for node, _ in moves:  # off first: ranks swap places within the range
+            old = self.ring.position(node)
+            if old is not None:
+                self.ring.remove(node)
+                self.changes.append((node, old, False))
+        for node, position in moves:
+            self._move(node, position)
+
+    def _move(self, node: NodeId, position: bytes) -> None:
+        old = self.ring.position(node)
+        if old == position:
+            return
+        if not self.ring.add(node, position):
+            self._refuse("ring position taken")  # a hash collision: never in practice
+            return
+        if old is not None:
+            self.changes.append((node, old, False))
+        self.changes.append((node, position, True))
+
+    def position(self, node: NodeId) -> bytes | None:
+        """Where `node` sits on our ring (None: not a member we know)."""
+        return self.ring.position(node)
 
     def _remove(self, node: NodeId, incarnation: int, state: MemberState, now: float) -> None:
         member = self.members.pop(node, None)
         if member is None:
             return
-        self._count_range(node, None)
         self._suspects.pop(node, None)
         if len(self.tombstones) >= MAX_TOMBSTONES:
             del self.tombstones[next(iter(self.tombstones))]
         self.tombstones[node] = (incarnation, now + TOMBSTONE_TTL_S)
-        self.ring.remove(node)
-        self.changes.append((node, False))
+        position = self.ring.position(node)
+        if self.ring.remove(node) and position is not None:
+            self.changes.append((node, position, False))
+        self._count_range(node, None)
         self._enqueue(Gossip(state, node, incarnation, None))
 
     # -- messages -------------------------------------------------------------------------

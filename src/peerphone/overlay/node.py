@@ -213,11 +213,18 @@ class NodeCore:
         self.client.events = kept
         return out
 
-    def link_up(self, peer: NodeId, host: str) -> None:
-        """The runtime's link to `peer` comes from this IP (checked when it joins the tier)."""
+    def link_up(self, peer: NodeId, host: str, now: float) -> list[Send]:
+        """The runtime's link to `peer` comes from this IP: a supernode's must be in the
+        public range its member record claims (checked at once for a member, and when it
+        joins the tier)."""
         if peer not in self.peer_hosts and len(self.peer_hosts) >= MAX_PEER_HOSTS:
             del self.peer_hosts[next(iter(self.peer_hosts))]
         self.peer_hosts[peer] = host
+        sn = self.supernode
+        if sn is None:
+            return []
+        sn.membership.check_link(peer, host, now)
+        return sn.after_input(now)
 
     def connection_lost(self, peer: NodeId, now: float) -> list[Send]:
         self.peer_hosts.pop(peer, None)

@@ -513,18 +513,20 @@ class SupernodeCore:
         """`node` if it is attached to us (its link authenticated as that node id)."""
         return node if node in self.clients else None
 
-    def _group_of(self, node: NodeId) -> bytes:
-        """The address range whose vote `node` casts (see overlay.independence)."""
+    def _group_of(self, node: NodeId) -> bytes | None:
+        """The address range whose vote `node` casts (see overlay.independence); None for a
+        supernode no longer a member (removed since it was asked): its vote does not count."""
         member = self.membership.members.get(node)
         record = self.record if node == self.me else member.record if member else None
+        if record is None:
+            return None
         cached = self._groups.get(node)
         if cached is not None and record is not None and cached[0] == record.seq:
             return cached[1]
         group = member_group(node, record)
-        if record is not None:
-            if len(self._groups) >= MAX_CACHED_GROUPS:
-                self._groups.clear()
-            self._groups[node] = (record.seq, group)
+        if len(self._groups) >= MAX_CACHED_GROUPS:
+            self._groups.clear()
+        self._groups[node] = (record.seq, group)
         return group
 
     def _is_member(self, node: NodeId) -> bool:
@@ -541,24 +543,43 @@ class SupernodeCore:
             return []
         self.membership.changes = []
         early: list[Send] = []
-        for node, joined in changes:
+        for node, _, joined in changes:
             held = self._early_stores.pop(node, None)
             if joined and held is not None and held[0] >= now:
                 early.extend(self.handle_store(Store(0, held[1]), node, now))
         batches: dict[NodeId, list[Record]] = {}
         resubscribe: list[bytes] = []
         out: list[Send] = []
-        for node, joined in changes:
-            self._hand_over(node, joined, batches, resubscribe, now, out)
+        for node, position, joined in changes:
+            if node == self.me:  # our range's ranks shifted: we moved on the ring
+                self._moved_away(position, joined, batches)
+                continue
+            self._hand_over(node, position, joined, batches, resubscribe, now, out)
             if joined and node in self._promoted:
                 out.extend(self._shed_to(node, now))
         out.extend(_store_batches(batches))
         out.extend(self._subscribe(sorted(set(resubscribe)), now))
         return early + out
 
+    def _moved_away(
+        self, position: bytes, joined: bool, batches: dict[NodeId, list[Record]]
+    ) -> None:
+        """Our own move: the replicas of what we held at the old place get it (the holders
+        of the new place push to us, as to any joiner)."""
+        if joined:
+            return
+        r = self.config.replication
+        ring = self.membership.ring
+        for key in keys_in_arc(self.store.sorted_keys, ring.affected_arc(position, r)):
+            new = ring.replicas(key, r)
+            if self.me not in new and new:
+                batches.setdefault(new[-1], []).extend(self.store.get(key))
+                self.store.drop(key)
+
     def _hand_over(
         self,
         node: NodeId,
+        position: bytes,
         joined: bool,
         batches: dict[NodeId, list[Record]],
         resubscribe: list[bytes],
@@ -567,7 +588,7 @@ class SupernodeCore:
     ) -> None:
         r = self.config.replication
         ring = self.membership.ring
-        arc = ring.affected_arc(node, r)
+        arc = ring.affected_arc(position, r)
         for key in keys_in_arc(self.store.sorted_keys, arc):
             new = ring.replicas(key, r)
             records = self.store.get(key)

@@ -302,7 +302,7 @@ class NodeRuntime:
         self.drive(self.core.connection_lost(peer, self.now()))
 
     def _on_link_up(self, peer: NodeId, link: Link) -> None:
-        self.core.link_up(peer, socket_address(link.addr)[0])
+        self.drive(self.core.link_up(peer, socket_address(link.addr)[0], self.now()))
         if link.bootstrap:  # a bootstrap address answered: the client may attach there
             self.bootstrap_ids[peer] = link.addr
             if self.core.supernode_record(peer) is None:

@@ -1,14 +1,16 @@
-"""Hostile supernodes for the simulator: they grind their ring position next to chosen names
-and serve forged name and presence records for them.
+"""Hostile supernodes for the simulator: they get as close as they can to chosen names on the
+ring and serve forged name and presence records for them.
 
 A hostile supernode runs the real `SupernodeCore` with two changes, the ones a patched node
 would make: a `Fetch` for a target name is answered with a name and a presence record signed
 by the attacker's own key (with a sequence far above the genuine one), and a watch
-subscription for a target gets the same forgery as a notification. Its node key is ground
-(by trying fresh keys) until its id lands on the ring right after the target's directory key,
-so it becomes the target's first replica. Several hostile nodes may share one /24 and attack
-the same names together. The world counts every record a client accepted for a target whose
-owner is not the target's real key: the directory's promise is that this stays 0.
+subscription for a target gets the same forgery as a notification. A supernode's ring
+position follows its public /24 (`overlay.ring.position_of`), so grinding keys no longer
+moves it; the attacker instead picks, among the many /24s it can rent hosts in
+(`RANGES_TRIED`), the one whose positions land nearest after the target's directory key.
+Several hostile nodes share that /24 and attack the same names together. The world counts
+every record a client accepted for a target whose owner is not the target's real key: the
+directory's promise is that this stays 0.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable
 
-from peerphone.identity import KeyPair, SignatureVerifier
+from peerphone.identity import KeyPair, NodeId, SignatureVerifier
 from peerphone.overlay.directory import RecordStore
-from peerphone.overlay.ring import Ring
+from peerphone.overlay.independence import address_group
+from peerphone.overlay.ring import Ring, position_of
 from peerphone.overlay.supernode import SupernodeConfig, SupernodeCore
 from peerphone.records import (
     MemberBody,
@@ -31,28 +34,39 @@ from peerphone.records import (
     user_key,
 )
 
-MAX_GRIND_TRIES = 200_000  # keys tried for one position before giving up
+RANGES_TRIED = 1024  # public /24s an attacker can get addresses in (renting hosts)
 FORGED_SEQ = 2**60  # far above any genuine sequence (they follow the clock in ms)
 FORGED_TTL_S = 30 * 86_400.0  # valid for any simulated run (records cap at 31 days)
 
 
-def grind_key(rng: random.Random, low: bytes, high: bytes | None) -> KeyPair:
-    """A key pair whose node id lies in [low, high) on the ring (high None: anywhere >= low,
-    wrapping is not needed for the arcs the world asks for)."""
-    for _ in range(MAX_GRIND_TRIES):
-        keys = KeyPair.from_rng(rng)
-        node = keys.node_id
-        if node >= low and (high is None or node < high):
-            return keys
-    raise RuntimeError(f"no key landed in the arc after {MAX_GRIND_TRIES} tries")
+def choose_range(ring: Ring, key: bytes, count: int, tries: int, base: int) -> str:
+    """The /24 (as "45.A.B") whose first `count` ring positions lie nearest after `key`
+    among `tries` candidates: the best an attacker who can get hosts in that many ranges
+    can do, now that a position follows the range and not the node key."""
+    best: tuple[int, str] | None = None
+    for i in range(tries):
+        n = base + i
+        prefix = f"45.{(n >> 8) % 256}.{n % 256}"
+        group = address_group(f"{prefix}.1:4433")
+        distance = max(
+            _distance(key, position_of(NodeId(bytes(32)), group, rank)) for rank in range(count)
+        )
+        if best is None or distance < best[0]:
+            best = (distance, prefix)
+    assert best is not None
+    return best[1]
 
 
-def positions_after(ring: Ring, key: bytes) -> bytes | None:
-    """The first member at or after `key`: a node id in [key, this) becomes the first
-    replica of `key` (None: the arc runs to the end of the id space)."""
-    ids = ring.ids()
-    later = [n for n in ids if n >= key]
-    return later[0] if later else None
+def _distance(key: bytes, position: bytes) -> int:
+    """How far `position` lies after `key`, going round the ring."""
+    return (int.from_bytes(position, "big") - int.from_bytes(key, "big")) % (1 << 256)
+
+
+def ring_of(positions: Iterable[tuple[NodeId, bytes | None]]) -> Ring:
+    ring = Ring()
+    for node, position in positions:
+        ring.add(node, position)
+    return ring
 
 
 class ForgingStore(RecordStore):

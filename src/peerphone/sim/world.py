@@ -22,11 +22,12 @@ from peerphone.overlay.events import (
     Published,
     RoleChanged,
 )
+from peerphone.overlay.independence import address_group
 from peerphone.overlay.node import NodeCore
-from peerphone.overlay.ring import Ring
+from peerphone.overlay.ring import position_of
 from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.records import Capacity, MemberBody, Record, Status, user_key
-from peerphone.sim.adversary import HostileSupernode, grind_key, positions_after
+from peerphone.sim.adversary import RANGES_TRIED, HostileSupernode, choose_range, ring_of
 from peerphone.sim.callload import CallLoad
 from peerphone.sim.engine import Engine, SimNode
 from peerphone.sim.invariants import InvariantChecker
@@ -248,24 +249,28 @@ class World:
             self.engine.schedule(delay, self._login, user, user.session + 1)
 
     def _add_hostiles(self, tier_size: int) -> list[User]:
-        """Hostile supernodes ground next to chosen names (see sim.adversary); they join the
-        tier at start but are in no client's host cache."""
+        """Hostile supernodes placed as near chosen names as their /24 lets them (see
+        sim.adversary); they join the tier at start but are in no client's host cache."""
         cfg = self.config
         rng = random.Random(f"{cfg.seed}:hostile")
-        ring = Ring([c.id for c in self._tier_cores()])
+        ring = ring_of(
+            (c.id, c.supernode.membership.position(c.id))
+            for c in self._tier_cores()
+            if c.supernode is not None
+        )
         clusters = max(1, tier_size // cfg.hostile_every // cfg.hostile_cluster)
         added: list[User] = []
         for c in range(clusters):
             target = f"user{rng.randrange(cfg.users)}"
             self.hostile_targets.append(target)
+            key = user_key(target)
+            prefix = choose_range(ring, key, cfg.hostile_cluster, RANGES_TRIED, c * RANGES_TRIED)
             for j in range(cfg.hostile_cluster):
-                key = user_key(target)
-                keys = grind_key(rng, key, positions_after(ring, key))
-                ring.add(keys.node_id)
+                keys = KeyPair.from_rng(rng)
                 attacker = KeyPair.from_rng(rng)
                 index = len(self.users)
                 core = NodeCore(keys, attacker, f"hostile{c}-{j}", self.core_rng, self.verifier)
-                address = f"45.0.{c % 256}.{j + 1}:4433"  # one public /24 per cluster
+                address = f"{prefix}.{j + 1}:4433"  # the cluster shares one public /24
                 body = MemberBody([address], Capacity(True, 86_400, 10_000, 50_000, 150), 600)
                 sn = HostileSupernode(
                     keys, body, 0.0, self.core_rng, self.verifier, cfg.supernode, [target], attacker
@@ -278,6 +283,10 @@ class World:
                 self.users.append(user)
                 self.by_node[index] = user
                 added.append(user)
+            group = address_group(f"{prefix}.1:4433")
+            cluster = sorted(self.hostiles[-cfg.hostile_cluster :], key=lambda h: h.me)
+            for rank, member in enumerate(cluster):
+                ring.add(member.me, position_of(member.me, group, rank))
         # each also forges every other name it became a replica of
         by_id = {h.me: h for h in self.hostiles}
         r = cfg.supernode.replication
