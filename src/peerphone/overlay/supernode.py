@@ -536,6 +536,7 @@ class SupernodeCore:
 
     def handle_membership(self, msg: Message, src: NodeId, now: float) -> list[Send]:
         return self.membership.receive(msg, src, now)
+
     def after_input(self, now: float) -> list[Send]:
         """Hand records over for every ring change the last input caused."""
         changes = self.membership.changes
