@@ -262,3 +262,38 @@ def test_the_tier_admits_neither_a_false_address_nor_a_made_up_member(
     assert counts.get("address not the one its link comes from", 0) >= 1
     assert intruder.status()["supernode"]["membership_size"] == 1, "no member took it in"
     assert intruder_id and made_up
+
+
+def test_a_supernode_not_reachable_at_its_address_is_not_admitted(
+    lab: tuple[NodeProcs, list[Node]],
+) -> None:
+    """A joiner whose member record gives an address where it does not answer (its own IP,
+    a port nothing listens on) is dialled back there and refused, by Join and by gossip."""
+    procs, sns = lab
+    sizes_before = [sn.status()["supernode"]["membership_size"] for sn in sns]
+    refused_before = sns[0].status()["supernode"].get("membership_refused", {})
+    hidden, _ = spawn_attacker(
+        procs,
+        "hide",
+        "hidden",
+        procs.root / "hidden",
+        "--role",
+        "supernode",
+        "--bootstrap",
+        sns[0].udp_address(),
+        env={},
+    )
+    wait_for("the hidden supernode's control API", lambda: hidden.status())
+    reason = "not reachable at its address"
+
+    def refused() -> int | None:
+        counts = sns[0].status()["supernode"].get("membership_refused", {})
+        n = int(counts.get(reason, 0)) - int(refused_before.get(reason, 0))
+        return n if n >= 1 else None
+
+    n = wait_for("sn0 refusing the hidden supernode after its dial-back", refused, 30.0)
+    time.sleep(3.0)  # a probe interval and more: anything admitted would spread
+    sizes_after = [sn.status()["supernode"]["membership_size"] for sn in sns]
+    print(f"hidden supernode: refused {n} times at sn0; sizes {sizes_before} -> {sizes_after}")
+    assert sizes_after == sizes_before, (sizes_before, sizes_after)
+    assert hidden.status()["supernode"]["membership_size"] == 1, "no member took it in"

@@ -329,3 +329,43 @@ def test_a_member_whose_link_comes_from_another_range_is_removed() -> None:
     a.add_record(honest.record, 4.0)
     a.check_link(honest.me, "44.9.9.200", 4.0)
     assert honest.me in a.members
+
+
+def _dialling(seed: int, address: str) -> Membership:
+    body = MemberBody([address], Capacity(True, 3600, 10_000, 10_000, 100), 600)
+    config = MembershipConfig(dial_back=True)
+    keys = KeyPair.from_rng(random.Random(seed))
+    return Membership(keys, body, 1.0, random.Random(seed), SignatureVerifier(), config)
+
+
+def test_a_joiner_is_admitted_only_once_dialled_back_at_its_address() -> None:
+    a = _dialling(120, "192.0.2.1:4433")
+    hosts: dict[bytes, str] = {}
+    a.peer_host = hosts.get
+    good, hidden = _member(121, "44.2.2.2:4433"), _member(122, "44.3.3.3:4433")
+    hosts[good.me], hosts[hidden.me] = "44.2.2.2", "44.3.3.3"
+    assert a.handle_join(Join(good.record, 0), good.me, 1.0) == []  # no pages before
+    assert a.dial_backs == [(good.me, "44.2.2.2:4433")] and good.me not in a.members
+    pages = a.dial_back_done(good.me, True, 1.2)
+    assert good.me in a.members and len(pages) == 1 and isinstance(pages[0][1], MembershipPage)
+    # introducing itself in gossip is a join too: the same dial-back
+    a.handle_ping(
+        Ping(1, 0, [Gossip(MemberState.ALIVE, hidden.me, 0, hidden.record)]), hidden.me, 2.0
+    )
+    assert a.dial_backs[-1] == (hidden.me, "44.3.3.3:4433") and hidden.me not in a.members
+    assert a.dial_back_done(hidden.me, False, 2.5) == []
+    assert hidden.me not in a.members
+    assert a.refused == {"not reachable at its address": 1}
+    # a report nobody asked for admits nobody; a dial-back never reported times out
+    assert a.dial_back_done(hidden.me, True, 2.6) == [] and hidden.me not in a.members
+    late = _member(123, "44.4.4.4:4433")
+    hosts[late.me] = "44.4.4.4"
+    a.handle_join(Join(late.record, 0), late.me, 3.0)
+    assert a.dial_back_done(late.me, True, 3.0 + 60.0) == [] and late.me not in a.members
+    assert a.refused["dial-back timed out"] == 1
+    # never dial an address outside the range the joiner's link comes from
+    liar = _member(124, "44.5.5.5:4433")
+    hosts[liar.me] = "45.9.9.9"
+    a.handle_join(Join(liar.record, 0), liar.me, 70.0)
+    assert all(node != liar.me for node, _ in a.dial_backs)
+    assert a.refused["address not the one its link comes from"] == 1

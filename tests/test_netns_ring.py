@@ -190,7 +190,7 @@ def test_a_public_supernode_can_neither_grind_nor_claim_its_way_next_to_a_name(
         refused = wait_for(
             "the attacker's claimed range refused",
             moved_and_refused,
-            MOVE_DELAY_S + ATTACH_TIMEOUT_S,
+            MOVE_DELAY_S + 2 * ATTACH_TIMEOUT_S,
             everyone,
         )
         # alice's records are refreshed and looked up: none of it may reach the attacker

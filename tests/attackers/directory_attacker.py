@@ -17,6 +17,8 @@ MODE
           seconds, re-signs its member record (a higher
           incarnation) with that address first — a public /24 it does not sit in, picked
           so that the ring position of that range lands next to a target — and gossips it.
+  hide    as a supernode, give in its member record its own IP but a port where nothing
+          listens (HIDDEN_PORT): a supernode that cannot be reached where it says.
 All count, in REPORT (JSON, rewritten on every change), the call signals this node was
 handed (`signals`, with the call kinds), the forged answers it sent (`forged`), and the
 records of the target names it was handed to store (`target_stores`).
@@ -70,6 +72,7 @@ from peerphone.wire import (
 
 CLAIMED_ADDRESS = "44.1.2.3:4433"
 MADE_UP_ADDRESS = "45.6.7.8:4433"
+HIDDEN_PORT = 9  # discard: nothing listens on it on the test machines' loopback
 FORGED_SEQ = 2**60
 FORGED_TTL_S = 3600.0
 
@@ -178,6 +181,17 @@ def _patch_forge(targets: list[str]) -> None:
     node_module.SUPERNODE_HANDLERS[Subscribe] = subscribe
 
 
+def _patch_hide() -> None:
+    stock_become = NodeCore.become_supernode
+
+    def become(self: NodeCore, now: float, reason: str, seed: bool = False) -> SupernodeCore:
+        host = self.addresses[0].rpartition(":")[0]
+        self.addresses[:] = [f"{host}:{HIDDEN_PORT}"]
+        return stock_become(self, now, reason, seed)
+
+    NodeCore.become_supernode = become  # type: ignore[method-assign]
+
+
 def _patch_intrude() -> None:
     stock_become = NodeCore.become_supernode
     stock_learn = NodeCore.learn_bootstrap
@@ -232,6 +246,8 @@ def main(argv: list[str]) -> int:
         _patch_squat()
     elif mode == "intrude":
         _patch_intrude()
+    elif mode == "hide":
+        _patch_hide()
     elif mode == "forge":
         _patch_forge([n for n in os.environ.get("PEERPHONE_FORGE", "").split(",") if n])
         move_to = os.environ.get("PEERPHONE_MOVE_TO")

@@ -47,6 +47,7 @@ from peerphone.overlay.events import (
     PublishRefused,
     RoleChanged,
 )
+from peerphone.overlay.membership import MembershipConfig
 from peerphone.overlay.node import NodeCore
 from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.records import Capacity, Status, valid_username
@@ -131,7 +132,9 @@ class NodeService:
             SignatureVerifier(),
             capacity=self._capacity(),
             supernode_config=SupernodeConfig(
-                max_clients=cfg.share.max_clients, max_backups=2 * cfg.share.max_clients
+                max_clients=cfg.share.max_clients,
+                max_backups=2 * cfg.share.max_clients,
+                membership=MembershipConfig(dial_back=True),  # joiners are dialled back
             ),
             may_serve=cfg.role != "client",
         )

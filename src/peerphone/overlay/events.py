@@ -150,6 +150,15 @@ class TurnGranted:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class DialBack:
+    """Reach `node` at `address` on a connection of our own and report whether it answered
+    there as itself (`NodeCore.dial_back_done`): its admission to the tier waits on it."""
+
+    node: bytes
+    address: str
+
+
 Event = (
     Attached
     | AttachLost
@@ -166,4 +175,5 @@ Event = (
     | CallHoldChanged
     | CallTransferRequested
     | TurnGranted
+    | DialBack
 )

@@ -46,6 +46,8 @@ REJOIN_EVERY_PROBES = 5  # every 5th probe interval, ping one dead member: heals
 LEAVE_FANOUT = 8  # members told directly when this supernode leaves
 MAX_ASKED = 64  # supernodes whose membership pages we are waiting for
 JOIN_ANSWER_S = 30.0  # how long pages are taken from a supernode we asked
+MAX_DIAL_BACKS = 16  # joiners waiting for our dial-back at once
+DIAL_BACK_S = 15.0  # a dial-back not reported by then counts as failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,9 @@ class MembershipConfig:
     # usually share a network, votes on a name count one per range (overlay.independence),
     # and a range has this many ring positions (overlay.ring.position_of)
     max_members_per_range: int = 4
+    # admit a joiner only once we reached it at its record's first address, on a connection
+    # of our own (the runtime dials; the simulator and unit tests have no sockets)
+    dial_back: bool = False
 
 
 @dataclass(slots=True)
@@ -130,6 +135,8 @@ class Membership:
         # the IP a peer's link comes from, where the runtime tells (NodeCore.link_up); the
         # simulator has no addresses on its links: None
         self.peer_host: Callable[[NodeId], str | None] = _unknown_host
+        self._admitting: dict[NodeId, tuple[Record, float]] = {}  # joiner -> (record, until)
+        self.dial_backs: list[tuple[NodeId, str]] = []  # (joiner, address) for the runtime
 
     # -- own record -----------------------------------------------------------------------
 
@@ -172,6 +179,11 @@ class Membership:
         if src is not None and src not in self.members:
             items = [item for item in items if item.node in (src, self.me)]
             seen_from = self.peer_host(src)  # introducing itself: the same check as a Join
+            if self.config.dial_back:  # and the same dial-back
+                for item in items:
+                    if item.node == src and item.record is not None:
+                        self._admit(item.record, src, now)
+                items = [item for item in items if item.node == self.me]
         for item in items:
             if item.node == self.me:
                 if item.state in (MemberState.SUSPECT, MemberState.DEAD) and (
@@ -369,10 +381,52 @@ class Membership:
         (first page, admitted from the range its link comes from) or that we already count
         as a member (later pages)."""
         if msg.offset == 0 and node_id_of(msg.record.owner) == src:
+            if self.config.dial_back and src not in self.members:
+                self._admit(msg.record, src, now)
+                return []  # the pages follow the dial-back (dial_back_done)
             self.add_record(msg.record, now, self.peer_host(src))
         if src not in self.members:
             return []
         return [(src, self.page(msg.offset))]
+
+    def _admit(self, record: Record, src: NodeId, now: float) -> None:
+        """Ask the runtime to dial `src` back at its record's first address; the record is
+        admitted (add_record) only if it answers there as itself."""
+        if src in self._admitting:
+            return
+        try:
+            body = check_record(record, now, self.verifier)
+        except RecordRejected:
+            return
+        if not isinstance(body, MemberBody) or not body.addresses:
+            return
+        if record_group(record) != host_group(self.peer_host(src) or ""):
+            self._refuse("address not the one its link comes from")  # never dial elsewhere
+            return
+        self._expire_admissions(now)
+        if len(self._admitting) >= MAX_DIAL_BACKS:
+            self._refuse("too many joiners at once")
+            return
+        self._admitting[src] = (record, now + DIAL_BACK_S)
+        self.dial_backs.append((src, body.addresses[0]))
+
+    def dial_back_done(self, node: NodeId, reached: bool, now: float) -> list[Send]:
+        """The runtime's dial-back to a joiner: admit it (and send the first page) or not."""
+        self._expire_admissions(now)
+        pending = self._admitting.pop(node, None)
+        if pending is None:
+            return []
+        if not reached:
+            self._refuse("not reachable at its address")
+            return []
+        if not self.add_record(pending[0], now, self.peer_host(node)) and node not in self.members:
+            return []
+        return [(node, self.page(0))]
+
+    def _expire_admissions(self, now: float) -> None:
+        for node in [n for n, (_, until) in self._admitting.items() if until < now]:
+            del self._admitting[node]
+            self._refuse("dial-back timed out")
 
     def ask(self, node: NodeId, now: float) -> Send:
         """A Join asking `node` for the membership; only asked supernodes' pages count."""

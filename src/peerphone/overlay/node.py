@@ -13,7 +13,7 @@ from collections.abc import Callable
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier
 from peerphone.overlay.calls import CallCore
 from peerphone.overlay.client import ClientConfig, ClientCore
-from peerphone.overlay.events import Event, LookupDone, RoleChanged
+from peerphone.overlay.events import DialBack, Event, LookupDone, RoleChanged
 from peerphone.overlay.supernode import SupernodeConfig, SupernodeCore
 from peerphone.records import Capacity, MemberBody, Record, Status
 from peerphone.wire import (
@@ -175,6 +175,18 @@ class NodeCore:
         out = sn_handler(sn, msg, src, now)
         out.extend(sn.after_input(now))
         self._check_retired(now)
+        for node, address in sn.membership.dial_backs:
+            self.events.append(DialBack(node, address))
+        sn.membership.dial_backs.clear()
+        return out
+
+    def dial_back_done(self, node: NodeId, reached: bool, now: float) -> list[Send]:
+        """The runtime dialled `node` back (see DialBack): admit it to the tier or not."""
+        sn = self.supernode
+        if sn is None:
+            return []
+        out = sn.membership.dial_back_done(node, reached, now)
+        out.extend(sn.after_input(now))
         return out
 
     def handle_timer(self, now: float) -> list[Send]:

@@ -89,6 +89,7 @@ class Link:
     timer_at: float | None = None
     deadline: asyncio.TimerHandle | None = None
     fallback: asyncio.TimerHandle | None = None  # UDP_ANSWER_TIMEOUT_S, then TCP
+    probe: asyncio.Future[bool] | None = None  # a dial-back: only whether `expected` answers
 
 
 class LinkManager(asyncio.DatagramProtocol):
@@ -307,6 +308,18 @@ class LinkManager(asyncio.DatagramProtocol):
             self._connect(addr, expected=None).bootstrap = True
             self._flush()
 
+    def probe(self, addr: Address, expected: NodeId) -> asyncio.Future[bool]:
+        """Dial `addr` on a connection of its own and tell whether `expected` answers there
+        (a dial-back); the connection is closed once that is known."""
+        result: asyncio.Future[bool] = self._loop.create_future()
+        if self._closing or not self._room():
+            result.set_result(False)
+            return result
+        self._connect(addr, expected=expected).probe = result
+        self.stats["dial_backs"] += 1
+        self._flush()
+        return result
+
     def _dial(self, dest: NodeId) -> None:
         addr = self.resolve(dest) or self.addresses.get(dest)
         tcp = None if addr is None or is_tcp(addr) else self.resolve_tcp(dest)
@@ -401,7 +414,7 @@ class LinkManager(asyncio.DatagramProtocol):
 
     def _handshake_timeout(self, link: Link) -> None:
         self.stats["handshake_timeouts"] += 1
-        if link.outbound and link.expected is not None and not is_tcp(link.addr):
+        if link.outbound and link.expected is not None and not is_tcp(link.addr) and not link.probe:
             self.fallback.unanswered(link.expected, self._loop.time())  # TCP first next time
         link.connection.close(reason_phrase="handshake timeout")
         self._service(link)
@@ -426,6 +439,11 @@ class LinkManager(asyncio.DatagramProtocol):
 
     def _handshake_completed(self, link: Link) -> None:
         peer = quic_identity.authenticate(link.connection, link.expected)
+        if link.probe is not None:
+            if not link.probe.done():
+                link.probe.set_result(peer is not None and peer == link.expected)
+            link.connection.close(reason_phrase="dial-back done")
+            return
         if peer is None or peer == self.me:
             self.stats["auth_failed"] += 1
             if peer == self.me:
@@ -518,6 +536,10 @@ class LinkManager(asyncio.DatagramProtocol):
 
     def _terminated(self, link: Link) -> None:
         self._forget(link)
+        if link.probe is not None:
+            if not link.probe.done():
+                link.probe.set_result(False)
+            return
         lost = link.peer if link.peer is not None else link.expected
         if link.expected is not None and self._dialing.get(link.expected) is link:
             del self._dialing[link.expected]

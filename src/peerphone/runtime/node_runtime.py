@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from peerphone.errors import DecodeError, LocalProtocolError
 from peerphone.identity import KeyPair, NodeId, short
-from peerphone.overlay.events import Event, LookupDone
+from peerphone.overlay.events import DialBack, Event, LookupDone
 from peerphone.overlay.node import NodeCore, Send
 from peerphone.records import MemberBody, Record, Status, decode_body
 from peerphone.runtime.link_limits import LinkLimitsConfig
@@ -249,6 +249,9 @@ class NodeRuntime:
                 out.append((dest, msg))
         self.links.send_many(out)
         for event in self.core.pop_events():
+            if isinstance(event, DialBack):
+                self._dial_back(NodeId(event.node), event.address)
+                continue
             if isinstance(event, LookupDone) and event.req in self._lookups:
                 waiter = self._lookups.pop(event.req)
                 if not waiter.done():
@@ -259,6 +262,21 @@ class NodeRuntime:
             except asyncio.QueueFull:
                 self.stats["events_dropped"] += 1
         self._arm_timer()
+
+    def _dial_back(self, node: NodeId, address: str) -> None:
+        """Reach a joining supernode at the address its record gives; the core admits it
+        only if it answers there as itself."""
+
+        def done(reached: bool) -> None:
+            self.drive(self.core.dial_back_done(node, reached, self.now()))
+
+        endpoint = parse_endpoint(address)
+        if endpoint is None:
+            self.loop.call_soon(done, False)
+            return
+        kind, addr = endpoint
+        probe = self.links.probe(dialled(addr) if kind == "tcp" else addr, node)
+        probe.add_done_callback(lambda result: done(result.result()))
 
     def login(self) -> None:
         self.drive(self.core.login(self.now()))
