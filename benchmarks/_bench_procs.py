@@ -96,15 +96,17 @@ async def serve_supernode(port: int, max_clients: int, seed: int) -> None:
 
     def stats() -> dict[str, Any]:
         links = runtime.links
+        view = core.snapshot().supernode
+        assert view is not None  # seeded: never demotes itself
         return {
-            "clients": sn.primary_count,
-            "backups": sn.backup_count,
+            "clients": view.clients_served,
+            "backups": view.backup_for,
             "links": len(links.links),
-            "records": len(sn.store.entries),
-            "lookups_pending": len(sn.lookups),
+            "records": view.keys_held,
+            "lookups_pending": view.lookups_pending,
             "core_errors": core.errors,
             "runtime": dict(sorted(runtime.stats.items())),
-            "supernode": dict(sorted(sn.stats.items())),
+            "supernode": dict(sorted(view.stats.items())),
         }
 
     _say({"pid": os.getpid(), "port": runtime.address[1], "record": encode_record(sn.record).hex()})

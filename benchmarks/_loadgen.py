@@ -186,8 +186,8 @@ class Fleet:
     ) -> RequestResult:
         """Random clients look random other users up, `in_flight` at a time."""
         rng = random.Random(f"lookups-{seed}")
-        clients = sorted(self.published, key=lambda r: r.core.client.username)
-        names = [r.core.client.username for r in clients]
+        clients = sorted(self.published, key=lambda r: r.core.username)
+        names = [r.core.username for r in clients]
         if len(clients) < 2:
             return RequestResult(failures=Counter({"fewer than two clients attached": 1}))
 

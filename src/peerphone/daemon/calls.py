@@ -133,7 +133,7 @@ class CallManager:
     def _behind_tcp_only(self) -> bool:
         """Whether we reach our primary supernode over the TCP carrier (UDP blocked)."""
         runtime = self.service.runtime
-        primary = runtime.core.client.primary
+        primary = runtime.core.attached()[0]
         link = runtime.links.links.get(primary) if primary is not None else None
         return link is not None and is_tcp(link.addr)
 
@@ -142,7 +142,7 @@ class CallManager:
         grant = self.turn
         if grant is None or grant.expires - time.time() < TURN_REFRESH_MARGIN_S:
             runtime = self.service.runtime
-            runtime.drive(runtime.core.client.request_turn(runtime.now()))
+            runtime.drive(runtime.core.request_turn(runtime.now()))
 
     # -- application ------------------------------------------------------------------------
 
@@ -164,7 +164,7 @@ class CallManager:
 
     async def answer(self, call_id: bytes, media: Media) -> None:
         record = self._get(call_id)
-        call = self.service.core.calls.calls.get(call_id)
+        call = self.service.core.call_snapshot(call_id)
         if record.outgoing or call is None or call.state is not CallState.RINGING:
             raise LocalProtocolError("only a ringing incoming call can be answered")
         session = MediaSession(call_id.hex(), media.source(), media.sink(), self._config())
@@ -199,7 +199,7 @@ class CallManager:
 
     async def view(self, call_id: bytes) -> dict[str, Any]:
         record = self._get(call_id)
-        call = self.service.core.calls.calls.get(call_id)
+        call = self.service.core.call_snapshot(call_id)
         out: dict[str, Any] = {
             "call_id": call_id.hex(),
             "peer": record.peer,

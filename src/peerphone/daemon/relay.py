@@ -94,9 +94,7 @@ class Relay:
             runtime.links.tcp.on_other = turn.on_other
             urls.append(f"turn:{_host(advertised)}:{runtime.tcp_address[1]}?transport=tcp")
         self.turn, self.urls = turn, urls
-        sn = runtime.core.supernode
-        if sn is not None:
-            sn.turn_issuer = self._issue
+        runtime.core.set_turn_issuer(self._issue)
         log.info(
             "relay on %s (TURN over TCP: %s)",
             format_address(udp),
@@ -113,6 +111,7 @@ class Relay:
         if turn is None:
             return
         runtime = self.service.runtime
+        runtime.core.set_turn_issuer(None)  # a later supernode role has no relay until start
         if runtime.tcp_address is not None:
             runtime.links.tcp.on_other = refuse_other
         turn.close()

@@ -138,11 +138,9 @@ class NodeService:
             ),
             may_serve=cfg.role != "client",
         )
-        core.client.device = cfg.device
-        core.client.pinned.update(trusted)
-        for contact in self.contacts.values():
-            if contact.key is not None:
-                core.client.pinned[contact.name] = contact.key
+        core.set_device(cfg.device)
+        core.pin(trusted)
+        core.pin({c.name: c.key for c in self.contacts.values() if c.key is not None})
         _, host, port = parse_endpoint(cfg.listen)
         endpoints = cfg.bootstrap_endpoints()
         tcp_listen = None
@@ -167,7 +165,7 @@ class NodeService:
         now = runtime.now()
         if cfg.role == "supernode":
             sn = core.become_supernode(now, "configured: --role supernode", seed=True)
-            runtime.drive(core.join_tier(list(core.client.host_cache), now))
+            runtime.drive(core.join_known_tier(now))
             core.learn_supernodes([sn.record], now)  # our own user may attach to us
         else:
             self.role_reason = (
@@ -222,11 +220,11 @@ class NodeService:
 
     async def shutdown(self) -> None:
         runtime = self.runtime
-        was_supernode = self.core.supernode is not None
+        was_supernode = self.core.is_supernode
         log.info("shutting down%s", " (handing records and clients over)" if was_supernode else "")
         await self.calls.close()
         await self.relay.stop()
-        if self.core.client.state is not ClientState.OFFLINE:
+        if self.core.snapshot().state is not ClientState.OFFLINE:
             runtime.logout()
         await asyncio.sleep(SHUTDOWN_GRACE_S)
         for task in self._tasks:
@@ -342,8 +340,8 @@ class NodeService:
         next_save = time.monotonic() + HOST_CACHE_SAVE_S
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
-            self.core.client.capacity = self._capacity()
-            if self.core.client.primary is not None:
+            self.core.set_capacity(self._capacity())
+            if self.core.attached()[0] is not None:
                 self.calls.refresh_turn()
             self._digest.maybe_log(error_counters(self.runtime.stats, self.relay.stats()))
             if time.monotonic() >= next_save:
@@ -352,7 +350,7 @@ class NodeService:
 
     def _save_host_cache(self) -> None:
         try:
-            self.data.save_host_cache(list(self.core.client.host_cache.values()))
+            self.data.save_host_cache(self.core.host_cache_records())
         except OSError as exc:
             log.warning("could not save the host cache: %s", exc)
 
@@ -380,7 +378,7 @@ class NodeService:
         return lookup_view(done, (time.perf_counter() - started) * 1000)
 
     def contact_list(self) -> list[dict[str, Any]]:
-        buddies = self.core.client.buddies
+        buddies = self.core.buddies()
         out = []
         for name in sorted(self.contacts):
             record = buddies.get(name)
@@ -407,7 +405,7 @@ class NodeService:
         if self.contacts.pop(name, None) is None:
             return False
         self.data.save_contacts(list(self.contacts.values()))
-        self.runtime.drive(self.core.client.watch([name], self.runtime.now(), add=False))
+        self.runtime.drive(self.core.unwatch([name], self.runtime.now()))
         return True
 
     def set_status(self, status: Status) -> None:

@@ -99,43 +99,42 @@ def _peer(service: NodeService, node: NodeId | None) -> dict[str, Any] | None:
 
 def status_view(service: NodeService) -> dict[str, Any]:
     runtime = service.runtime
-    core = runtime.core
-    client = core.client
+    node = runtime.core.snapshot()
     stats = runtime.stats
     errors = dict(error_counters(stats, service.relay.stats()))
-    sn = core.supernode
+    sn = node.supernode
     supernode: dict[str, Any] | None = None
     if sn is not None:
-        primaries = sum(1 for entry in sn.clients.values() if entry.primary)
         supernode = {
-            "clients_served": primaries,
-            "backup_for": len(sn.clients) - primaries,
-            "max_clients": sn.config.max_clients,
-            "records_held": sn.store.record_count,
-            "keys_held": len(sn.store.entries),
-            "membership_size": len(sn.membership.members) + 1,
+            "clients_served": sn.clients_served,
+            "backup_for": sn.backup_for,
+            "max_clients": sn.max_clients,
+            "records_held": sn.records_held,
+            "keys_held": sn.keys_held,
+            "membership_size": sn.membership_size,
+            "ring_position": sn.ring_position.hex() if sn.ring_position else None,
             "seed": sn.seed,
             "stats": dict(sn.stats),
-            "membership_refused": dict(sn.membership.refused),
+            "membership_refused": dict(sn.membership_refused),
         }
     return {
-        "node_id": core.id.hex(),
-        "name": client.username,
-        "user_key": client.user_keys.public.hex(),
-        "device": client.device,
+        "node_id": node.node_id.hex(),
+        "name": node.username,
+        "user_key": node.user_key.hex(),
+        "device": node.device,
         "pid": os.getpid(),
         "uptime_s": round(time.time() - service.started_at, 1),
         "role": "supernode" if sn is not None else "client",
         "role_setting": service.config.role,
         "role_reason": service.role_reason,
-        "state": client.state.value,
-        "status": status_name(client.status),
+        "state": node.state.value,
+        "status": status_name(node.status),
         "registered": service.registered,
-        "name_refused": client.name_refused,
-        "addresses": list(core.addresses),
+        "name_refused": node.name_refused,
+        "addresses": list(node.addresses),
         "attached": {
-            "primary": _peer(service, client.primary),
-            "backup": _peer(service, client.backup),
+            "primary": _peer(service, node.primary),
+            "backup": _peer(service, node.backup),
         },
         "supernode": supernode,
         "sharing": {
@@ -157,7 +156,7 @@ def status_view(service: NodeService) -> dict[str, Any]:
         "links": len(runtime.links.links),
         "links_open": len(runtime.links.limits),  # handshaking or up, in or out
         "links_over_tcp": sum(1 for link in runtime.links.links.values() if is_tcp(link.addr)),
-        "host_cache": len(client.host_cache),
+        "host_cache": node.host_cache_size,
         "errors": errors,
         "errors_total": sum(errors.values()),
         "traffic": {k: stats[k] for k in TRAFFIC_NAMES},

@@ -114,7 +114,7 @@ class CallCore:
         self.client = client
         self.rng = rng
         self.calls: dict[bytes, Call] = {}
-        self.events: list[Event] = []
+        self._events: list[Event] = []  # drained by pop_events
         self.refused: dict[str, int] = {}  # why incoming signaling was dropped, counted
         self._lookups: dict[int, bytes] = {}  # lookup req -> call id
         self._signals: dict[int, tuple[bytes, CallKind]] = {}  # Signal req -> call, kind
@@ -182,7 +182,7 @@ class CallCore:
         if call.held_local == held:
             return []
         call.held_local = held
-        self.events.append(CallHoldChanged(call_id, held, False))
+        self._events.append(CallHoldChanged(call_id, held, False))
         return self._send(call, CallKind.HOLD if held else CallKind.RESUME, now)
 
     def transfer(self, call_id: bytes, target: str, now: float) -> list[Send]:
@@ -193,6 +193,17 @@ class CallCore:
         return self._send(call, CallKind.TRANSFER, now, target=target)
 
     # -- inputs -----------------------------------------------------------------------------
+
+    def has_events(self) -> bool:
+        return bool(self._events)
+
+    def pop_events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    def waits_for(self, event: Event) -> bool:
+        """Whether `event` is the end of a lookup one of our calls started."""
+        return isinstance(event, LookupDone) and event.req in self._lookups
 
     def on_lookup(self, done: LookupDone, now: float) -> list[Send] | None:
         """A lookup finished; None if it was not one of ours."""
@@ -296,7 +307,7 @@ class CallCore:
         # longer than the caller's ring timeout: its CANCEL normally ends the call here
         call.state, call.deadline = CallState.RINGING, now + RING_TIMEOUT_S + INVITE_TIMEOUT_S
         call.invite = None
-        self.events.append(
+        self._events.append(
             CallIncoming(call.call_id, call.peer_user, call.remote_sdp, call.referred_by)
         )
         return self._send(call, CallKind.RINGING, now)
@@ -322,20 +333,20 @@ class CallCore:
         kind = cm.kind
         if kind is CallKind.RINGING:
             call.state, call.deadline = CallState.RINGING, now + RING_TIMEOUT_S
-            self.events.append(CallRinging(call.call_id))
+            self._events.append(CallRinging(call.call_id))
         elif kind is CallKind.ACCEPT:
             call.state, call.answered_at, call.deadline = CallState.ACTIVE, now, float("inf")
             call.remote_sdp = cm.sdp
-            self.events.append(CallAnswered(call.call_id, cm.sdp))
+            self._events.append(CallAnswered(call.call_id, cm.sdp))
         elif kind in (CallKind.REJECT, CallKind.CANCEL, CallKind.BYE):
             self._end(call, cm.reason or kind.name.lower(), now, by_peer=True)
         elif kind in (CallKind.HOLD, CallKind.RESUME):
             call.held_remote = kind is CallKind.HOLD
-            self.events.append(CallHoldChanged(call.call_id, call.held_remote, True))
+            self._events.append(CallHoldChanged(call.call_id, call.held_remote, True))
         elif kind is CallKind.TRANSFER:
             if not valid_username(cm.target):
                 return self._count("bad transfer target")
-            self.events.append(CallTransferRequested(call.call_id, cm.target, call.peer_user))
+            self._events.append(CallTransferRequested(call.call_id, cm.target, call.peer_user))
             out = self._send(call, CallKind.BYE, now, reason=f"transferred to {cm.target}")
             self._end(call, f"transferred to {cm.target}", now, by_peer=False)
             return out
@@ -357,7 +368,7 @@ class CallCore:
         call.state, call.ended_at, call.end_reason = CallState.ENDED, now, reason
         call.deadline = now + ENDED_LINGER_S
         call.invite = None
-        self.events.append(CallEnded(call.call_id, reason, by_peer))
+        self._events.append(CallEnded(call.call_id, reason, by_peer))
 
     # -- sending ----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from peerphone.errors import LocalProtocolError, RecordRejected
@@ -140,7 +141,7 @@ class ClientCore:
         self.pinned: dict[str, bytes] = {}  # username -> user key (trust on first use)
         self.watched: set[str] = set()
         self.buddies: dict[str, Record] = {}  # last verified presence of each watched user
-        self.events: list[Event] = []
+        self._events: list[Event] = []  # drained by pop_events
         self._req = 0
         self._attach: tuple[int, NodeId, bool, float] | None = (
             None  # req, target, primary, deadline
@@ -226,7 +227,7 @@ class ClientCore:
         req = self._req
         cfg = self.config
         if len(self._lookups) >= MAX_PENDING_LOOKUPS:
-            self.events.append(
+            self._events.append(
                 LookupDone(req, username, None, None, 0, now, now, "too many lookups")
             )
             return req, []
@@ -248,9 +249,18 @@ class ClientCore:
             return []
         return [(self.primary, Watch(self._next_req(), names, add))]
 
-    def pop_events(self) -> list[Event]:
-        events, self.events = self.events, []
-        return events
+    def has_events(self) -> bool:
+        return bool(self._events)
+
+    def pop_events(self, only: Callable[[Event], bool] | None = None) -> list[Event]:
+        """Drain the events; with `only`, just those it selects (the rest stay, in order)."""
+        if only is None:
+            events, self._events = self._events, []
+            return events
+        taken = [e for e in self._events if only(e)]
+        if taken:
+            self._events = [e for e in self._events if not only(e)]
+        return taken
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -274,7 +284,7 @@ class ClientCore:
             out.extend(self._after_new_primary(now))
         else:
             self.backup = src
-            self.events.append(Attached(self.primary or src, src))
+            self._events.append(Attached(self.primary or src, src))
         return out
 
     def handle_attach_redirect(self, msg: AttachRedirect, src: NodeId, now: float) -> list[Send]:
@@ -300,11 +310,11 @@ class ClientCore:
             if msg.reason == NAME_TAKEN:  # final: retrying cannot help; the user must act
                 self._publish = None
                 self.name_refused = True
-                self.events.append(PublishRefused(msg.reason))
+                self._events.append(PublishRefused(msg.reason))
             return []  # otherwise the retry timer resends
         self._publish = None
         if self._presence is not None:
-            self.events.append(Published(self._presence.seq, msg.stored))
+            self._events.append(Published(self._presence.seq, msg.stored))
         return []
 
     def handle_lookup_result(self, msg: LookupResult, src: NodeId, now: float) -> list[Send]:
@@ -340,7 +350,7 @@ class ClientCore:
         status = None
         if presence is not None:
             status = _presence_body(presence).status
-        self.events.append(
+        self._events.append(
             LookupDone(
                 msg.req,
                 pending.username,
@@ -393,12 +403,12 @@ class ClientCore:
                 self.buddies[username] = presence  # a refresh: same content, newer
             return
         self.buddies[username] = presence
-        self.events.append(PresenceChanged(username, _presence_body(presence).status, presence))
+        self._events.append(PresenceChanged(username, _presence_body(presence).status, presence))
 
     def request_turn(self, now: float) -> list[Send]:
         """Ask our primary for relay credentials (a TurnGranted event answers)."""
         if self.primary is None:
-            self.events.append(TurnGranted([], "", "", now, "not attached"))
+            self._events.append(TurnGranted([], "", "", now, "not attached"))
             return []
         self._turn_req = self._next_req()
         return [(self.primary, TurnRequest(self._turn_req))]
@@ -410,7 +420,7 @@ class ClientCore:
         grant = TurnGranted(
             list(msg.urls), msg.username, msg.password, msg.expires_ms / 1000, msg.reason
         )
-        self.events.append(grant)
+        self._events.append(grant)
         return []
 
     def handle_redirect(self, msg: Redirect, src: NodeId, now: float) -> list[Send]:
@@ -442,7 +452,7 @@ class ClientCore:
         self.primary = None
         self._publish = None
         self.state = ClientState.ATTACHING
-        self.events.append(AttachLost(peer, self.backup is not None))
+        self._events.append(AttachLost(peer, self.backup is not None))
         if self.backup is not None:
             # ask the backup to take us as primary (admission control applies again)
             backup, self.backup = self.backup, None
@@ -497,7 +507,7 @@ class ClientCore:
                 out.extend(self._publish_presence(now))
         for req in [r for r, p in self._lookups.items() if now >= p.deadline]:
             p = self._lookups.pop(req)
-            self.events.append(
+            self._events.append(
                 LookupDone(req, p.username, None, None, 0, p.started, now, "timeout")
             )
         for req, p in sorted(self._lookups.items()):
@@ -527,7 +537,7 @@ class ClientCore:
         self._next_refresh = None
         self._next_attempt = None
         for req, p in sorted(self._lookups.items()):
-            self.events.append(
+            self._events.append(
                 LookupDone(req, p.username, None, None, 0, p.started, p.started, "logged out")
             )
         self._lookups.clear()
@@ -584,7 +594,7 @@ class ClientCore:
 
     def _after_new_primary(self, now: float) -> list[Send]:
         assert self.primary is not None
-        self.events.append(Attached(self.primary, self.backup))
+        self._events.append(Attached(self.primary, self.backup))
         out = self._publish_presence(now)
         if self.watched:
             out.append((self.primary, Watch(self._next_req(), sorted(self.watched), True)))
@@ -679,7 +689,7 @@ class ClientCore:
             return None, PIN_MISMATCH
         if username not in self.pinned and username != self.username:
             self.pinned[username] = owner
-            self.events.append(KeyPinned(username, owner))
+            self._events.append(KeyPinned(username, owner))
         mine = [r for r in presences if r.owner == owner]
         if not mine:
             return None, "offline"

@@ -14,7 +14,8 @@ from peerphone.identity import KeyPair, NodeId, SignatureVerifier
 from peerphone.overlay.calls import CallCore
 from peerphone.overlay.client import ClientConfig, ClientCore
 from peerphone.overlay.events import DialBack, Event, LookupDone, RoleChanged
-from peerphone.overlay.supernode import SupernodeConfig, SupernodeCore
+from peerphone.overlay.snapshots import CallSnapshot, NodeSnapshot, call_snapshot, node_snapshot
+from peerphone.overlay.supernode import SupernodeConfig, SupernodeCore, TurnIssuer
 from peerphone.records import Capacity, MemberBody, Record, Status
 from peerphone.wire import (
     Ack,
@@ -120,9 +121,10 @@ class NodeCore:
         self.client.addresses = self.addresses
         self.calls = CallCore(self.client, rng)
         self.supernode: SupernodeCore | None = None
-        self.events: list[Event] = []
+        self._events: list[Event] = []  # drained by pop_events
         self.errors = 0  # messages dropped as unexpected for our role
         self.peer_hosts: dict[NodeId, str] = {}  # IP each link comes from (runtime's word)
+        self._turn_issuer: TurnIssuer | None = None  # the supernode role's relay credentials
 
     # -- roles ------------------------------------------------------------------------------
 
@@ -132,7 +134,8 @@ class NodeCore:
             self.node_keys, body, now, self.rng, self.verifier, self.supernode_config, seed
         )
         self.supernode.membership.peer_host = self.peer_hosts.get
-        self.events.append(RoleChanged(True, reason))
+        self.supernode.turn_issuer = self._turn_issuer
+        self._events.append(RoleChanged(True, reason))
         return self.supernode
 
     def _handle_promote(self, msg: Promote, src: NodeId, now: float) -> list[Send]:
@@ -147,7 +150,7 @@ class NodeCore:
     def _check_retired(self, now: float) -> None:
         sn = self.supernode
         if sn is not None and sn.retired:
-            self.events.append(RoleChanged(False, sn.retire_reason))
+            self._events.append(RoleChanged(False, sn.retire_reason))
             self.supernode = None
 
     # -- inputs -----------------------------------------------------------------------------
@@ -176,7 +179,7 @@ class NodeCore:
         out.extend(sn.after_input(now))
         self._check_retired(now)
         for node, address in sn.membership.dial_backs:
-            self.events.append(DialBack(node, address))
+            self._events.append(DialBack(node, address))
         sn.membership.dial_backs.clear()
         return out
 
@@ -215,14 +218,9 @@ class NodeCore:
         """Hand the lookups that calls started (callee or caller checks) to the call core."""
         if not self.calls.looking:  # the common case: no call is looking anybody up
             return out
-        kept: list[Event] = []
-        for event in self.client.events:
-            sends = self.calls.on_lookup(event, now) if isinstance(event, LookupDone) else None
-            if sends is None:
-                kept.append(event)
-            else:
-                out.extend(sends)
-        self.client.events = kept
+        for event in self.client.pop_events(self.calls.waits_for):
+            assert isinstance(event, LookupDone)
+            out.extend(self.calls.on_lookup(event, now) or [])
         return out
 
     def link_up(self, peer: NodeId, host: str, now: float) -> list[Send]:
@@ -317,10 +315,72 @@ class NodeCore:
         return self.client.set_status(status, now)
 
     def pop_events(self) -> list[Event]:
-        events = self.events + self.client.pop_events() + self.calls.events
-        self.events = []
-        self.calls.events = []
+        """Drain what happened since the last call: the only way events come out."""
+        events = self._events + self.client.pop_events() + self.calls.pop_events()
+        self._events = []
         return events
+
+    def has_events(self) -> bool:
+        return bool(self._events or self.client.has_events() or self.calls.has_events())
+
+    # -- what the application may see and set ----------------------------------------------
+
+    @property
+    def username(self) -> str:
+        return self.client.username
+
+    @property
+    def is_supernode(self) -> bool:
+        return self.supernode is not None
+
+    def snapshot(self) -> NodeSnapshot:
+        """The node as it is now, read-only (see overlay.snapshots)."""
+        return node_snapshot(self.id, self.client, self.addresses, self.supernode)
+
+    def attached(self) -> tuple[NodeId | None, NodeId | None]:
+        """Our (primary, backup) supernodes."""
+        return self.client.primary, self.client.backup
+
+    def buddies(self) -> dict[str, Record]:
+        """The last verified presence record of each watched user (a copy)."""
+        return dict(self.client.buddies)
+
+    def host_cache_records(self) -> list[Record]:
+        """The member records of the supernodes we know of (to save across restarts)."""
+        return list(self.client.host_cache.values())
+
+    def set_device(self, device: str) -> None:
+        """The device name our presence records carry."""
+        self.client.device = device
+
+    def pin(self, keys: dict[str, bytes]) -> None:
+        """Trust these users' keys (contacts, or pins saved earlier) over any lookup."""
+        self.client.pinned.update(keys)
+
+    def set_capacity(self, capacity: Capacity) -> None:
+        """What we offer the tier (sent with our next attach)."""
+        self.client.capacity = capacity
+
+    def set_turn_issuer(self, issuer: TurnIssuer | None) -> None:
+        """Who issues relay credentials while we are a supernode (now and after promotion)."""
+        self._turn_issuer = issuer
+        if self.supernode is not None:
+            self.supernode.turn_issuer = issuer
+
+    def unwatch(self, usernames: list[str], now: float) -> list[Send]:
+        return self.client.watch(usernames, now, add=False)
+
+    def request_turn(self, now: float) -> list[Send]:
+        """Ask our primary supernode for relay credentials (a TurnGranted event follows)."""
+        return self.client.request_turn(now)
+
+    def join_known_tier(self, now: float) -> list[Send]:
+        """As a supernode, join the tier through the supernodes in our host cache."""
+        return self.join_tier(list(self.client.host_cache), now)
+
+    def call_snapshot(self, call_id: bytes) -> CallSnapshot | None:
+        call = self.calls.calls.get(call_id)
+        return call_snapshot(call) if call is not None else None
 
     # -- calls ------------------------------------------------------------------------------
 

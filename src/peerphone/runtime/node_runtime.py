@@ -392,6 +392,5 @@ class NodeRuntime:
         return self.idle_timeout_s * KEEPALIVE_FRACTION
 
     def _keep_alive(self) -> None:
-        client = self.core.client
-        self.links.keep_alive(n for n in (client.primary, client.backup) if n is not None)
+        self.links.keep_alive(n for n in self.core.attached() if n is not None)
         self._keepalive = self.loop.call_later(self._keepalive_interval(), self._keep_alive)

@@ -82,7 +82,7 @@ class Engine:
             node.timer_at = t
             heapq.heappush(self._queue, (t, next(self._counter), TIMER, node, t, None))
         core = node.core
-        if (core.events or core.client.events or core.calls.events) and self.on_events is not None:
+        if core.has_events() and self.on_events is not None:
             self.on_events(node)
 
     def crash(self, node: SimNode) -> None:
