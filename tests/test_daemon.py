@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from peerphone.cli import main
-from peerphone.daemon.config import ConfigError, NodeConfig, load_config, parse_endpoint
+from peerphone.daemon.config import ConfigError, NodeConfig, checked_endpoint, load_config
 from peerphone.daemon.datadir import Contact, DataDir, DataDirError
 from peerphone.daemon.logs import ErrorDigest
 from peerphone.daemon.service import EXIT_NAME_TAKEN
@@ -38,15 +38,16 @@ from .node_procs import Node, NodeProcs, wait_for
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("10.0.0.1:4433", ("udp", "10.0.0.1", 4433)),
-        ("udp://10.0.0.1:1", ("udp", "10.0.0.1", 1)),
-        ("tcp://10.0.0.1:443", ("tcp", "10.0.0.1", 443)),
-        ("[::1]:9", ("udp", "::1", 9)),
-        ("tcp://[2001:db8::1]:443", ("tcp", "2001:db8::1", 443)),
+        ("10.0.0.1:4433", ("udp", ("10.0.0.1", 4433))),
+        ("udp://10.0.0.1:1", ("udp", ("10.0.0.1", 1))),
+        ("tcp://10.0.0.1:443", ("tcp", ("10.0.0.1", 443))),
+        ("[::1]:9", ("udp", ("::1", 9))),
+        ("tcp://[2001:db8::1]:443", ("tcp", ("2001:db8::1", 443))),
+        ("0.0.0.0:0", ("udp", ("0.0.0.0", 0))),  # a setting may ask for any free port
     ],
 )
-def test_endpoints_parse(text: str, expected: tuple[str, str, int]) -> None:
-    assert parse_endpoint(text) == expected
+def test_endpoints_parse(text: str, expected: tuple[str, tuple[str, int]]) -> None:
+    assert checked_endpoint(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -64,8 +65,9 @@ def test_endpoints_parse(text: str, expected: tuple[str, str, int]) -> None:
     ],
 )
 def test_bad_endpoints_are_refused_with_the_text(text: str) -> None:
-    with pytest.raises(ConfigError, match=r"expected|must|transport"):
-        parse_endpoint(text)
+    with pytest.raises(ConfigError, match=r"expected|must|transport") as refused:
+        checked_endpoint(text)
+    assert str(refused.value).startswith(repr(text) + ": ")
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,13 @@ from typing import Any, Protocol, TypeVar
 import pytest
 from aioquic.quic.connection import QuicConnection
 
+from peerphone.endpoints import Address
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier
 from peerphone.overlay.events import Attached, Event, LookupDone, Published
 from peerphone.overlay.node import NodeCore, Send
 from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.records import Capacity, PresenceBody, Record, Status, decode_body
-from peerphone.runtime.links import MAX_DATAGRAM_BYTES, Address, LinkManager
+from peerphone.runtime.links import MAX_DATAGRAM_BYTES, LinkManager
 from peerphone.runtime.node_runtime import DEFAULT_IDLE_TIMEOUT_S, NodeRuntime, run
 from peerphone.runtime.quic_identity import make_configuration
 from peerphone.wire import MAX_MESSAGE_BYTES, Lookup, Message, Ping

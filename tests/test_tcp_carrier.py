@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import re
 import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -20,19 +21,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from peerphone.endpoints import (
+    Address,
+    EndpointError,
+    endpoint_or_none,
+    format_endpoint,
+    parse_address,
+    parse_endpoint,
+)
 from peerphone.identity import KeyPair, SignatureVerifier
 from peerphone.overlay.client import ClientConfig
 from peerphone.overlay.events import Attached, Published
 from peerphone.overlay.node import NodeCore
 from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.records import Record
-from peerphone.runtime.links import MAX_DATAGRAM_BYTES, UDP_ANSWER_TIMEOUT_S, Address
-from peerphone.runtime.node_runtime import (
-    NodeRuntime,
-    format_endpoint,
-    parse_address,
-    parse_endpoint,
-)
+from peerphone.runtime.links import MAX_DATAGRAM_BYTES, UDP_ANSWER_TIMEOUT_S
+from peerphone.runtime.node_runtime import NodeRuntime
 from peerphone.runtime.tcp_carrier import (
     MAGIC,
     UDP_FAILURE_MEMORY_S,
@@ -483,15 +487,32 @@ def test_fallback_policy_remembers_udp_failures() -> None:
         ("tcp://1.2.3.4:65536", None),
         ("tcp://", None),
         ("", None),
+        ("::1:9", None),  # IPv6 without brackets
+        ("[10.0.0.1]:9", None),  # IPv4 in brackets
     ],
 )
 def test_endpoints_parse_and_format(
     text: str, endpoint: tuple[str, tuple[str, int]] | None
 ) -> None:
+    assert endpoint_or_none(text) == endpoint
+    if endpoint is None:
+        with pytest.raises(EndpointError, match=re.escape(repr(text))):
+            parse_endpoint(text)
+        return
     assert parse_endpoint(text) == endpoint
-    if endpoint is not None:
-        assert parse_endpoint(format_endpoint(endpoint)) == endpoint
-        assert (parse_address(text) is not None) == (endpoint[0] == "udp" and "//" not in text)
+    assert parse_endpoint(format_endpoint(endpoint)) == endpoint
+    if "//" in text:
+        with pytest.raises(EndpointError):
+            parse_address(text)
+    else:
+        assert parse_address(text) == endpoint[1]
+
+
+def test_port_zero_only_where_asked() -> None:
+    with pytest.raises(EndpointError, match="port number"):
+        parse_address("10.0.0.1:0")
+    assert parse_address("10.0.0.1:0", any_port=True) == ("10.0.0.1", 0)
+    assert parse_endpoint("[::]:0", "tcp", any_port=True) == ("tcp", ("::", 0))
 
 
 class FakeTransport:

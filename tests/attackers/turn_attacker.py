@@ -47,6 +47,8 @@ from typing import Any
 from aioice import stun as aiostun
 from aioice.turn import make_integrity_key
 
+from peerphone.endpoints import Address, parse_address
+
 TRANSACTION_TIMEOUT_S = 2.0  # one STUN request (loopback / lab: a few ms)
 REPLY_WAIT_S = 1.5  # how long a probe through the relay waits for an answer, in all
 PROBE_TRIES = 3  # ... sending it this many times
@@ -57,12 +59,6 @@ SLOW_HEADER = b"\x00\x01\x04\x00\x21\x12\xa4\x42" + bytes(12)  # Binding, 1024 b
 
 Method = aiostun.Method
 Class = aiostun.Class
-Address = tuple[str, int]
-
-
-def parse_address(text: str) -> Address:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def raise_fd_limit(needed: int) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 import tomli_w
 
+from peerphone import endpoints
+from peerphone.endpoints import TCP, UDP, Endpoint, EndpointError
 from peerphone.errors import PeerphoneError
 from peerphone.records import valid_username
 from peerphone.runtime.link_limits import (
@@ -37,35 +39,24 @@ class ConfigError(PeerphoneError):
     """The configuration file or an option is not valid; the message names which."""
 
 
-Endpoint = tuple[str, str, int]  # ("udp" | "tcp", host, port)
-
-
-def parse_endpoint(text: str, default_transport: str = "udp") -> Endpoint:
-    """'HOST:PORT', '[v6]:PORT', 'udp://HOST:PORT' or 'tcp://HOST:PORT' (literal IPs only)."""
-    transport, sep, rest = text.partition("://")
-    if not sep:
-        transport, rest = default_transport, text
-    if transport not in ("udp", "tcp"):
-        raise ConfigError(f"{text!r}: transport must be udp:// or tcp://")
-    host, sep, port = rest.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65_536:
-        raise ConfigError(f"{text!r}: expected HOST:PORT with a port number")
-    bracketed = host.startswith("[") and host.endswith("]")
-    if bracketed:
-        host = host[1:-1]
-    if bracketed != (":" in host):
-        raise ConfigError(f"{text!r}: expected [IPv6]:PORT with brackets, IPv4:PORT without")
+def checked_endpoint(text: str, default: str = UDP) -> Endpoint:
+    """`endpoints.parse_endpoint` for a setting: port 0 allowed (listen on any free port), a
+    bad value a `ConfigError` naming it."""
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(f"{text!r}: HOST must be an IP address, not {host!r}") from None
-    return transport, host, int(port)
+        return endpoints.parse_endpoint(text, default, any_port=True)
+    except EndpointError as exc:
+        raise ConfigError(str(exc)) from None
 
 
-def format_endpoint(endpoint: Endpoint) -> str:
-    transport, host, port = endpoint
-    hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return hostport if transport == "udp" else f"tcp://{hostport}"
+# Transitional, flat (transport, host, port): daemon/service.py still reads
+# `parse_endpoint` and `bootstrap_endpoints` so; new code uses `checked_endpoint`.
+def flat_endpoint(text: str, default_transport: str = UDP) -> tuple[str, str, int]:
+    """`checked_endpoint` as (transport, host, port)."""
+    transport, (host, port) = checked_endpoint(text, default_transport)
+    return transport, host, port
+
+
+parse_endpoint = flat_endpoint  # the old name, for daemon/service.py until it switches
 
 
 @dataclass(slots=True)
@@ -122,16 +113,16 @@ class NodeConfig:
             )
         if self.role not in ROLES:
             raise ConfigError(f"role {self.role!r}: expected one of {', '.join(ROLES)}")
-        if parse_endpoint(self.listen)[0] != "udp":
+        if checked_endpoint(self.listen)[0] != UDP:
             raise ConfigError("listen: a UDP HOST:PORT")
         if self.tcp_listen:
-            parse_endpoint(self.tcp_listen, "tcp")
+            checked_endpoint(self.tcp_listen, TCP)
         if len(self.bootstrap) > MAX_BOOTSTRAP:
             raise ConfigError(f"bootstrap: at most {MAX_BOOTSTRAP} addresses")
         for text in self.bootstrap:
-            parse_endpoint(text)
-        transport, host, _ = parse_endpoint(self.control)
-        if transport != "udp" or not ipaddress.ip_address(host).is_loopback:
+            checked_endpoint(text)
+        transport, (host, _) = checked_endpoint(self.control)
+        if transport != UDP or not ipaddress.ip_address(host).is_loopback:
             raise ConfigError("control: the control API listens on loopback only")
         if not 0 <= self.turn_port < 65_536:
             raise ConfigError("turn_port: 0-65535")
@@ -152,8 +143,9 @@ class NodeConfig:
         if not 0 <= share.up_kbps <= 10_000_000 or not 0 <= share.cpu_percent <= 100:
             raise ConfigError("share.up_kbps: 0-10000000, share.cpu_percent: 0-100")
 
-    def bootstrap_endpoints(self) -> list[Endpoint]:
-        return [parse_endpoint(text) for text in self.bootstrap]
+    def bootstrap_endpoints(self) -> list[tuple[str, str, int]]:
+        """The bootstrap list, flat (transitional: see `flat_endpoint`)."""
+        return [flat_endpoint(text) for text in self.bootstrap]
 
 
 def _typed(section: type[Any], data: dict[str, Any], where: str) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from peerphone.nat.events import Address, AllocationSnapshot, Client
+from peerphone.endpoints import Address
+from peerphone.nat.events import AllocationSnapshot, Client
 from peerphone.nat.limits import CHANNEL_QUARANTINE_S, HOUSEKEEPING_INTERVAL_S, address_prefix
 
 

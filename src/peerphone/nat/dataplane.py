@@ -9,9 +9,10 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+from peerphone.endpoints import Address
 from peerphone.nat import stun
 from peerphone.nat.allocation import Allocation, AllocationTable
-from peerphone.nat.events import TCP, Address, Client, Output, ToClient, ToPeer
+from peerphone.nat.events import TCP, Client, Output, ToClient, ToPeer
 from peerphone.nat.limits import RateMeter, TokenBucket, TurnLimits
 from peerphone.nat.own import OWN_RELAYED_PORT, OwnAddresses
 

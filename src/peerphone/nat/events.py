@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from peerphone.endpoints import TCP as TCP
+from peerphone.endpoints import UDP as UDP
+from peerphone.endpoints import Address
 from peerphone.errors import LocalProtocolError
-
-Address = tuple[str, int]
-UDP = "udp"
-TCP = "tcp"
 
 
 class Client(NamedTuple):

@@ -26,9 +26,8 @@ import ipaddress
 from collections import Counter
 from collections.abc import Iterable
 
+from peerphone.endpoints import Address
 from peerphone.nat.addrfilter import AddressFilter, embedded_ipv4
-
-Address = tuple[str, int]
 
 OWN_PORT = "port"  # reason: one of the node's listening ports
 OWN_RELAYED_PORT = "relayed_port"  # reason: one of the relay's allocated ports

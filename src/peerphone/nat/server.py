@@ -33,13 +33,13 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import cast
 
+from peerphone.endpoints import Address
 from peerphone.errors import DecodeError
 from peerphone.nat.addrfilter import AddressFilter
 from peerphone.nat.credentials import issue_credentials
 from peerphone.nat.events import (
     TCP,
     UDP,
-    Address,
     Client,
     CloseRelay,
     OpenRelay,

@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from peerphone.endpoints import Address
 from peerphone.errors import DecodeError, LocalProtocolError
 from peerphone.nat import stun
 from peerphone.nat.addrfilter import AddressFilter
@@ -42,7 +43,6 @@ from peerphone.nat.allocation import Allocation, AllocationTable, Auth, Channel
 from peerphone.nat.credentials import REALM, NonceMinter, long_term_key, username_user
 from peerphone.nat.dataplane import DataPlane
 from peerphone.nat.events import (
-    Address,
     Client,
     CloseRelay,
     OpenRelay,

@@ -39,6 +39,7 @@ from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.packet import QuicHeader, QuicPacketType, encode_quic_retry, pull_quic_header
 from aioquic.quic.retry import QuicRetryTokenHandler
 
+from peerphone.endpoints import Address
 from peerphone.errors import DecodeError
 from peerphone.identity import KeyPair, NodeId, short
 from peerphone.overlay.node import Send
@@ -48,8 +49,6 @@ from peerphone.runtime.tcp_carrier import FallbackPolicy, TcpCarrier, is_tcp, so
 from peerphone.wire import MAX_MESSAGE_BYTES, Message, decode_message, encode_message
 
 log = logging.getLogger(__name__)
-
-Address = tuple[str, int]
 
 # aioquic never sends datagrams above its max_datagram_size (1200 by default; checked in
 # LinkManager.__init__); anything larger is not QUIC from a peerphone node.

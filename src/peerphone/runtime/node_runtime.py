@@ -26,13 +26,15 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
+from peerphone import endpoints
+from peerphone.endpoints import Address, Endpoint, endpoint_or_none
 from peerphone.errors import DecodeError, LocalProtocolError
 from peerphone.identity import KeyPair, NodeId, short
 from peerphone.overlay.events import DialBack, Event, LookupDone
 from peerphone.overlay.node import NodeCore, Send
 from peerphone.records import MemberBody, Record, Status, decode_body
 from peerphone.runtime.link_limits import LinkLimitsConfig
-from peerphone.runtime.links import UDP_ANSWER_TIMEOUT_S, Address, Link, LinkManager
+from peerphone.runtime.links import UDP_ANSWER_TIMEOUT_S, Link, LinkManager
 from peerphone.runtime.tcp_carrier import dialled, is_tcp, socket_address
 from peerphone.wire import Message
 
@@ -46,7 +48,6 @@ DEFAULT_IDLE_TIMEOUT_S = 15.0
 # no UDP bootstrap link up by then: dial the TCP bootstrap addresses too (the same
 # reasoning as a dial by NodeId: three unanswered Initials mean UDP does not get through)
 TCP_BOOTSTRAP_DELAY_S = UDP_ANSWER_TIMEOUT_S
-Endpoint = tuple[str, Address]  # ("udp" | "tcp", (host, port))
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -62,40 +63,11 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-def parse_address(text: str) -> Address | None:
-    """'host:port' or '[v6]:port' as a (host, port) pair, or None if it is not one."""
-    host, sep, port = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65_536:
-        return None
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return None  # member records carry literal addresses; no DNS in the data path
-    return host, int(port)
-
-
-def format_address(addr: Address) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def parse_endpoint(text: str) -> Endpoint | None:
-    """'HOST:PORT' (UDP), 'udp://HOST:PORT' or 'tcp://HOST:PORT' (HOST may be '[v6]') as
-    ("udp" | "tcp", (host, port)), or None if it is none of them."""
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        scheme, rest = "udp", text
-    elif scheme not in ("udp", "tcp"):
-        return None
-    addr = parse_address(rest)
-    return None if addr is None else (scheme, addr)
-
-
-def format_endpoint(endpoint: Endpoint) -> str:
-    """The inverse of `parse_endpoint`: 'HOST:PORT' for UDP, 'tcp://HOST:PORT' for TCP."""
-    kind, addr = endpoint
-    return format_address(addr) if kind == "udp" else f"{kind}://{format_address(addr)}"
+# the old names: daemon/service.py, relay.py and views.py import them from here until
+# they import `peerphone.endpoints`
+parse_endpoint = endpoint_or_none
+format_address = endpoints.format_address
+format_endpoint = endpoints.format_endpoint
 
 
 class NodeRuntime:
@@ -204,7 +176,7 @@ class NodeRuntime:
             for kind, addr in bound:
                 if addr is not None and not ipaddress.ip_address(addr[0]).is_unspecified:
                     # in place: the client role holds the same list (presence addresses)
-                    self.core.addresses.append(format_endpoint((kind, addr)))
+                    self.core.addresses.append(endpoints.format_endpoint((kind, addr)))
         self.core.learn_supernodes(self.host_cache, self.now())
         for addr in self.bootstrap:
             links.dial_address(addr)
@@ -270,7 +242,7 @@ class NodeRuntime:
         def done(reached: bool) -> None:
             self.drive(self.core.dial_back_done(node, reached, self.now()))
 
-        endpoint = parse_endpoint(address)
+        endpoint = endpoint_or_none(address)
         if endpoint is None:
             self.loop.call_soon(done, False)
             return
@@ -362,7 +334,7 @@ class NodeRuntime:
             return []
         if not isinstance(body, MemberBody):
             return []
-        parsed = (parse_endpoint(text) for text in body.addresses)
+        parsed = (endpoint_or_none(text) for text in body.addresses)
         return [endpoint for endpoint in parsed if endpoint is not None]
 
     # -- time -----------------------------------------------------------------------------

@@ -32,11 +32,11 @@ from collections import Counter
 from collections.abc import Callable
 from typing import cast
 
+from peerphone.endpoints import Address
 from peerphone.errors import LocalProtocolError
 
 log = logging.getLogger(__name__)
 
-Address = tuple[str, int]
 OtherHandler = Callable[[bytes, asyncio.Transport], None]
 
 # First byte 0xFF: not STUN/TURN (0x00/0x01), not TLS (0x16), not ASCII (HTTP methods).
