@@ -51,6 +51,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from peerphone.procs import pid_alive
+
 NatKind = Literal["cone", "symmetric", "firewall443"]
 NAT_KINDS: tuple[NatKind, ...] = get_args(NatKind)
 
@@ -138,21 +140,12 @@ def namespace_pids(ns: str) -> list[int]:
     return [int(p) for p in _command(["ip", "netns", "pids", ns]).split()]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def _kill_namespace_processes(namespaces: Sequence[str], deadline_s: float) -> None:
     """SIGKILL every process in the namespaces; wait (bounded) until they are gone."""
     deadline = time.monotonic() + deadline_s
     while True:
         pids = [p for ns in namespaces for p in namespace_pids(ns) if p != os.getpid()]
-        alive = [p for p in pids if _pid_alive(p)]
+        alive = [p for p in pids if pid_alive(p)]
         if not alive:
             return
         for pid in alive:
@@ -186,7 +179,7 @@ def cleanup_stale() -> list[str]:
         if pid == me:
             if any(ns.startswith(prefix) for prefix in _LIVE):
                 continue
-        elif _pid_alive(pid):
+        elif pid_alive(pid):
             continue
         stale.append(ns)
     if stale:

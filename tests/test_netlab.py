@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from peerphone.procs import pid_alive
+
 from .netlab import (
     PREFIX,
     Host,
@@ -407,14 +409,6 @@ def ip(args: list[str]) -> str:
 def root_links() -> set[str]:
     out = ip(["-o", "link", "show"])
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
 
 
 def test_teardown_leaves_no_namespaces_links_or_processes() -> None:
