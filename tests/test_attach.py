@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from peerphone.overlay.client import ClientConfig, ClientState
-from peerphone.overlay.directory import NAME_TAKEN
 from peerphone.overlay.events import (
     Attached,
     LookupDone,
@@ -16,7 +15,7 @@ from peerphone.overlay.events import (
 from peerphone.overlay.node import NodeCore
 from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.records import Status
-from peerphone.wire import Attach, AttachAccept, AttachRedirect, Lookup, Publish, Store
+from peerphone.wire import Attach, AttachAccept, AttachRedirect, Lookup, Publish, ReasonCode, Store
 
 from .helpers import FakeNet
 
@@ -303,7 +302,7 @@ def test_second_key_claiming_a_taken_name_is_refused_with_the_reason() -> None:
     (impostor,) = net.log_in(tier, ["alice"])  # same name, another user key
     net.run_until(2.0)
     refused = [e for e in net.events[impostor.id] if isinstance(e, PublishRefused)]
-    assert refused == [PublishRefused(NAME_TAKEN)]
+    assert refused == [PublishRefused(ReasonCode.NAME_TAKEN)]
     assert impostor.client.name_refused
     assert not [e for e in net.events[impostor.id] if isinstance(e, Published)]
     # the directory still answers with the first owner's presence

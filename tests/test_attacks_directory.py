@@ -24,8 +24,8 @@ import pytest
 
 from peerphone.identity import KeyPair
 from peerphone.overlay.client import PIN_MISMATCH
-from peerphone.overlay.lookups import CONFLICT
 from peerphone.records import user_key
+from peerphone.wire import ReasonCode
 
 from .node_procs import START_TIMEOUT_S, Node, NodeProcs, wait_for
 
@@ -204,7 +204,7 @@ def test_a_ground_hostile_supernode_cannot_hand_out_a_forged_alice(
             assert r["record"]["owner"] == alice_key
         else:  # only a client with the hostile supernode as its own primary or backup:
             # its forged answer meets the honest one (unpinned) or carol's pin: unresolved
-            assert on_evil and r["reason"] in (CONFLICT, PIN_MISMATCH), r
+            assert on_evil and r["reason"] in (ReasonCode.CONFLICT, PIN_MISMATCH), r
     pins = json.loads((carol_again.data_dir / "pins.json").read_text())["pins"]
     assert pins["alice"] == alice_key
     # a fresh client whose *primary* is the hostile supernode: it answers her lookup itself,

@@ -9,11 +9,9 @@ import msgspec
 
 from peerphone.identity import KeyPair, NodeId
 from peerphone.overlay.events import CallIncoming, LookupDone, PublishRefused
-from peerphone.overlay.lookups import CONFLICT
 from peerphone.overlay.node import NodeCore
-from peerphone.overlay.supernode import PRESENCE_OF_ANOTHER_NODE
 from peerphone.records import NameBody, PresenceBody, RecordKind, Status, make_record
-from peerphone.wire import LookupResult, Message, Publish, PublishAck, SignalDeliver
+from peerphone.wire import LookupResult, Message, Publish, PublishAck, ReasonCode, SignalDeliver
 
 from .helpers import FakeNet
 from .test_calls import OFFER, of
@@ -66,7 +64,7 @@ def test_a_replayed_presence_is_refused_and_routes_nothing() -> None:
     net.run_until(net.now + 1.0)
     acks = [m for _, s, d, m in net.log if d == mallory.id and isinstance(m, PublishAck)]
     assert any(a.req == 999 and a.stored == 0 for a in acks)
-    assert any(a.reason == PRESENCE_OF_ANOTHER_NODE for a in acks)
+    assert any(a.reason == ReasonCode.PRESENCE_OF_ANOTHER_NODE for a in acks)
     call_id, sends = carol.call("alice", OFFER, net.now)
     net.call(carol, sends)
     net.run_until(net.now + 2.0)
@@ -97,7 +95,7 @@ def test_a_hostile_primary_cannot_decide_alone_whom_its_client_trusts() -> None:
     net.call(carol, sends)
     net.run_until(net.now + 3.0)
     (done,) = [e for e in net.events[carol.id] if isinstance(e, LookupDone) and e.req == req]
-    assert done.presence is None and done.reason == CONFLICT
+    assert done.presence is None and done.reason == ReasonCode.CONFLICT
     assert "alice" not in carol.client.pinned
     net.tamper = None  # an honest answer from both: alice's real key
     req, sends = carol.lookup("alice", net.now)
@@ -116,7 +114,7 @@ def test_a_conflict_seen_by_one_supernode_is_not_overruled_by_the_other() -> Non
         if dst != carol.id or not isinstance(msg, LookupResult):
             return msg
         if src == backup:  # the honest side could not settle the owner
-            return msgspec.structs.replace(msg, records=[], reason=CONFLICT)
+            return msgspec.structs.replace(msg, records=[], reason=ReasonCode.CONFLICT)
         exp = int((net.now + 600) * 1000)  # the hostile primary names its own key
         return msgspec.structs.replace(
             msg, records=[make_record(RecordKind.NAME, evil, 2**60, exp, NameBody("alice"))]
@@ -127,5 +125,5 @@ def test_a_conflict_seen_by_one_supernode_is_not_overruled_by_the_other() -> Non
     net.call(carol, sends)
     net.run_until(net.now + 3.0)
     (done,) = [e for e in net.events[carol.id] if isinstance(e, LookupDone) and e.req == req]
-    assert done.presence is None and done.reason == CONFLICT
+    assert done.presence is None and done.reason == ReasonCode.CONFLICT
     assert "alice" not in carol.client.pinned

@@ -19,3 +19,8 @@ class RecordRejected(PeerphoneError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class MessageTooLarge(LocalProtocolError, ValueError):
+    """A core built a message over the wire limit: our own bug (a ValueError too, as the
+    encoder's callers have always caught)."""

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import msgspec
 
-from peerphone.errors import DecodeError
+from peerphone.errors import DecodeError, MessageTooLarge
 from peerphone.records import (
     MAX_ATTACHED_SUPERNODES,
     Capacity,
@@ -33,6 +33,23 @@ MAX_SIGNAL_BYTES = 32 * 1024  # one signed call message (an SDP offer is ~1-4 Ki
 
 ReqId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON_CHARS)]
+
+
+class ReasonCode(enum.StrEnum):
+    """The reasons a receiver acts on. A `Reason` field may also carry free text (why a
+    record was refused, a signature failure ...): compare with these, never with literals."""
+
+    NOT_ATTACHED = "not attached here"  # Lookup, Signal, TurnRequest: re-attach
+    NOT_PRIMARY = "not attached here as primary"  # Publish: re-attach
+    NOT_A_SUPERNODE = "not a supernode"  # Attach to a node that does not serve
+    NAME_TAKEN = "name taken by another key"  # final: the user must act
+    PRESENCE_OF_ANOTHER_NODE = "presence names another node"  # a publish refusal
+    CONFLICT = "replicas disagree on the name's owner"  # a lookup: no agreed owner
+    NOT_FOUND = "not found"
+    BUSY = "busy"  # too many lookups pending at the supernode
+    UNDELIVERED = "no supernode of the target delivered it"  # a signal
+
+
 Records = Annotated[list[Record], msgspec.Meta(max_length=MAX_RECORDS_PER_MESSAGE)]
 Hints = Annotated[list[Record], msgspec.Meta(max_length=MAX_HINTS)]
 SignalPayload = Annotated[bytes, msgspec.Meta(max_length=MAX_SIGNAL_BYTES)]
@@ -334,7 +351,7 @@ _decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
 def encode_message(message: Message) -> bytes:
     data = _encoder.encode(message)
     if len(data) > MAX_MESSAGE_BYTES:
-        raise ValueError(f"{type(message).__name__} encodes to {len(data)} bytes")
+        raise MessageTooLarge(f"{type(message).__name__} encodes to {len(data)} bytes")
     return data
 
 

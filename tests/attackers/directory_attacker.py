@@ -33,6 +33,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import peerphone.daemon.service as service_module
@@ -104,7 +105,7 @@ def _patch_count_signals() -> None:
 
 def _patch_squat() -> None:
     # the stock node stops when its publish is refused with NAME_TAKEN: never match it
-    service_module.NAME_TAKEN = "\x00never"  # type: ignore[attr-defined]
+    service_module.ReasonCode = SimpleNamespace(NAME_TAKEN="\x00never")  # type: ignore[attr-defined,assignment]
 
 
 def _forged(sn: SupernodeCore, name: str, now: float) -> list[Record]:

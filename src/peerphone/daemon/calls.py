@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peerphone.daemon.config import NodeConfig
 from peerphone.errors import LocalProtocolError, PeerphoneError
 from peerphone.media import (
     CallConfig,
@@ -41,12 +43,12 @@ from peerphone.overlay.events import (
     Event,
     TurnGranted,
 )
+from peerphone.runtime.node_runtime import NodeRuntime
 from peerphone.runtime.tcp_carrier import is_tcp
 
 if TYPE_CHECKING:
     from aiortc import MediaStreamTrack
 
-    from peerphone.daemon.service import NodeService
 
 log = logging.getLogger("peerphone.calls")
 
@@ -100,11 +102,13 @@ class CallRecord:
 class CallManager:
     """The daemon's calls (see the module docstring)."""
 
-    def __init__(self, service: NodeService) -> None:
+    def __init__(self, config: NodeConfig, runtime: Callable[[], NodeRuntime]) -> None:
+        """`runtime`: the node's runtime once it has started (calls need it only then)."""
         # Without it, calls between two cone NATs go through our TURN relay when they
         # could go direct (see aiortc_internals.restart_checks_on_incoming).
         aiortc_internals.restart_checks_on_incoming()
-        self.service = service
+        self.config = config
+        self._runtime = runtime
         self.calls: dict[bytes, CallRecord] = {}
         self.turn: TurnGranted | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -132,7 +136,7 @@ class CallManager:
 
     def _behind_tcp_only(self) -> bool:
         """Whether we reach our primary supernode over the TCP carrier (UDP blocked)."""
-        runtime = self.service.runtime
+        runtime = self._runtime()
         primary = runtime.core.attached()[0]
         link = runtime.links.links.get(primary) if primary is not None else None
         return link is not None and is_tcp(link.addr)
@@ -141,13 +145,13 @@ class CallManager:
         """Ask our supernode for relay credentials when we have none or they run out."""
         grant = self.turn
         if grant is None or grant.expires - time.time() < TURN_REFRESH_MARGIN_S:
-            runtime = self.service.runtime
+            runtime = self._runtime()
             runtime.drive(runtime.core.request_turn(runtime.now()))
 
     # -- application ------------------------------------------------------------------------
 
     async def place(self, name: str, media: Media, referred_by: str = "") -> CallRecord:
-        runtime = self.service.runtime
+        runtime = self._runtime()
         session = MediaSession("pending", media.source(), media.sink(), self._config())
         try:
             offer = await session.create_offer()
@@ -164,7 +168,7 @@ class CallManager:
 
     async def answer(self, call_id: bytes, media: Media) -> None:
         record = self._get(call_id)
-        call = self.service.core.call_snapshot(call_id)
+        call = self._runtime().core.call_snapshot(call_id)
         if record.outgoing or call is None or call.state is not CallState.RINGING:
             raise LocalProtocolError("only a ringing incoming call can be answered")
         session = MediaSession(call_id.hex(), media.source(), media.sink(), self._config())
@@ -172,34 +176,34 @@ class CallManager:
         try:
             answer = await session.accept_offer(call.remote_sdp)
         except PeerphoneError as exc:
-            runtime = self.service.runtime
+            runtime = self._runtime()
             runtime.drive(runtime.core.reject_call(call_id, f"media failed: {exc}", runtime.now()))
             raise
-        runtime = self.service.runtime
+        runtime = self._runtime()
         runtime.drive(runtime.core.accept_call(call_id, answer, runtime.now()))
         log.info("answered %s (call %s)", record.peer, call_id.hex()[:8])
         self._spawn(self._connected(record))
 
     def hangup(self, call_id: bytes) -> None:
         self._get(call_id)
-        runtime = self.service.runtime
+        runtime = self._runtime()
         runtime.drive(runtime.core.hangup(call_id, runtime.now()))
 
     def hold(self, call_id: bytes, held: bool) -> None:
         record = self._get(call_id)
-        runtime = self.service.runtime
+        runtime = self._runtime()
         runtime.drive(runtime.core.hold(call_id, held, runtime.now()))
         if record.session is not None and record.session.connected:
             (record.session.hold if held else record.session.resume)()
 
     def transfer(self, call_id: bytes, target: str) -> None:
         self._get(call_id)
-        runtime = self.service.runtime
+        runtime = self._runtime()
         runtime.drive(runtime.core.transfer(call_id, target, runtime.now()))
 
     async def view(self, call_id: bytes) -> dict[str, Any]:
         record = self._get(call_id)
-        call = self.service.core.call_snapshot(call_id)
+        call = self._runtime().core.call_snapshot(call_id)
         out: dict[str, Any] = {
             "call_id": call_id.hex(),
             "peer": record.peer,
@@ -264,7 +268,7 @@ class CallManager:
             event.call_id.hex()[:8],
             f", transferred by {event.referred_by}" if event.referred_by else "",
         )
-        cfg = self.service.config
+        cfg = self.config
         if cfg.auto_answer:
             record_path = ""
             if cfg.answer_record:
@@ -287,7 +291,7 @@ class CallManager:
             await record.session.wait_connected()
         except CallFailed as exc:
             log.warning("call %s: media failed: %s", record.call_id.hex()[:8], exc)
-            runtime = self.service.runtime
+            runtime = self._runtime()
             if not record.end_reason:
                 reason = f"media failed: {exc}"[:100]
                 runtime.drive(runtime.core.hangup(record.call_id, runtime.now(), reason))

@@ -20,19 +20,18 @@ import logging
 import os
 import random
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
+from peerphone.daemon.config import NodeConfig
 from peerphone.identity import NodeId
 from peerphone.nat.addrfilter import AddressFilter
 from peerphone.nat.credentials import CredentialIssuer
 from peerphone.nat.events import AllocationSnapshot
 from peerphone.nat.server import TurnService
 from peerphone.nat.turn import TurnServer
-from peerphone.runtime.node_runtime import format_address, parse_endpoint
+from peerphone.runtime.node_runtime import NodeRuntime, format_address, parse_endpoint
 from peerphone.runtime.tcp_carrier import refuse_other
-
-if TYPE_CHECKING:
-    from peerphone.daemon.service import NodeService
 
 log = logging.getLogger("peerphone.relay")
 
@@ -44,8 +43,10 @@ SECRET_BYTES = 32
 class Relay:
     """One supernode's relay (see the module docstring)."""
 
-    def __init__(self, service: NodeService) -> None:
-        self.service = service
+    def __init__(self, config: NodeConfig, runtime: Callable[[], NodeRuntime]) -> None:
+        """`runtime`: the node's runtime once it has started (the relay starts after)."""
+        self.config = config
+        self._runtime = runtime
         self.turn: TurnService | None = None
         self.urls: list[str] = []
         self._issuer: CredentialIssuer | None = None
@@ -58,9 +59,8 @@ class Relay:
     async def start(self) -> None:
         if self.turn is not None:
             return
-        service = self.service
-        runtime = service.runtime
-        cfg = service.config
+        runtime = self._runtime()
+        cfg = self.config
         advertised = self._advertised_host()
         bound = runtime.address
         if advertised is None or bound is None:
@@ -110,7 +110,7 @@ class Relay:
         turn, self.turn = self.turn, None
         if turn is None:
             return
-        runtime = self.service.runtime
+        runtime = self._runtime()
         runtime.core.set_turn_issuer(None)  # a later supernode role has no relay until start
         if runtime.tcp_address is not None:
             runtime.links.tcp.on_other = refuse_other
@@ -126,7 +126,7 @@ class Relay:
 
     def _advertised_host(self) -> str | None:
         """The host of our first advertised UDP endpoint (what clients can reach)."""
-        for text in self.service.runtime.core.addresses:
+        for text in self._runtime().core.snapshot().addresses:
             endpoint = parse_endpoint(text)
             if endpoint is not None and endpoint[0] == "udp":
                 return endpoint[1][0]

@@ -30,7 +30,6 @@ from peerphone.daemon.views import error_counters, lookup_view, presence_view, s
 from peerphone.errors import LocalProtocolError, PeerphoneError
 from peerphone.identity import KeyPair, SignatureVerifier, short
 from peerphone.overlay.client import ClientState
-from peerphone.overlay.directory import NAME_TAKEN
 from peerphone.overlay.events import (
     Attached,
     AttachLost,
@@ -52,6 +51,7 @@ from peerphone.overlay.node import NodeCore
 from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.records import Capacity, Status, valid_username
 from peerphone.runtime.node_runtime import NodeRuntime, format_address, format_endpoint
+from peerphone.wire import ReasonCode
 
 log = logging.getLogger("peerphone.node")
 CALL_EVENTS = (
@@ -101,8 +101,8 @@ class NodeService:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._digest = ErrorDigest(log)
-        self.calls = CallManager(self)
-        self.relay = Relay(self)
+        self.calls = CallManager(config, lambda: self.runtime)
+        self.relay = Relay(config, lambda: self.runtime)
         self.pins = Pins(data.path)
 
     @property
@@ -265,7 +265,7 @@ class NodeService:
             out.update(seq=event.seq, stored=event.stored)
         elif isinstance(event, PublishRefused):
             out.update(reason=event.reason)
-            if event.reason == NAME_TAKEN and not self.registered:
+            if event.reason == ReasonCode.NAME_TAKEN and not self.registered:
                 self.fatal = NameTaken(
                     f"the name {self.config.name!r} is registered by another user key; "
                     "choose another with --name"

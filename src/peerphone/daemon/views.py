@@ -5,17 +5,38 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
+from peerphone.daemon.config import NodeConfig
+from peerphone.daemon.datadir import Contact
+from peerphone.daemon.relay import Relay
 from peerphone.errors import DecodeError
 from peerphone.identity import NodeId
 from peerphone.overlay.events import LookupDone
 from peerphone.records import PresenceBody, Record, Status, decode_body
-from peerphone.runtime.node_runtime import format_address
+from peerphone.runtime.node_runtime import NodeRuntime, format_address
 from peerphone.runtime.tcp_carrier import is_tcp, socket_address
 
-if TYPE_CHECKING:
-    from peerphone.daemon.service import NodeService
+
+class StatusSource(Protocol):
+    """What the status view reads of the node's service (the daemon's NodeService)."""
+
+    @property
+    def runtime(self) -> NodeRuntime: ...
+    @property
+    def relay(self) -> Relay: ...
+    @property
+    def config(self) -> NodeConfig: ...
+    @property
+    def contacts(self) -> Mapping[str, Contact]: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def role_reason(self) -> str: ...
+    @property
+    def registered(self) -> bool: ...
+
 
 # runtime counters that mean "input we refused" (shown under errors in status)
 ERROR_PREFIXES = ("drop_", "tcp_drop_")
@@ -83,7 +104,7 @@ def lookup_view(done: LookupDone, latency_ms: float) -> dict[str, Any]:
     }
 
 
-def _peer(service: NodeService, node: NodeId | None) -> dict[str, Any] | None:
+def _peer(service: StatusSource, node: NodeId | None) -> dict[str, Any] | None:
     if node is None:
         return None
     link = service.runtime.links.links.get(node)
@@ -97,7 +118,7 @@ def _peer(service: NodeService, node: NodeId | None) -> dict[str, Any] | None:
     }
 
 
-def status_view(service: NodeService) -> dict[str, Any]:
+def status_view(service: StatusSource) -> dict[str, Any]:
     runtime = service.runtime
     node = runtime.core.snapshot()
     stats = runtime.stats

@@ -401,7 +401,8 @@ class CallCore:
     # -- time and bookkeeping ---------------------------------------------------------------
 
     def next_timer(self) -> float | None:
-        return min((c.deadline for c in self.calls.values()), default=None)
+        due = min((c.deadline for c in self.calls.values()), default=None)
+        return None if due is None or due == float("inf") else due  # inf: an active call
 
     def handle_timer(self, now: float) -> list[Send]:
         out: list[Send] = []

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from peerphone.errors import LocalProtocolError, RecordRejected
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier, node_id_of
-from peerphone.overlay.directory import NAME_TAKEN
 from peerphone.overlay.events import (
     Attached,
     AttachLost,
@@ -27,7 +26,6 @@ from peerphone.overlay.events import (
     PublishRefused,
     TurnGranted,
 )
-from peerphone.overlay.lookups import CONFLICT
 from peerphone.records import (
     Capacity,
     MemberBody,
@@ -52,6 +50,7 @@ from peerphone.wire import (
     PresenceUpdate,
     Publish,
     PublishAck,
+    ReasonCode,
     Redirect,
     TurnGrant,
     TurnRequest,
@@ -64,8 +63,6 @@ MAX_HOST_CACHE = 200  # supernode member records remembered (persisted by the ru
 MAX_PENDING_LOOKUPS = 64
 MAX_WATCHED = 1000  # buddies per user
 _INF = float("inf")
-NOT_ATTACHED = "not attached here as primary"  # PublishAck reason that makes us re-attach
-NOT_ATTACHED_LOOKUP = "not attached here"  # the same for a LookupResult
 PIN_MISMATCH = "name bound to a different key than the pinned one"  # a lookup's refusal
 REFUSAL_MEMORY_S = 60.0  # a supernode that refused us is not asked again for this long
 
@@ -305,9 +302,9 @@ class ClientCore:
         if self._publish is None or self._publish[0] != msg.req or src != self.primary:
             return []
         if msg.stored == 0:
-            if msg.reason == NOT_ATTACHED:  # the supernode forgot us (e.g. restarted)
+            if msg.reason == ReasonCode.NOT_PRIMARY:  # the supernode forgot us (e.g. restarted)
                 return self.connection_lost(src, now)
-            if msg.reason == NAME_TAKEN:  # final: retrying cannot help; the user must act
+            if msg.reason == ReasonCode.NAME_TAKEN:  # final: retrying cannot help, the user acts
                 self._publish = None
                 self.name_refused = True
                 self._events.append(PublishRefused(msg.reason))
@@ -321,7 +318,7 @@ class ClientCore:
         pending = self._lookups.get(msg.req)
         if pending is None:
             return []
-        if msg.reason == NOT_ATTACHED_LOOKUP and src == pending.sent_to:
+        if msg.reason == ReasonCode.NOT_ATTACHED and src == pending.sent_to:
             # the supernode forgot us: re-attach; the lookup goes out again once attached
             pending.sent_to = None
             return self.connection_lost(src, now) if src == self.primary else []
@@ -331,8 +328,9 @@ class ClientCore:
                 return []
             first = pending.first
             hops = max(first.hops, msg.hops)
-            if CONFLICT in (first.reason, msg.reason):  # one side's replicas disagree: so
-                msg = LookupResult(msg.req, [], hops, CONFLICT)  # do we, whatever the other says
+            if ReasonCode.CONFLICT in (first.reason, msg.reason):
+                # one side's replicas disagree: so do we, whatever the other side says
+                msg = LookupResult(msg.req, [], hops, ReasonCode.CONFLICT)
             else:
                 msg = LookupResult(msg.req, [*first.records, *msg.records], hops, msg.reason)
         del self._lookups[msg.req]
@@ -678,12 +676,12 @@ class ClientCore:
                 continue
             (names if record.kind is RecordKind.NAME else presences).append(record)
         if not names:
-            return None, "not found"
+            return None, ReasonCode.NOT_FOUND
         owners = {r.owner for r in names}
         owner = self.pinned.get(username)
         if owner is None:
             if len(owners) != 1:  # our supernode settles the owner; two owners: refuse
-                return None, CONFLICT
+                return None, ReasonCode.CONFLICT
             owner = next(iter(owners))
         if owner not in owners:
             return None, PIN_MISMATCH

@@ -25,13 +25,11 @@ from peerphone.records import (
     check_record,
     user_key,
 )
+from peerphone.wire import ReasonCode
 
 MAX_RECORDS_PER_SUPERNODE = 2_000_000  # name + presence records held by one replica
 MAX_SUBSCRIBERS_PER_KEY = 64  # supernodes watching one user
 SUBSCRIPTION_TTL_S = 900.0  # a watch lapses unless renewed within this time
-
-
-NAME_TAKEN = "name taken by another key"  # a refusal the client reports to its user
 
 
 class Verdict(enum.Enum):
@@ -85,7 +83,7 @@ class RecordStore:
         if record.kind is RecordKind.NAME:
             current = entry.name if entry else None
             if current is not None and current.owner != record.owner and current.expires() > now:
-                raise RecordRejected(NAME_TAKEN)
+                raise RecordRejected(ReasonCode.NAME_TAKEN)
         else:
             bound = entry.name if entry else None
             if bound is None:

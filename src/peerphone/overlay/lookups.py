@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 from peerphone.errors import RecordRejected
 from peerphone.identity import NodeId, SignatureVerifier
 from peerphone.records import NameBody, PresenceBody, Record, RecordKind, check_record, user_key
-from peerphone.wire import Fetch, FetchResult, LookupResult, Message
+from peerphone.wire import Fetch, FetchResult, LookupResult, Message, ReasonCode
 
 Send = tuple[NodeId, Message]
 
 LOOKUP_FANOUT = 2  # replicas asked per round
 MAX_PENDING_LOOKUPS = 10_000  # in flight on one supernode
 NAME_QUORUM = 2  # independent replicas that must agree on a name's owner
-CONFLICT = "replicas disagree on the name's owner"
 
 
 @dataclass(slots=True)
@@ -78,7 +77,7 @@ class LookupCoordinator:
         self, client: NodeId, client_req: int, username: str, replicas: list[NodeId], now: float
     ) -> list[Send]:
         if len(self._pending) >= MAX_PENDING_LOOKUPS:
-            return [(client, LookupResult(client_req, [], 0, "busy"))]
+            return [(client, LookupResult(client_req, [], 0, ReasonCode.BUSY))]
         if self.me in replicas:  # ask ourselves first: one hop fewer
             replicas.remove(self.me)
             replicas.insert(0, self.me)
@@ -188,5 +187,5 @@ class LookupCoordinator:
             if owner in pending.presences:
                 records.append(pending.presences[owner])
         hops = 2 if pending.remote else 1
-        reason = "" if records else (CONFLICT if pending.votes else "not found")
+        reason = "" if records else (ReasonCode.CONFLICT if pending.votes else ReasonCode.NOT_FOUND)
         return [(pending.client, LookupResult(pending.client_req, records, hops, reason))]

@@ -38,6 +38,7 @@ from peerphone.wire import (
     Promote,
     Publish,
     PublishAck,
+    ReasonCode,
     Redirect,
     Signal,
     SignalAck,
@@ -173,7 +174,7 @@ class NodeCore:
         if sn_handler is None or sn is None:
             self.errors += 1
             if isinstance(msg, Attach):  # we are not (or no longer) a supernode
-                return [(src, AttachRedirect(msg.req, "not a supernode", []))]
+                return [(src, AttachRedirect(msg.req, ReasonCode.NOT_A_SUPERNODE, []))]
             return []
         out = sn_handler(sn, msg, src, now)
         out.extend(sn.after_input(now))

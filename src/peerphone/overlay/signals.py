@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from peerphone.identity import NodeId
 from peerphone.wire import (
     Message,
+    ReasonCode,
     Signal,
     SignalAck,
     SignalDeliver,
@@ -29,8 +30,6 @@ Send = tuple[NodeId, Message]
 
 MAX_PENDING_SIGNALS = 10_000  # relays awaiting an answer from another supernode
 RELAY_TIMEOUT_S = 2.0  # then the next supernode of `via` is tried
-NOT_HERE = "not attached here"
-UNREACHABLE = "no supernode of the target delivered it"
 
 
 @dataclass(slots=True)
@@ -42,7 +41,7 @@ class _Pending:
     via: list[NodeId]  # supernodes still to try
     deadline: float
     hop: NodeId | None = None  # the supernode asked last
-    last_reason: str = UNREACHABLE
+    last_reason: str = ReasonCode.UNDELIVERED
 
 
 class SignalRouter:
@@ -79,7 +78,7 @@ class SignalRouter:
             if hop == self.me:
                 target = self.client_of(pending.to_node)
                 if target is None:
-                    pending.last_reason = NOT_HERE
+                    pending.last_reason = ReasonCode.NOT_ATTACHED
                     continue
                 self.delivered += 1
                 return [
@@ -103,7 +102,7 @@ class SignalRouter:
             return []
         target = self.client_of(NodeId(msg.to_node))
         if target is None:
-            return [(src, SignalRelayAck(msg.req, False, NOT_HERE))]
+            return [(src, SignalRelayAck(msg.req, False, ReasonCode.NOT_ATTACHED))]
         self.delivered += 1
         return [(target, SignalDeliver(msg.payload)), (src, SignalRelayAck(msg.req, True, ""))]
 
@@ -114,7 +113,7 @@ class SignalRouter:
         del self._pending[msg.req]
         if msg.delivered:
             return [(pending.client, SignalAck(pending.client_req, True, ""))]
-        pending.last_reason = msg.reason or UNREACHABLE
+        pending.last_reason = msg.reason or ReasonCode.UNDELIVERED
         return self._next(pending, now)
 
     def next_timer(self) -> float | None:

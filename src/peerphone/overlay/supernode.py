@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from peerphone.errors import RecordRejected
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier
 from peerphone.overlay import election
-from peerphone.overlay.client import NOT_ATTACHED, NOT_ATTACHED_LOOKUP
-from peerphone.overlay.directory import NAME_TAKEN, RecordStore, Verdict
+from peerphone.overlay.directory import RecordStore, Verdict
 from peerphone.overlay.election import ElectionConfig
 from peerphone.overlay.independence import member_group
 from peerphone.overlay.lookups import LookupCoordinator
@@ -50,6 +49,7 @@ from peerphone.wire import (
     Promote,
     Publish,
     PublishAck,
+    ReasonCode,
     Redirect,
     Signal,
     SignalAck,
@@ -72,7 +72,6 @@ MAX_EARLY_STORE_SENDERS = 64  # unknown supernodes whose hand-over we hold back
 MAX_EARLY_STORE_RECORDS = 20_000  # records held back in all (~10 MB at most)
 EARLY_STORE_TTL_S = 30.0  # the sender's member record arrives within seconds, or never
 MAX_CACHED_GROUPS = 200_000  # address groups of members (one per member; MAX_MEMBERS)
-PRESENCE_OF_ANOTHER_NODE = "presence names another node"  # a publish refusal
 
 # Replicas a watching supernode subscribes at. One is enough: ring changes move the
 # subscription at once and it is renewed every resubscribe_interval_s anyway.
@@ -243,7 +242,7 @@ class SupernodeCore:
     def handle_publish(self, msg: Publish, src: NodeId, now: float) -> list[Send]:
         entry = self.clients.get(src)
         if entry is None or not entry.primary:
-            return [(src, PublishAck(msg.req, 0, NOT_ATTACHED))]
+            return [(src, PublishAck(msg.req, 0, ReasonCode.NOT_PRIMARY))]
         key: bytes | None = None
         for record in msg.records:
             try:
@@ -255,7 +254,7 @@ class SupernodeCore:
             if isinstance(body, PresenceBody) and body.node != src:
                 # someone else's presence replayed through this link: it would say
                 # "reach me here" about a node that is not the one publishing
-                return [(src, PublishAck(msg.req, 0, PRESENCE_OF_ANOTHER_NODE))]
+                return [(src, PublishAck(msg.req, 0, ReasonCode.PRESENCE_OF_ANOTHER_NODE))]
             k = user_key(body.username)
             if key is not None and k != key:
                 return [(src, PublishAck(msg.req, 0, "records of different users"))]
@@ -269,7 +268,7 @@ class SupernodeCore:
             src, msg.req, outstanding, accepted, now + self.config.store_timeout_s, reason
         )
         pending.key, pending.records = key, records
-        pending.taken = 1 if reason == NAME_TAKEN else 0
+        pending.taken = 1 if reason == ReasonCode.NAME_TAKEN else 0
         if not outstanding:
             return [*out, self._publish_done(pending)]
         self._stores[req] = pending
@@ -342,7 +341,7 @@ class SupernodeCore:
 
     def handle_lookup(self, msg: Lookup, src: NodeId, now: float) -> list[Send]:
         if src not in self.clients:
-            return [(src, LookupResult(msg.req, [], 0, NOT_ATTACHED_LOOKUP))]
+            return [(src, LookupResult(msg.req, [], 0, ReasonCode.NOT_ATTACHED))]
         replicas = self.membership.ring.replicas(user_key(msg.username), self.config.replication)
         return self.lookups.start(src, msg.req, msg.username, replicas, now)
 
@@ -394,7 +393,7 @@ class SupernodeCore:
             pending.accepted += 1
         else:
             pending.reason = pending.reason or msg.reason
-            pending.taken += 1 if msg.reason == NAME_TAKEN else 0
+            pending.taken += 1 if msg.reason == ReasonCode.NAME_TAKEN else 0
         if pending.outstanding:
             return []
         del self._stores[msg.req]
@@ -490,7 +489,7 @@ class SupernodeCore:
 
     def handle_turn_request(self, msg: TurnRequest, src: NodeId, now: float) -> list[Send]:
         if src not in self.clients:
-            return [(src, TurnGrant(msg.req, [], "", "", 0, NOT_ATTACHED_LOOKUP))]
+            return [(src, TurnGrant(msg.req, [], "", "", 0, ReasonCode.NOT_ATTACHED))]
         if self.turn_issuer is None:
             return [(src, TurnGrant(msg.req, [], "", "", 0, "no relay on this supernode"))]
         urls, username, password, expires = self.turn_issuer(src, now)
@@ -500,7 +499,7 @@ class SupernodeCore:
 
     def handle_signal(self, msg: Signal, src: NodeId, now: float) -> list[Send]:
         if src not in self.clients:
-            return [(src, SignalAck(msg.req, False, NOT_ATTACHED_LOOKUP))]
+            return [(src, SignalAck(msg.req, False, ReasonCode.NOT_ATTACHED))]
         return self.signals.handle_signal(msg, src, now)
 
     def handle_signal_relay(self, msg: SignalRelay, src: NodeId, now: float) -> list[Send]:
