@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
 import resource
 import time
@@ -34,19 +33,11 @@ from peerphone.overlay.node import NodeCore
 from peerphone.records import Record
 from peerphone.runtime.node_runtime import NodeRuntime
 from peerphone.runtime.quic_identity import make_configuration
+from peerphone.stats import percentile as percentile  # re-exported: bench_supernode uses it
 
 LOOKUP_WAIT_S = 10.0  # past the core's own deadline (6 s): a lookup never hangs the run
 ECHO_WAIT_S = 10.0  # the longest wait for one echo (loopback answers in milliseconds)
 FDS_PER_PROCESS = 64  # descriptors besides the clients' sockets (stdio, pipes, uvloop)
-
-
-def percentile(samples: list[float], q: float) -> float:
-    """The nearest-rank `q`-th percentile (0 < q <= 100) of `samples`, 0.0 if empty."""
-    if not samples:
-        return 0.0
-    ordered = sorted(samples)
-    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
-    return ordered[rank - 1]
 
 
 def raise_fd_limit(needed: int) -> tuple[int, int]:

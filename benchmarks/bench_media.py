@@ -36,6 +36,7 @@ from typing import Any
 from tests.netlab import Host, NetLab, available
 
 from peerphone.media.probe import ProbeClient
+from peerphone.stats import percentile
 
 IPV4_UDP_HEADER_BYTES = 28
 WARM_UP_S = 1.0
@@ -163,11 +164,6 @@ def measure_call(lab: NetLab, work: Path, tag: str, config: Config, seconds: flo
     )
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 def measure_setup(lab: NetLab, work: Path, calls: int) -> dict[str, Any]:
     caller, callee = start_pair(lab, work, "s", (), 0.0)
     caller_ms: list[float] = []
@@ -190,7 +186,7 @@ def measure_setup(lab: NetLab, work: Path, calls: int) -> dict[str, Any]:
     def summary(values: list[float]) -> dict[str, float]:
         return {
             "p50": round(statistics.median(values), 1),
-            "p90": round(percentile(values, 0.9), 1),
+            "p90": round(percentile(values, 90), 1),
             "max": round(max(values), 1),
         }
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from peerphone.errors import LocalProtocolError
 from peerphone.overlay.events import CallAnswered, CallEnded, CallIncoming, CallRinging, Event
-from peerphone.sim.metrics import percentile
-
-if TYPE_CHECKING:
-    from peerphone.sim.world import User, World
+from peerphone.sim.engine import Engine
+from peerphone.sim.population import Population, User
+from peerphone.stats import percentile
 
 SIM_SDP = "v=0\r\ns=simulated\r\n"
 RING_S = (1.0, 4.0)  # the callee answers after this long (uniform)
@@ -50,10 +49,13 @@ def _ms(values: list[float]) -> dict[str, float]:
 
 
 class CallLoad:
-    """Places, answers and hangs up calls in a `World`; counts what happened."""
+    """Places, answers and hangs up calls between a population's users; counts what happened."""
 
-    def __init__(self, world: World, rng: random.Random, interval_s: float) -> None:
-        self.world = world
+    def __init__(
+        self, engine: Engine, population: Population, rng: random.Random, interval_s: float
+    ) -> None:
+        self.engine = engine
+        self.population = population
         self.rng = rng
         self.interval_s = interval_s  # mean time between calls placed by one online user
         self.metrics = CallMetrics()
@@ -62,26 +64,28 @@ class CallLoad:
 
     def start(self, at: float) -> None:
         if self.interval_s > 0:
-            self.world.engine.schedule(at, self._tick)
+            self.engine.schedule(at, self._tick)
 
     def _tick(self) -> None:
-        world = self.world
-        now = world.engine.now
-        if len(world.online) >= 2:
-            caller = world.users[world.online.choice(self.rng)]
-            callee = world.users[world.online.choice(self.rng)]
+        engine = self.engine
+        now = engine.now
+        users = self.population.users
+        online = self.population.online
+        if len(online) >= 2:
+            caller = users[online.choice(self.rng)]
+            callee = users[online.choice(self.rng)]
             if caller is not callee and callee.published_seq is not None:
                 call_id, out = caller.node.core.call(callee.name, SIM_SDP, now)
                 self._placed[(caller.index, call_id)] = (callee.index, callee.session, now)
-                world.engine.send(caller.node, out)
-        rate = max(len(world.online), 1) / self.interval_s
-        world.engine.schedule(now + self.rng.expovariate(rate), self._tick)
+                engine.send(caller.node, out)
+        rate = max(len(online), 1) / self.interval_s
+        engine.schedule(now + self.rng.expovariate(rate), self._tick)
 
     def on_event(self, user: User, event: Event) -> bool:
         """Handle a call event of `user`'s node; False if it is not one."""
         if isinstance(event, CallIncoming):
-            self.world.engine.schedule(
-                self.world.engine.now + self.rng.uniform(*RING_S),
+            self.engine.schedule(
+                self.engine.now + self.rng.uniform(*RING_S),
                 self._act,
                 user,
                 user.session,
@@ -90,15 +94,15 @@ class CallLoad:
         elif isinstance(event, CallRinging):
             placed = self._placed.get((user.index, event.call_id))
             if placed is not None:
-                self.metrics.ringing_s.append(self.world.engine.now - placed[2])
+                self.metrics.ringing_s.append(self.engine.now - placed[2])
         elif isinstance(event, CallAnswered):
             placed = self._placed.pop((user.index, event.call_id), None)
             if placed is not None:
                 self.metrics.attempted += 1
                 self.metrics.answered += 1
-                self.metrics.setup_s.append(self.world.engine.now - placed[2])
-                self.world.engine.schedule(
-                    self.world.engine.now + self.rng.expovariate(1 / TALK_MEAN_S),
+                self.metrics.setup_s.append(self.engine.now - placed[2])
+                self.engine.schedule(
+                    self.engine.now + self.rng.expovariate(1 / TALK_MEAN_S),
                     self._act,
                     user,
                     user.session,
@@ -107,7 +111,7 @@ class CallLoad:
         elif isinstance(event, CallEnded):
             placed = self._placed.pop((user.index, event.call_id), None)
             if placed is not None:
-                callee = self.world.users[placed[0]]
+                callee = self.population.users[placed[0]]
                 if callee.online and callee.session == placed[1] and user.online:
                     self.metrics.attempted += 1  # a call to a user who stayed online failed
                     reason = event.reason
@@ -121,7 +125,7 @@ class CallLoad:
         if not user.online or user.session != session:
             return
         try:
-            out = action(self.world.engine.now)
+            out = action(self.engine.now)
         except LocalProtocolError:
             return  # the call ended meanwhile (cancelled, timed out)
-        self.world.engine.send(user.node, out)
+        self.engine.send(user.node, out)

@@ -10,11 +10,9 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from peerphone.identity import KeyPair, SignatureVerifier, short
-from peerphone.overlay.client import ClientConfig
 from peerphone.overlay.events import (
     KeyPinned,
     LookupDone,
@@ -25,123 +23,17 @@ from peerphone.overlay.events import (
 from peerphone.overlay.independence import address_group
 from peerphone.overlay.node import NodeCore
 from peerphone.overlay.ring import position_of
-from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.records import Capacity, MemberBody, Record, Status, user_key
 from peerphone.sim.adversary import RANGES_TRIED, HostileSupernode, choose_range, ring_of
 from peerphone.sim.callload import CallLoad
+from peerphone.sim.config import SCENARIOS, SimConfig
 from peerphone.sim.engine import Engine, SimNode
 from peerphone.sim.invariants import InvariantChecker
-from peerphone.sim.metrics import Metrics, percentile
-from peerphone.sim.network import Network, NetworkConfig
+from peerphone.sim.metrics import Metrics, report
+from peerphone.sim.network import Network
+from peerphone.sim.population import Population, User, address_of
 
-SCENARIOS = ("steady", "mass-reboot", "login-storm")
-
-
-@dataclass(frozen=True, slots=True)
-class SimConfig:
-    """One simulation run: population, workload, scenario and seed."""
-
-    users: int = 1000
-    duration_s: float = 3600.0
-    scenario: str = "steady"
-    seed: int = 1
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-    supernode: SupernodeConfig = field(default_factory=SupernodeConfig)
-    client: ClientConfig = field(default_factory=ClientConfig)
-    seeds: int = 0  # bootstrap supernodes that never leave; 0 = max(4, users // 25000)
-    initial_supernodes: int = 0  # warm start: tier at t=0 (incl. seeds); 0 = users // 250
-    host_cache_seed: int = 20  # supernode records a client knows when it first starts
-    eligible_fraction: float = 0.08  # reachable, well-connected machines
-    ramp_s: float = 300.0  # first logins spread over this time
-    session_shape: float = 0.8  # Weibull shape of session lengths
-    session_mean_s: float = 3 * 3600.0
-    eligible_session_factor: float = 4.0  # eligible machines stay up longer
-    offline_mean_s: float = 1800.0
-    crash_fraction: float = 0.2  # sessions that end without a logout
-    lookup_interval_s: float = 600.0  # mean time between lookups of one online user
-    status_interval_s: float = 3600.0  # mean time between status changes of one user
-    call_interval_s: float = 8 * 3600.0  # mean time between calls placed by one user; 0: none
-    buddies: int = 5
-    event_at: float = 0.0  # disaster time; 0 = a third into the run (at least ramp + 300 s)
-    disaster_fraction: float = 0.0  # 0 = the scenario's own (30 % or 50 %)
-    link_timeout_s: tuple[float, float] = (5.0, 15.0)  # QUIC idle detection of a dead peer
-    encode_messages: bool = False
-    verify_every: int = 50
-    # adversary: one hostile supernode per `hostile_every` honest ones at start (0: none),
-    # in groups of `hostile_cluster` from one /24 that grind their ring positions next to
-    # the same chosen user name and forge its name and presence records
-    hostile_every: int = 0
-    hostile_cluster: int = 1
-
-    def __post_init__(self) -> None:
-        if self.scenario not in SCENARIOS:
-            raise ValueError(
-                f"unknown scenario {self.scenario!r}; choose from {', '.join(SCENARIOS)}"
-            )
-        if self.users < 10:
-            raise ValueError("need at least 10 users")
-        if self.duration_s <= 0:
-            raise ValueError("duration must be positive")
-        if self.hostile_every < 0 or self.hostile_cluster < 1:
-            raise ValueError("hostile_every must be >= 0 and hostile_cluster >= 1")
-
-    def bootstrap_count(self) -> int:
-        return self.seeds or max(self.supernode.replication, self.users // 25_000)
-
-    def initial_tier(self) -> int:
-        return max(self.initial_supernodes or self.users // 250, self.bootstrap_count())
-
-    def disaster_time(self) -> float:
-        return self.event_at or max(self.ramp_s + 300.0, self.duration_s / 3)
-
-
-def _address(user_index: int) -> str:
-    """A distinct address per user, scattered over /24s as real hosts are (consecutive users
-    in one /24 would make the first supernodes one address range: see overlay.independence)."""
-    a = (user_index * 2654435761) % (1 << 24)  # odd multiplier: a bijection on 24 bits
-    return f"44.{a >> 16}.{a >> 8 & 255}.{a & 255}:4433"  # a global range (overlay.independence)
-
-
-class IndexedSet:
-    """A set of ints with O(1) add, remove and uniform random choice."""
-
-    def __init__(self) -> None:
-        self.items: list[int] = []
-        self.pos: dict[int, int] = {}
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def add(self, x: int) -> None:
-        if x not in self.pos:
-            self.pos[x] = len(self.items)
-            self.items.append(x)
-
-    def discard(self, x: int) -> None:
-        i = self.pos.pop(x, None)
-        if i is None:
-            return
-        last = self.items.pop()
-        if last != x:
-            self.items[i] = last
-            self.pos[last] = i
-
-    def choice(self, rng: random.Random) -> int:
-        return self.items[int(rng.random() * len(self.items))]
-
-
-@dataclass(slots=True)
-class User:
-    """Simulation-side facts about one user (the ground truth the overlay is judged by)."""
-
-    index: int
-    name: str
-    eligible: bool
-    node: SimNode
-    online: bool = False
-    session: int = 0
-    published_seq: int | None = None
-    login_at: float = 0.0
+__all__ = ["SCENARIOS", "SimConfig", "World", "simulate"]
 
 
 class World:
@@ -163,17 +55,19 @@ class World:
         self.engine.link_timeout = lambda: self.net_rng.uniform(lo, hi)
         self.engine.on_events = self._on_events
         self.metrics = Metrics()
-        self.calls = CallLoad(self, random.Random(f"{seed}:calls"), config.call_interval_s)
+        self.population = Population(config.users, config.buddies)
+        self.users = self.population.users
+        self.by_node = self.population.by_node
+        self.online = self.population.online  # online and published: lookup targets, issuers
+        self.calls = CallLoad(
+            self.engine, self.population, random.Random(f"{seed}:calls"), config.call_interval_s
+        )
         self.checker = InvariantChecker(seed, lambda: self.engine.now, config.verify_every)
-        self.users: list[User] = []
-        self.by_node: dict[int, User] = {}
-        self.online = IndexedSet()  # users online and published: lookup targets and issuers
         self.supernodes: dict[int, SimNode] = {}
         self.seed_nodes: set[int] = set()
         self.initial_tier_nodes: set[int] = set()
         self._pending: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._bootstrap: list[Record] = []
-        self.samples: list[tuple[float, int, int]] = []  # (t, supernodes, online)
         self.hostiles: list[HostileSupernode] = []
         self.hostile_targets: list[str] = []
         self.forged_accepted = 0  # records of a target accepted under a key not its own
@@ -195,7 +89,7 @@ class World:
             self.core_rng,
             self.verifier,
             capacity=capacity,
-            addresses=[_address(user_index)],
+            addresses=[address_of(user_index)],
             client_config=self.config.client,
             supernode_config=self.config.supernode,
         )
@@ -210,9 +104,7 @@ class World:
             core = self._make_core(i, node_keys, user_keys, is_eligible)
             node = SimNode(i, core, self.network.place())
             self.engine.add(node)
-            user = User(i, core.client.username, is_eligible, node)
-            self.users.append(user)
-            self.by_node[i] = user
+            self.population.add(User(i, core.client.username, is_eligible, node))
         self.true_keys = {u.name: u.node.core.client.user_keys.public for u in self.users}
         eligible_users = [u for u in self.users if u.eligible]
         # a warm start: the network has been running, so a tier of eligible nodes exists;
@@ -280,8 +172,7 @@ class World:
                 node = SimNode(index, core, self.network.place())
                 self.engine.add(node)
                 user = User(index, core.client.username, True, node)
-                self.users.append(user)
-                self.by_node[index] = user
+                self.population.add(user)
                 added.append(user)
             group = address_group(f"{prefix}.1:4433")
             cluster = sorted(self.hostiles[-cfg.hostile_cluster :], key=lambda h: h.me)
@@ -313,13 +204,6 @@ class World:
         sn.store.observer = self.checker.on_accept
         self.supernodes[node.index] = node
 
-    def buddies_of(self, user: User) -> list[str]:
-        n = self.config.users
-        return [
-            f"user{(user.index * 2654435761 + (j + 1) * 40503) % n}"
-            for j in range(self.config.buddies)
-        ]
-
     # -- sessions ---------------------------------------------------------------------------
 
     def _login(self, user: User, session: int) -> None:
@@ -336,7 +220,7 @@ class World:
             node.alive = True
         core = node.core
         out = core.login(now)
-        out.extend(core.watch([b for b in self.buddies_of(user) if b != user.name], now))
+        out.extend(core.watch([b for b in self.population.buddies_of(user) if b != user.name], now))
         self.engine.send(node, out)
         mean = cfg.session_mean_s * (cfg.eligible_session_factor if user.eligible else 1.0)
         if user.index in self.seed_nodes:
@@ -417,7 +301,7 @@ class World:
             if len(self.users) < 20_000
             else (len(self.online))
         )
-        self.samples.append((now, len(self.supernodes), online_nodes))
+        self.metrics.samples.append((now, len(self.supernodes), online_nodes))
         self.engine.schedule(now + 10.0, self._audit)
 
     def _on_events(self, node: SimNode) -> None:
@@ -523,84 +407,32 @@ class World:
 
     def report(self, wall_s: float) -> dict[str, Any]:
         cfg = self.config
-        m = self.metrics
-        loads = sorted(
-            sn.core.supernode.primary_count
-            for sn in self.supernodes.values()
-            if sn.core.supernode is not None
-        )
-        online = sum(1 for u in self.users if u.online)
-        count = len(self.supernodes)
-        attempted = len(m.lookup_ok)
-        succeeded = sum(m.lookup_ok)
-        after_ramp = [(s, o) for t, s, o in self.samples if t >= cfg.ramp_s and o]
-        report: dict[str, Any] = {
-            "seed": cfg.seed,
-            "users": cfg.users,
-            "scenario": cfg.scenario,
-            "duration_s": cfg.duration_s,
-            "online": online,
-            "supernodes": {
-                "count": count,
-                "fraction": round(count / max(online, 1), 5),
-                "fraction_max": round(max((s / o for s, o in after_ramp), default=0.0), 5),
-                "clients_per_supernode": {
-                    "p50": percentile([float(x) for x in loads], 50),
-                    "max": max(loads, default=0),
-                    "max_seen": m.max_clients_seen,
-                    "admission_limit": cfg.supernode.max_clients,
-                },
-                "promotions": m.promotions,
-                "demotions": m.demotions,
-                "all_eligible": True,  # an ineligible promotion raises InvariantViolation
-            },
-            "lookups": {
-                "attempted": attempted,
-                "succeeded": succeeded,
-                "success_rate": round(succeeded / attempted, 6) if attempted else 0.0,
-                "latency_ms": {
-                    q: round(percentile(m.lookup_latency_s, float(q[1:])) * 1000, 1)
-                    for q in ("p50", "p95", "p99")
-                },
-                "hops": {
-                    "p50": percentile([float(h) for h in m.lookup_hops], 50),
-                    "p99": percentile([float(h) for h in m.lookup_hops], 99),
-                    "max": max(m.lookup_hops, default=0),
-                },
-                "failures": dict(sorted(m.failure_reasons.items())),
-            },
-            "presence": {
-                "propagations": len(m.propagation_s),
-                "propagation_ms": {
-                    q: round(percentile(m.propagation_s, float(q[1:])) * 1000, 1)
-                    for q in ("p50", "p95")
-                },
-            },
-            "calls": self.calls.metrics.report(),
-            "network": {"messages": self.network.sent, "lost": self.network.lost},
-            "invariants": {
-                "records_checked": self.checker.accepts,
-                "signatures_reverified": self.checker.checked_signatures,
-            },
-            "sim": {
-                "virtual_s": cfg.duration_s,
-                "wall_s": round(wall_s, 2),
-                "events": self.engine.events,
-            },
-        }
+        adversary = None
         if cfg.hostile_every:
-            report["adversary"] = {
+            adversary = {
                 "hostile_supernodes": len(self.hostiles),
                 "per_24": cfg.hostile_cluster,
                 "targets": sorted(self.hostile_targets),
                 "forged_sent": sum(h.forged_sent for h in self.hostiles),
                 "forged_accepted": self.forged_accepted,
             }
-        if cfg.scenario != "steady":
-            event_at = cfg.disaster_time()
-            report["event_at_s"] = event_at
-            report["recovery_s"] = m.recovery_s(event_at, cfg.duration_s)
-        return report
+        return report(
+            cfg,
+            self.metrics,
+            online=sum(1 for u in self.users if u.online),
+            supernodes=len(self.supernodes),
+            tier_loads=[
+                sn.core.supernode.primary_count
+                for sn in self.supernodes.values()
+                if sn.core.supernode is not None
+            ],
+            calls=self.calls.metrics.report(),
+            network=self.network,
+            checker=self.checker,
+            events=self.engine.events,
+            wall_s=wall_s,
+            adversary=adversary,
+        )
 
 
 def simulate(config: SimConfig, progress: Callable[[float], None] | None = None) -> dict[str, Any]:
