@@ -52,6 +52,7 @@ from peerphone.nat.framing import StreamFramer
 from peerphone.nat.limits import address_prefix
 from peerphone.nat.own import local_interface_addresses
 from peerphone.nat.turn import TurnServer
+from peerphone.timers import CoreTimer
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +224,10 @@ class TurnService:
         self._tcp_per_address: Counter[str] = Counter()
         self._tcp_per_prefix: Counter[str] = Counter()
         self._connection_ids = itertools.count(1)
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = float("inf")
+        # the core runs on unix time (CLOCK), the loop on its own monotonic clock
+        self._timer = CoreTimer(
+            self.loop, self._on_timer, lambda at: at - CLOCK() + self.loop.time()
+        )
         self._closed = False
         core.own.add_host(relay_host)
         core.own.add_host(self.advertised_host)
@@ -314,8 +317,8 @@ class TurnService:
                         connection.write(output.data)
             elif isinstance(output, OpenRelay):
                 self._open_relay(output)
-                # the core's next timer never moves earlier than the one scheduled (the
-                # housekeeping, at most 30 s away) except on the first allocation
+                # only a new allocation may bring the core's next timer earlier than the
+                # one armed (the housekeeping, at most 30 s away): no re-arm per packet
                 self._schedule()
             elif isinstance(output, CloseRelay):
                 self._close_relay(output.allocation)
@@ -377,17 +380,10 @@ class TurnService:
     # -- timers ---------------------------------------------------------------------------
 
     def _schedule(self) -> None:
-        at = self.core.next_timer()
-        if at >= self._timer_at or self._closed:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = at
-        self._timer = self.loop.call_later(max(0.0, at - CLOCK()), self._on_timer)
+        self._timer.arm(self.core.next_timer())
 
     def _on_timer(self) -> None:
-        self._timer, self._timer_at = None, float("inf")
-        self._flush(self.core.handle_timer(CLOCK()))
+        self._flush(self.core.handle_timer(self._timer.due(CLOCK())))
         self._schedule()
 
     # -- status and shutdown --------------------------------------------------------------
@@ -399,8 +395,7 @@ class TurnService:
     def close(self) -> None:
         """Stop listening, close every relayed socket and client connection."""
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.stop()
         if self._refresh is not None:
             self._refresh.cancel()
         if self._udp is not None:

@@ -46,6 +46,7 @@ from peerphone.overlay.node import Send
 from peerphone.runtime import quic_identity
 from peerphone.runtime.link_limits import MAX_LINKS, LinkLimits, LinkLimitsConfig
 from peerphone.runtime.tcp_carrier import FallbackPolicy, TcpCarrier, is_tcp, socket_address
+from peerphone.timers import CoreTimer
 from peerphone.wire import MAX_MESSAGE_BYTES, Message, decode_message, encode_message
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,7 @@ class Link:
     bootstrap: bool = False  # dialled by address only, to learn who listens there
     heard: bool = False  # a datagram arrived for it (the peer answers at this address)
     cids: set[bytes] = field(default_factory=set)
-    timer: asyncio.TimerHandle | None = None
-    timer_at: float | None = None
+    timer: CoreTimer | None = None  # the QUIC connection's (`get_timer`)
     deadline: asyncio.TimerHandle | None = None
     fallback: asyncio.TimerHandle | None = None  # UDP_ANSWER_TIMEOUT_S, then TCP
     probe: asyncio.Future[bool] | None = None  # a dial-back: only whether `expected` answers
@@ -398,6 +398,7 @@ class LinkManager(asyncio.DatagramProtocol):
         self, connection: QuicConnection, addr: Address, outbound: bool, expected: NodeId | None
     ) -> Link:
         link = Link(connection, addr, outbound, expected, self._loop.time())
+        link.timer = CoreTimer(self._loop, lambda: self._on_timer(link))
         link.deadline = self._loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout, link)
         self._all.add(link)
         self.limits.opened(link, socket_address(addr)[0], not outbound, link.started)
@@ -566,10 +567,12 @@ class LinkManager(asyncio.DatagramProtocol):
         for cid in link.cids:
             if self._by_cid.get(cid) is link:
                 del self._by_cid[cid]
-        for handle in (link.timer, link.deadline, link.fallback):
+        for handle in (link.deadline, link.fallback):
             if handle is not None:
                 handle.cancel()
-        link.timer = link.deadline = link.fallback = None
+        link.deadline = link.fallback = None
+        if link.timer is not None:
+            link.timer.stop()
 
     # -- link limits ----------------------------------------------------------------------
 
@@ -602,20 +605,13 @@ class LinkManager(asyncio.DatagramProtocol):
             self._evict(link, "not attached")
 
     def _arm(self, link: Link) -> None:
-        if link not in self._all:
-            return
-        at = link.connection.get_timer()
-        if at == link.timer_at and link.timer is not None:
-            return
-        if link.timer is not None:
-            link.timer.cancel()
-        link.timer_at = at
-        link.timer = None if at is None else self._loop.call_at(at, self._on_timer, link)
+        if link in self._all and link.timer is not None:
+            link.timer.arm(link.connection.get_timer())
 
     def _on_timer(self, link: Link) -> None:
-        link.timer = None
-        try:  # asyncio may fire a hair early: never hand aioquic a time before its timer
-            link.connection.handle_timer(now=max(link.timer_at or 0.0, self._loop.time()))
+        assert link.timer is not None
+        try:
+            link.connection.handle_timer(now=link.timer.due(self._loop.time()))
             self._service(link)
         except Exception:  # a bug (the core's, when a lost link is reported): count it
             self.stats["internal_errors"] += 1

@@ -36,6 +36,7 @@ from peerphone.records import MemberBody, Record, Status, decode_body
 from peerphone.runtime.link_limits import LinkLimitsConfig
 from peerphone.runtime.links import UDP_ANSWER_TIMEOUT_S, Link, LinkManager
 from peerphone.runtime.tcp_carrier import dialled, is_tcp, socket_address
+from peerphone.timers import CoreTimer
 from peerphone.wire import Message
 
 log = logging.getLogger(__name__)
@@ -120,12 +121,10 @@ class NodeRuntime:
         self._links: LinkManager | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._epoch = 0.0  # added to the loop's clock to give the core's `now`
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer: CoreTimer | None = None  # the core's, once started
         self._keepalive: asyncio.TimerHandle | None = None
         self._tcp_bootstrap_timer: asyncio.TimerHandle | None = None
         self._lookups: dict[int, asyncio.Future[LookupDone]] = {}
-        self._stopped = False
 
     @property
     def links(self) -> LinkManager:
@@ -145,6 +144,7 @@ class NodeRuntime:
             raise LocalProtocolError("already started")
         loop = self._loop = asyncio.get_running_loop()
         self._epoch = time.time() - loop.time()
+        self._timer = CoreTimer(loop, self._fire, lambda at: at - self._epoch)
         links = LinkManager(
             self.keys,
             self._on_message,
@@ -173,10 +173,13 @@ class NodeRuntime:
                 raise
         if not self.core.addresses:  # else the caller chose what to advertise
             bound = [("udp", self.address), ("tcp", self.tcp_address)]
-            for kind, addr in bound:
-                if addr is not None and not ipaddress.ip_address(addr[0]).is_unspecified:
-                    # in place: the client role holds the same list (presence addresses)
-                    self.core.addresses.append(endpoints.format_endpoint((kind, addr)))
+            self.core.set_addresses(
+                [
+                    endpoints.format_endpoint((kind, addr))
+                    for kind, addr in bound
+                    if addr is not None and not ipaddress.ip_address(addr[0]).is_unspecified
+                ]
+            )
         self.core.learn_supernodes(self.host_cache, self.now())
         for addr in self.bootstrap:
             links.dial_address(addr)
@@ -192,11 +195,12 @@ class NodeRuntime:
         With `notify` the peers notice at once (CONNECTION_CLOSE); without, only by their
         idle timeout, as when a node crashes or loses its network.
         """
-        self._stopped = True
-        for handle in (self._timer, self._keepalive, self._tcp_bootstrap_timer):
+        if self._timer is not None:
+            self._timer.stop()
+        for handle in (self._keepalive, self._tcp_bootstrap_timer):
             if handle is not None:
                 handle.cancel()
-        self._timer = self._keepalive = self._tcp_bootstrap_timer = None
+        self._keepalive = self._tcp_bootstrap_timer = None
         if self._links is not None:
             self._links.close(notify)
             await self._links.tcp.wait_closed()
@@ -340,20 +344,12 @@ class NodeRuntime:
     # -- time -----------------------------------------------------------------------------
 
     def _arm_timer(self) -> None:
-        if self._stopped:
-            return
-        at = self.core.next_timer()
-        if at == self._timer_at and self._timer is not None:
-            return
         if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = at
-        self._timer = None if at is None else self.loop.call_at(at - self._epoch, self._fire)
+            self._timer.arm(self.core.next_timer())
 
     def _fire(self) -> None:
-        self._timer = None
-        # asyncio may fire a handle a hair early: never hand the core a time before it
-        now = max(self._timer_at or 0.0, self.now())
+        assert self._timer is not None
+        now = self._timer.due(self.now())
         try:
             self.drive(self.core.handle_timer(now))
         except Exception:
