@@ -188,6 +188,15 @@ def test_two_clients_attach_publish_and_find_each_other() -> None:
         # the bootstrap addresses were dialled and told who listens there
         await until(lambda: len(alice.bootstrap_ids) == 3)
         assert {alice.bootstrap_ids[sn.core.id] for sn in tier} == {sn.address for sn in tier}
+        # what the daemon sees of the links: the link to each supernode, and the counts
+        for sn in tier:
+            info = alice.link_to(sn.core.id)
+            assert info is not None and info.peer == sn.core.id
+            assert (info.address, info.transport) == (sn.address, "udp")
+        assert alice.link_to(bob.core.id) is None  # clients talk through their supernodes
+        stats = alice.link_stats()
+        assert stats.up == len(alice.links.links) >= 3 and stats.over_tcp == 0
+        assert stats.open >= stats.up
         for runtime in net.runtimes:
             assert runtime.stats["internal_errors"] == 0
             assert runtime.stats["auth_failed"] == 0

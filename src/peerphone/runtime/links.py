@@ -6,12 +6,7 @@ sans-I/O: `LinkManager` routes each datagram by destination connection id to its
 `QuicConnection` (as aioquic's ``asyncio/server.py`` does), handles the events, and
 transmits what every touched connection has to send before returning.
 
-Overlay messages travel as frames (4-byte big-endian length, then the msgpack message)
-on one unidirectional stream per direction of a link. Streams rather than QUIC DATAGRAM
-frames because overlay messages must arrive (hand-overs, stores and membership pages are
-not retried by the cores) and are too large for a datagram (a membership page is
-~150 KiB, a datagram ~1.2 KiB). Unidirectional because a QUIC server may not send on a
-client-initiated stream before the client has opened it: each side opens its own.
+Overlay messages travel as frames on one stream per direction of a link (`link.py`).
 
 Garbage never escapes `datagram_received`: it is dropped and counted in `stats`; a frame
 that does not decode is counted and skipped, and its link stays up.
@@ -30,7 +25,6 @@ import logging
 import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import cast
 
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported, untyped
@@ -44,6 +38,14 @@ from peerphone.errors import DecodeError
 from peerphone.identity import KeyPair, NodeId, short
 from peerphone.overlay.node import Send
 from peerphone.runtime import quic_identity
+from peerphone.runtime.link import (
+    Link,
+    LinkInfo,
+    LinkStats,
+    encode_frame,
+    keeps_current,
+    take_frames,
+)
 from peerphone.runtime.link_limits import MAX_LINKS, LinkLimits, LinkLimitsConfig
 from peerphone.runtime.tcp_carrier import FallbackPolicy, TcpCarrier, is_tcp, socket_address
 from peerphone.timers import CoreTimer
@@ -63,32 +65,7 @@ HANDSHAKE_TIMEOUT_S = 5.0  # a link not authenticated by then is closed (in or o
 UDP_ANSWER_TIMEOUT_S = 1.0
 TCP_IDLE_FACTOR = 2  # a TCP connection silent for this many QUIC idle timeouts is closed
 HANDSHAKE_SAMPLES = 64  # recent handshake durations kept for status and benchmarks
-FRAME_HEADER_BYTES = 4
 UNATTACHED_SWEEP_FRACTION = 1 / 4  # of the unattached idle time: how often it is checked
-
-
-@dataclass(eq=False, slots=True)
-class Link:
-    """One QUIC connection to or from another node; `peer` is set once it is authenticated."""
-
-    connection: QuicConnection
-    addr: Address
-    outbound: bool
-    expected: NodeId | None  # the NodeId dialled (None: dialled by address, or inbound)
-    started: float
-    up_since: float = float("inf")  # when it was authenticated
-    peer: NodeId | None = None
-    tx_stream: int | None = None
-    rx_stream: int | None = None
-    rx: bytearray = field(default_factory=bytearray)
-    skip: int = 0  # bytes of an oversized frame still to discard
-    bootstrap: bool = False  # dialled by address only, to learn who listens there
-    heard: bool = False  # a datagram arrived for it (the peer answers at this address)
-    cids: set[bytes] = field(default_factory=set)
-    timer: CoreTimer | None = None  # the QUIC connection's (`get_timer`)
-    deadline: asyncio.TimerHandle | None = None
-    fallback: asyncio.TimerHandle | None = None  # UDP_ANSWER_TIMEOUT_S, then TCP
-    probe: asyncio.Future[bool] | None = None  # a dial-back: only whether `expected` answers
 
 
 class LinkManager(asyncio.DatagramProtocol):
@@ -272,7 +249,7 @@ class LinkManager(asyncio.DatagramProtocol):
             self.stats["unencodable"] += 1
             log.error("cannot encode %s for %s", type(msg).__name__, short(dest))
             return
-        frame = len(payload).to_bytes(FRAME_HEADER_BYTES, "big") + payload
+        frame = encode_frame(payload)
         link = self.links.get(dest)
         if link is not None:
             self._write(link, frame)
@@ -332,7 +309,7 @@ class LinkManager(asyncio.DatagramProtocol):
             self._loop.call_soon(self._lost_unless_linked, dest)
             return
         # a bootstrap dial to that address, still handshaking, becomes this dial (one
-        # connection instead of two; which of two links each end uses: see _keeps)
+        # connection instead of two; which of two links each end uses: see keeps_current)
         for link in self._all:
             if link.bootstrap and link.addr == addr and link.expected is None and not link.peer:
                 link.expected = dest
@@ -474,26 +451,12 @@ class LinkManager(asyncio.DatagramProtocol):
         if self._dialing.get(peer) is link:
             del self._dialing[peer]
         current = self.links.get(peer)
-        if current is not None and self._keeps(current, link):
+        if current is not None and keeps_current(self.me, current, link):
             return
         self.links[peer] = link
         for frame in self._queued.pop(peer, []):
             self._write(link, frame)
         self.on_link_up(peer, link)
-
-    def _keeps(self, current: Link, new: Link) -> bool:
-        """Whether to keep sending on `current` rather than on `new`, another link to its peer.
-
-        Links dialled concurrently by both ends (the new one began before the current one
-        was up): the one opened by the smaller NodeId, so both ends usually pick the same.
-        Otherwise the new one: the peer dialled again, so it restarted or lost the old one.
-        The loser is not closed (messages may be in flight on it): unused, it idles out.
-        """
-        opener_current = self.me if current.outbound else current.peer
-        opener_new = self.me if new.outbound else new.peer
-        assert opener_current is not None and opener_new is not None
-        concurrent = new.started < current.up_since and opener_current != opener_new
-        return concurrent and opener_current < opener_new
 
     def _stream_data(self, link: Link, event: events.StreamDataReceived) -> None:
         if link.peer is None:
@@ -508,22 +471,10 @@ class LinkManager(asyncio.DatagramProtocol):
         self._read_frames(link, link.peer)
 
     def _read_frames(self, link: Link, peer: NodeId) -> None:
-        rx = link.rx
-        while True:
-            skipped = min(link.skip, len(rx))
-            del rx[:skipped]
-            link.skip -= skipped
-            if link.skip or len(rx) < FRAME_HEADER_BYTES:
-                return
-            end = FRAME_HEADER_BYTES + int.from_bytes(rx[:FRAME_HEADER_BYTES], "big")
-            if end - FRAME_HEADER_BYTES > MAX_MESSAGE_BYTES:  # skip it, never buffer it
+        for payload in take_frames(link, MAX_MESSAGE_BYTES):
+            if payload is None:  # oversized: skipped, never buffered
                 self._drop("oversized_frame")
-                link.skip = end
                 continue
-            if len(rx) < end:
-                return
-            payload = bytes(rx[FRAME_HEADER_BYTES:end])
-            del rx[:end]
             try:
                 msg = decode_message(payload)
             except DecodeError:
@@ -616,6 +567,18 @@ class LinkManager(asyncio.DatagramProtocol):
         except Exception:  # a bug (the core's, when a lost link is reported): count it
             self.stats["internal_errors"] += 1
             log.exception("timer of the link to %s crashed", link.addr)
+
+    # -- what others may see ---------------------------------------------------------------
+
+    def link_to(self, peer: NodeId) -> LinkInfo | None:
+        """The authenticated link to `peer`, if there is one."""
+        link = self.links.get(peer)
+        return None if link is None else link.info()
+
+    def link_stats(self) -> LinkStats:
+        """How many links are up, open, and up over TCP."""
+        over_tcp = sum(1 for link in self.links.values() if is_tcp(link.addr))
+        return LinkStats(up=len(self.links), open=len(self.limits), over_tcp=over_tcp)
 
     def close(self, notify: bool = True) -> None:
         """Close every link, then the socket. With `notify` the peers see CONNECTION_CLOSE

@@ -33,8 +33,9 @@ from peerphone.identity import KeyPair, NodeId, short
 from peerphone.overlay.events import DialBack, Event, LookupDone
 from peerphone.overlay.node import NodeCore, Send
 from peerphone.records import MemberBody, Record, Status, decode_body
+from peerphone.runtime.link import Link, LinkInfo, LinkStats
 from peerphone.runtime.link_limits import LinkLimitsConfig
-from peerphone.runtime.links import UDP_ANSWER_TIMEOUT_S, Link, LinkManager
+from peerphone.runtime.links import UDP_ANSWER_TIMEOUT_S, LinkManager
 from peerphone.runtime.tcp_carrier import dialled, is_tcp, socket_address
 from peerphone.timers import CoreTimer
 from peerphone.wire import Message
@@ -131,6 +132,14 @@ class NodeRuntime:
         if self._links is None:
             raise LocalProtocolError("the runtime is not started")
         return self._links
+
+    def link_to(self, peer: NodeId) -> LinkInfo | None:
+        """The authenticated link to `peer` (address, transport), if one is up."""
+        return self.links.link_to(peer)
+
+    def link_stats(self) -> LinkStats:
+        """How many links are up, open (handshaking too) and up over TCP."""
+        return self.links.link_stats()
 
     def now(self) -> float:
         """The core's clock: the loop's monotonic clock, on the Unix epoch (see above)."""
