@@ -16,7 +16,6 @@ from peerphone.identity import NodeId
 from peerphone.overlay.events import LookupDone
 from peerphone.records import PresenceBody, Record, Status, decode_body
 from peerphone.runtime.node_runtime import NodeRuntime, format_address
-from peerphone.runtime.tcp_carrier import is_tcp, socket_address
 
 
 class StatusSource(Protocol):
@@ -107,14 +106,13 @@ def lookup_view(done: LookupDone, latency_ms: float) -> dict[str, Any]:
 def _peer(service: StatusSource, node: NodeId | None) -> dict[str, Any] | None:
     if node is None:
         return None
-    link = service.runtime.links.links.get(node)
+    link = service.runtime.link_to(node)
     if link is None:
         return {"node_id": node.hex(), "address": None, "transport": None}
-    transport = "tcp" if is_tcp(link.addr) else "udp"
     return {
         "node_id": node.hex(),
-        "address": format_address(socket_address(link.addr)),
-        "transport": transport,
+        "address": format_address(link.address),
+        "transport": link.transport,
     }
 
 
@@ -122,6 +120,7 @@ def status_view(service: StatusSource) -> dict[str, Any]:
     runtime = service.runtime
     node = runtime.core.snapshot()
     stats = runtime.stats
+    links = runtime.link_stats()
     errors = dict(error_counters(stats, service.relay.stats()))
     sn = node.supernode
     supernode: dict[str, Any] | None = None
@@ -174,9 +173,9 @@ def status_view(service: StatusSource) -> dict[str, Any]:
             "udp": format_address(runtime.address) if runtime.address else None,
             "tcp": format_address(runtime.tcp_address) if runtime.tcp_address else None,
         },
-        "links": len(runtime.links.links),
-        "links_open": len(runtime.links.limits),  # handshaking or up, in or out
-        "links_over_tcp": sum(1 for link in runtime.links.links.values() if is_tcp(link.addr)),
+        "links": links.up,
+        "links_open": links.open,  # handshaking or up, in or out
+        "links_over_tcp": links.over_tcp,
         "host_cache": node.host_cache_size,
         "errors": errors,
         "errors_total": sum(errors.values()),
