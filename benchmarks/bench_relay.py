@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
-    ours = [sys.executable, "-m", "peerphone.nat.server", "--host", "{HOST}"]
+    ours = [sys.executable, "-m", "peerphone.nat.cli", "--host", "{HOST}"]
     ours += ["--port", str(TURN_PORT), "--secret", SECRET, "--relay-allow", LAB_NET]
     ours += ["--bandwidth", "1e10", "--uvloop"]
     coturn = ["turnserver", "-n", "--no-cli", "--no-tls", "--no-dtls", "--log-file=/dev/null"]

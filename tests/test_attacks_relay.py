@@ -157,9 +157,9 @@ def _wait_attack(node: Node, report: Path) -> dict[str, Any]:
 
 
 def start_relay(*options: str) -> tuple[subprocess.Popen[str], str, str]:
-    """The stand-alone relay (`python -m peerphone.nat.server`) on loopback, port 0: the
+    """The stand-alone relay (`python -m peerphone.nat.cli`) on loopback, port 0: the
     process, its UDP and its TCP address."""
-    argv = [sys.executable, "-m", "peerphone.nat.server", "--host", "127.0.0.1", "--port", "0"]
+    argv = [sys.executable, "-m", "peerphone.nat.cli", "--host", "127.0.0.1", "--port", "0"]
     argv += ["--secret", RELAY_SECRET, *options]
     proc = subprocess.Popen(
         argv,

@@ -74,7 +74,7 @@ class Lab:
             raise AssertionError(f"{argv} did not start: {proc.communicate()[1]!r}") from None
 
     def start_relay(self) -> None:
-        argv = [PY, "-m", "peerphone.nat.server", "--host", self.relay.addr, "--tcp"]
+        argv = [PY, "-m", "peerphone.nat.cli", "--host", self.relay.addr, "--tcp"]
         argv += ["--port", str(TURN_PORT), "--secret", SECRET, "--relay-allow", LAB_NET]
         line = self.start(argv)
         assert line.startswith("listening udp="), line

@@ -14,29 +14,23 @@ again every `OWN_ADDRESSES_REFRESH_S`.
 
 Nothing read from the network escapes: the core turns garbage into counted drops, and a
 TCP stream that cannot be framed is closed (counted in `stats`, ``tcp_*`` keys).
-Run ``python -m peerphone.nat.server --help`` for a stand-alone relay (tests, benchmarks).
+A stand-alone relay on this adapter: ``python -m peerphone.nat.cli --help`` (tests, benchmarks).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
 import logging
-import random
-import signal
 import socket
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import cast
 
 from peerphone.endpoints import Address
 from peerphone.errors import DecodeError
-from peerphone.nat.addrfilter import AddressFilter
-from peerphone.nat.credentials import issue_credentials
 from peerphone.nat.events import (
     TCP,
     UDP,
@@ -422,75 +416,3 @@ def _decrement(counter: Counter[str], key: str) -> None:
     counter[key] -= 1
     if counter[key] <= 0:
         del counter[key]
-
-
-# -- stand-alone relay (tests, benchmarks) --------------------------------------------------
-
-
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m peerphone.nat.server", description="A stand-alone STUN/TURN relay."
-    )
-    parser.add_argument("--host", required=True, help="address to listen and relay on")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="UDP (and TCP) port")
-    parser.add_argument("--tcp", action="store_true", help="also serve TURN over TCP")
-    parser.add_argument("--secret", required=True, help="shared secret of the credentials")
-    parser.add_argument("--relay-allow", action="append", default=[], metavar="CIDR")
-    parser.add_argument("--bandwidth", type=float, default=12.5e6, help="cap, bytes/s")
-    parser.add_argument("--max-allocations-per-user", type=int, default=None)
-    parser.add_argument("--credentials-for", default=None, help="print credentials for WHO")
-    parser.add_argument("--uvloop", action="store_true")
-    parser.add_argument("--debug", action="store_true", help="log every error response")
-    return parser.parse_args(argv)
-
-
-async def _serve(args: argparse.Namespace) -> None:
-    from peerphone.nat.limits import TurnLimits
-
-    now = CLOCK()
-    limits = TurnLimits()
-    if args.max_allocations_per_user:
-        limits = TurnLimits(max_allocations_per_user=args.max_allocations_per_user)
-    core = TurnServer(
-        args.secret.encode(),
-        bandwidth_bytes_per_s=args.bandwidth,
-        now=now,
-        rng=random.SystemRandom(),
-        address_filter=AddressFilter(args.relay_allow),
-        limits=limits,
-    )
-    service = TurnService(core, args.host)
-    udp = await service.listen_udp(args.host, args.port)
-    line = f"listening udp={udp[0]}:{udp[1]}"
-    if args.tcp:
-        tcp = await service.listen_tcp(args.host, args.port)
-        line += f" tcp={tcp[0]}:{tcp[1]}"
-    if args.credentials_for:
-        creds = issue_credentials(args.secret.encode(), args.credentials_for, 3600, now)
-        line += f" username={creds.username} password={creds.password}"
-    print(line, flush=True)
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        service.close()
-        print(f"snapshot {service.snapshot()}", file=sys.stderr, flush=True)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
-    runner: Callable[..., object] = asyncio.run
-    if args.uvloop:
-        import uvloop
-
-        runner = uvloop.run
-    with contextlib.suppress(KeyboardInterrupt):
-        runner(_serve(args))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

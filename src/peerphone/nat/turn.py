@@ -127,9 +127,10 @@ class TurnServer:
             rng,
             self.own,
         )
-        Handler = Callable[[stun.StunMessage, Client, Auth, Allocation | None, float], list[Output]]
-        self._handlers: dict[int, Handler] = {
-            stun.ALLOCATE: self._allocate,
+        # requests on the client's allocation: `_request` answers 437 when it has none (or
+        # its relayed socket is not open yet), so a handler always gets a ready one
+        Handler = Callable[[stun.StunMessage, Client, Auth, Allocation, float], list[Output]]
+        self._on_allocation: dict[int, Handler] = {
             stun.REFRESH: self._refresh,
             stun.CREATE_PERMISSION: self._create_permission,
             stun.CHANNEL_BIND: self._channel_bind,
@@ -149,7 +150,7 @@ class TurnServer:
         if message.cls == stun.REQUEST:
             if message.method == stun.BINDING:
                 return self._binding(message, client)
-            if message.method in self._handlers:
+            if message.method == stun.ALLOCATE or message.method in self._on_allocation:
                 return self._request(message, client, now)
         elif message.cls == stun.INDICATION and message.method == stun.SEND:
             return self.data.send_indication(message, client, now)
@@ -257,7 +258,11 @@ class TurnServer:
             return self._error(message, client, auth, 441)
         if message.unknown_required:
             return self._error(message, client, auth, 420, unknown=message.unknown_required)
-        return self._handlers[message.method](message, client, auth, alloc, now)
+        if message.method == stun.ALLOCATE:
+            return self._allocate(message, client, auth, alloc, now)
+        if alloc is None or alloc.relayed is None:
+            return self._error(message, client, auth, 437)
+        return self._on_allocation[message.method](message, client, auth, alloc, now)
 
     def _authenticate(
         self, message: stun.StunMessage, client: Client, now: float
@@ -355,11 +360,9 @@ class TurnServer:
         message: stun.StunMessage,
         client: Client,
         auth: Auth,
-        alloc: Allocation | None,
+        alloc: Allocation,
         now: float,
     ) -> list[Output]:
-        if alloc is None or alloc.relayed is None:
-            return self._error(message, client, auth, 437)
         if message.requested_family is not None and message.requested_family != (
             2 if alloc.family == 6 else 1
         ):
@@ -380,11 +383,9 @@ class TurnServer:
         message: stun.StunMessage,
         client: Client,
         auth: Auth,
-        alloc: Allocation | None,
+        alloc: Allocation,
         now: float,
     ) -> list[Output]:
-        if alloc is None or alloc.relayed is None:
-            return self._error(message, client, auth, 437)
         if not message.peers:
             return self._error(message, client, auth, 400)
         for peer in message.peers:
@@ -404,11 +405,9 @@ class TurnServer:
         message: stun.StunMessage,
         client: Client,
         auth: Auth,
-        alloc: Allocation | None,
+        alloc: Allocation,
         now: float,
     ) -> list[Output]:
-        if alloc is None or alloc.relayed is None:
-            return self._error(message, client, auth, 437)
         number = message.attributes.get("CHANNEL-NUMBER")
         if number is None or len(message.peers) != 1 or not CHANNEL_MIN <= number <= CHANNEL_MAX:
             return self._error(message, client, auth, 400)
