@@ -7,7 +7,8 @@ import logging
 from peerphone.daemon.config import NodeConfig
 from peerphone.daemon.control import start_control
 from peerphone.daemon.datadir import DataDir, DataDirError
-from peerphone.daemon.service import NodeService, pid_alive
+from peerphone.daemon.service import NodeService
+from peerphone.procs import pid_alive
 
 log = logging.getLogger("peerphone.node")
 

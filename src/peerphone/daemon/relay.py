@@ -24,13 +24,14 @@ from collections.abc import Callable
 from typing import Any
 
 from peerphone.daemon.config import NodeConfig
+from peerphone.endpoints import endpoint_or_none, format_address
 from peerphone.identity import NodeId
 from peerphone.nat.addrfilter import AddressFilter
 from peerphone.nat.credentials import CredentialIssuer
 from peerphone.nat.events import AllocationSnapshot
 from peerphone.nat.server import TurnService
 from peerphone.nat.turn import TurnServer
-from peerphone.runtime.node_runtime import NodeRuntime, format_address, parse_endpoint
+from peerphone.runtime.node_runtime import NodeRuntime
 from peerphone.runtime.tcp_carrier import refuse_other
 
 log = logging.getLogger("peerphone.relay")
@@ -80,7 +81,7 @@ class Relay:
             if own is not None:
                 core.own.add_socket(own)
         for text in runtime.core.addresses:
-            endpoint = parse_endpoint(text)
+            endpoint = endpoint_or_none(text)
             if endpoint is not None:
                 core.own.add_host(endpoint[1][0])
         self._issuer = CredentialIssuer(secret, CREDENTIAL_TTL_S, stats=core.stats)
@@ -127,7 +128,7 @@ class Relay:
     def _advertised_host(self) -> str | None:
         """The host of our first advertised UDP endpoint (what clients can reach)."""
         for text in self._runtime().core.snapshot().addresses:
-            endpoint = parse_endpoint(text)
+            endpoint = endpoint_or_none(text)
             if endpoint is not None and endpoint[0] == "udp":
                 return endpoint[1][0]
         return None

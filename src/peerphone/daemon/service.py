@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import ipaddress
 import logging
-import os
 import random
 import signal
 import socket
@@ -21,12 +20,13 @@ from collections.abc import Coroutine
 from typing import Any
 
 from peerphone.daemon.calls import CallManager
-from peerphone.daemon.config import NodeConfig, parse_endpoint
+from peerphone.daemon.config import NodeConfig, checked_endpoint
 from peerphone.daemon.datadir import Contact, DataDir
 from peerphone.daemon.logs import ErrorDigest
 from peerphone.daemon.pins import Pins
 from peerphone.daemon.relay import Relay
 from peerphone.daemon.views import error_counters, lookup_view, presence_view, status_view
+from peerphone.endpoints import Endpoint, format_address, format_endpoint
 from peerphone.errors import LocalProtocolError, PeerphoneError
 from peerphone.identity import KeyPair, SignatureVerifier, short
 from peerphone.overlay.client import ClientState
@@ -50,7 +50,7 @@ from peerphone.overlay.membership import MembershipConfig
 from peerphone.overlay.node import NodeCore
 from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.records import Capacity, Status, valid_username
-from peerphone.runtime.node_runtime import NodeRuntime, format_address, format_endpoint
+from peerphone.runtime.node_runtime import NodeRuntime
 from peerphone.wire import ReasonCode
 
 log = logging.getLogger("peerphone.node")
@@ -141,22 +141,19 @@ class NodeService:
         core.set_device(cfg.device)
         core.pin(trusted)
         core.pin({c.name: c.key for c in self.contacts.values() if c.key is not None})
-        _, host, port = parse_endpoint(cfg.listen)
-        endpoints = cfg.bootstrap_endpoints()
-        tcp_listen = None
-        if cfg.tcp_listen:
-            _, tcp_host, tcp_port = parse_endpoint(cfg.tcp_listen, "tcp")
-            tcp_listen = (tcp_host, tcp_port)
+        _, (host, port) = checked_endpoint(cfg.listen)
+        endpoints = [checked_endpoint(text) for text in cfg.bootstrap]
+        tcp_listen = checked_endpoint(cfg.tcp_listen, "tcp")[1] if cfg.tcp_listen else None
         runtime = NodeRuntime(
             core,
             node_keys,
             host,
             port,
-            [(h, p) for t, h, p in endpoints if t == "udp"],
+            [addr for kind, addr in endpoints if kind == "udp"],
             host_cache=self.data.load_host_cache(),
             idle_timeout_s=LINK_IDLE_TIMEOUT_S,
             tcp_listen=tcp_listen,
-            tcp_bootstrap=[(h, p) for t, h, p in endpoints if t == "tcp"],
+            tcp_bootstrap=[addr for kind, addr in endpoints if kind == "tcp"],
             link_limits=cfg.link_limits(),
         )
         self._runtime = runtime
@@ -192,7 +189,7 @@ class NodeService:
             extra={"fields": {"node_id": node_keys.node_id.hex(), "first_start": self.first_start}},
         )
 
-    def _advertise(self, runtime: NodeRuntime, endpoints: list[tuple[str, str, int]]) -> None:
+    def _advertise(self, runtime: NodeRuntime, endpoints: list[Endpoint]) -> None:
         """What member and presence records tell others to dial: UDP first, then TCP.
 
         A socket bound to 0.0.0.0 is advertised under the address the kernel routes
@@ -211,7 +208,7 @@ class NodeService:
                     continue
                 host = route
             advertised.append(format_endpoint((kind, (host, bound[1]))))
-        runtime.core.addresses[:] = advertised  # in place: shared with the client role
+        runtime.core.set_addresses(advertised)
 
     def exit_status(self) -> int:
         if isinstance(self.fatal, NameTaken):
@@ -356,7 +353,7 @@ class NodeService:
 
     def _capacity(self) -> Capacity:
         share = self.config.share
-        _, host, _ = parse_endpoint(self.config.listen)
+        _, (host, _) = checked_endpoint(self.config.listen)
         return Capacity(
             reachable=ipaddress.ip_address(host).is_global,
             uptime_s=int(time.time() - self.started_at),
@@ -414,12 +411,12 @@ class NodeService:
         self.runtime.set_status(status)
 
 
-def _route_source(endpoints: list[tuple[str, str, int]]) -> str | None:
+def _route_source(endpoints: list[Endpoint]) -> str | None:
     """The local address the kernel would send from toward the first bootstrap host.
 
     A UDP `connect` only picks a route; nothing is sent.
     """
-    for _, host, port in endpoints:
+    for _, (host, port) in endpoints:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             with socket.socket(family, socket.SOCK_DGRAM) as probe:
@@ -429,13 +426,3 @@ def _route_source(endpoints: list[tuple[str, str, int]]) -> str | None:
         except OSError:
             continue
     return None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -119,7 +119,7 @@ class NodeCore:
         self.may_serve = may_serve  # policy: False means never a supernode
         self.client = ClientCore(node_keys, user_keys, username, rng, verifier, client_config)
         self.client.capacity = capacity or Capacity()
-        self.client.addresses = self.addresses
+        self.client.addresses = list(self.addresses)
         self.calls = CallCore(self.client, rng)
         self.supernode: SupernodeCore | None = None
         self._events: list[Event] = []  # drained by pop_events
@@ -349,6 +349,11 @@ class NodeCore:
     def host_cache_records(self) -> list[Record]:
         """The member records of the supernodes we know of (to save across restarts)."""
         return list(self.client.host_cache.values())
+
+    def set_addresses(self, addresses: list[str]) -> None:
+        """Where others dial us (member and presence records), best first."""
+        self.addresses = list(addresses)
+        self.client.addresses = list(addresses)
 
     def set_device(self, device: str) -> None:
         """The device name our presence records carry."""
