@@ -55,6 +55,7 @@ from peerphone.media.sinks import MAX_GAP_FILL_S, SpeakerSink, WavRecorder
 from peerphone.media.sources import (
     MAX_CATCH_UP_S,
     AudioDeviceUnavailable,
+    AudioFileError,
     PacedAudioSource,
     ReferenceSignalSource,
     SilenceSource,
@@ -318,7 +319,7 @@ def test_wav_source_resamples_any_file_to_48k_mono(tmp_path: Path) -> None:
     assert not np.any(played[int(0.52 * RATE) :])  # silence after the end
     expected = as_array(reference_signal(5, 0.5))
     assert correlation(expected, played) > 0.99
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(AudioFileError, match=r"missing\.wav"):
         WavSource(tmp_path / "missing.wav")
 
 

@@ -4,6 +4,13 @@ Every request carries `Authorization: Bearer TOKEN`; the token is random per sta
 written with the port to `DIR/control.json` (mode 0600), so only the node's owner (who can
 read DIR) can drive it. Bodies are JSON and small; errors are JSON `{"error": ...}`.
 
+Two kinds of errors, as everywhere in peerphone. A request the node cannot do is the
+client's: it is checked here before it reaches the node (`RequestError`: 400 bad input,
+404 unknown call, 409 a call not in the state the action needs), and a refusal from the
+node or the network (`PeerphoneError`: a name taken, a call that failed) is a 400 with
+its message; a timeout is a 504. Anything else, `LocalProtocolError` included, is our own
+bug: a 500 saying only that, and the traceback in the node's log.
+
     GET    /v1/status                  the node's status (views.status_view)
     GET    /v1/lookup/{name}           a verified lookup
     GET    /v1/contacts                buddy list with live presence
@@ -39,9 +46,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from peerphone.daemon.calls import Media
 from peerphone.daemon.config import parse_endpoint
 from peerphone.daemon.service import NodeService
-from peerphone.errors import PeerphoneError
+from peerphone.errors import LocalProtocolError, PeerphoneError
 from peerphone.overlay.callmsg import CALL_ID_BYTES
-from peerphone.records import Status
+from peerphone.overlay.calls import CallState
+from peerphone.records import Status, valid_username
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +105,17 @@ http_log = logging.getLogger("peerphone.control.http")  # aiohttp's server log, 
 http_log.addFilter(MalformedRequestDigest())
 
 
+INTERNAL_ERROR = "internal error (the node's log has the details)"
+
+
+class RequestError(PeerphoneError):
+    """A request the control API refuses: a 4xx `status` and a message for the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -112,33 +131,45 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except web.HTTPException:
         raise
-    except (ValueError, PeerphoneError) as exc:
-        return _error(400, str(exc))
+    except RequestError as exc:
+        return _error(exc.status, str(exc))
     except TimeoutError:
         return _error(504, "the node did not answer in time")
+    except LocalProtocolError:  # a request we let through that the node calls misuse
+        log.exception("control request %s %s hit a bug", request.method, request.path)
+        return _error(500, INTERNAL_ERROR)
+    except PeerphoneError as exc:  # refused by the node or the network: the message says why
+        return _error(400, str(exc))
+    except Exception:
+        log.exception("control request %s %s crashed", request.method, request.path)
+        return _error(500, INTERNAL_ERROR)
+
+
+def _bad(message: str) -> RequestError:
+    return RequestError(400, message)
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise ValueError(f"body larger than {MAX_BODY_BYTES} bytes")
+        raise _bad(f"body larger than {MAX_BODY_BYTES} bytes")
     raw = await request.content.read(MAX_BODY_BYTES + 1)
     if len(raw) > MAX_BODY_BYTES:
-        raise ValueError(f"body larger than {MAX_BODY_BYTES} bytes")
+        raise _bad(f"body larger than {MAX_BODY_BYTES} bytes")
     try:
         body = json.loads(raw or b"{}")
     except ValueError:
-        raise ValueError("body is not JSON") from None
+        raise _bad("body is not JSON") from None
     except RecursionError:  # 4 KiB of brackets nest deeper than the interpreter's stack
-        raise ValueError("body is nested too deeply") from None
+        raise _bad("body is nested too deeply") from None
     if not isinstance(body, dict):
-        raise ValueError("body must be a JSON object")
+        raise _bad("body must be a JSON object")
     return body
 
 
 def _string(body: dict[str, Any], key: str) -> str:
     value = body.get(key)
     if not isinstance(value, str):
-        raise ValueError(f"{key!r}: a string is required")
+        raise _bad(f"{key!r}: a string is required")
     return value
 
 
@@ -146,8 +177,15 @@ async def get_status(request: web.Request) -> web.Response:
     return web.json_response(request.app[SERVICE_KEY].status())
 
 
+def _username(name: str) -> str:
+    if not valid_username(name):
+        raise _bad(f"{name!r} is not a valid username")
+    return name
+
+
 async def get_lookup(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[SERVICE_KEY].lookup(request.match_info["name"]))
+    name = _username(request.match_info["name"])
+    return web.json_response(await request.app[SERVICE_KEY].lookup(name))
 
 
 async def get_contacts(request: web.Request) -> web.Response:
@@ -155,7 +193,7 @@ async def get_contacts(request: web.Request) -> web.Response:
 
 
 async def post_contact(request: web.Request) -> web.Response:
-    name = _string(await _json_body(request), "name")
+    name = _username(_string(await _json_body(request), "name"))
     added = request.app[SERVICE_KEY].add_contact(name)
     return web.json_response({"name": name, "added": added}, status=201 if added else 200)
 
@@ -172,7 +210,9 @@ async def post_presence(request: web.Request) -> web.Response:
     try:
         status = Status[text.upper()]
     except KeyError:
-        raise ValueError(f"status {text!r}: use online, away or busy") from None
+        raise _bad(f"status {text!r}: use online, away or busy") from None
+    if status is Status.OFFLINE:
+        raise _bad("use online, away or busy (a node that runs is not offline)")
     request.app[SERVICE_KEY].set_status(status)
     return web.json_response({"status": status.name.lower()})
 
@@ -181,9 +221,9 @@ def _call_id(request: web.Request) -> bytes:
     try:
         call_id = bytes.fromhex(request.match_info["call_id"])
     except ValueError:
-        raise ValueError("call id: hex digits expected") from None
+        raise _bad("call id: hex digits expected") from None
     if len(call_id) != CALL_ID_BYTES:
-        raise ValueError(f"call id: {2 * CALL_ID_BYTES} hex digits expected")
+        raise _bad(f"call id: {2 * CALL_ID_BYTES} hex digits expected")
     return call_id
 
 
@@ -192,12 +232,12 @@ def _media(body: dict[str, Any]) -> Media:
     for key in ("play", "record"):
         value = body.get(key, "")
         if not isinstance(value, str):
-            raise ValueError(f"{key!r}: a path (string) is expected")
+            raise _bad(f"{key!r}: a path (string) is expected")
         if value and not Path(value).is_absolute():
-            raise ValueError(f"{key!r}: an absolute path is expected")
+            raise _bad(f"{key!r}: an absolute path is expected")
         paths[key] = value
     if paths["play"] and not Path(paths["play"]).is_file():
-        raise ValueError(f"{paths['play']}: no such file")
+        raise _bad(f"{paths['play']}: no such file")
     return Media(paths["play"], paths["record"])
 
 
@@ -207,34 +247,67 @@ async def get_calls(request: web.Request) -> web.Response:
 
 async def post_call(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    calls = request.app[SERVICE_KEY].calls
-    record = await calls.place(_string(body, "name"), _media(body))
-    return web.json_response(await calls.view(record.call_id), status=201)
+    service = request.app[SERVICE_KEY]
+    name = _username(_string(body, "name"))
+    if name == service.config.name:
+        raise _bad("a node cannot call its own name")
+    record = await service.calls.place(name, _media(body))
+    return web.json_response(await service.calls.view(record.call_id), status=201)
+
+
+async def _listed(service: NodeService, call_id: bytes) -> bool:
+    """Whether the call is one the API shows (live, or ended recently)."""
+    return any(view["call_id"] == call_id.hex() for view in await service.calls.list())
 
 
 async def get_call(request: web.Request) -> web.Response:
-    calls = request.app[SERVICE_KEY].calls
-    return web.json_response(await calls.view(_call_id(request)))
+    service = request.app[SERVICE_KEY]
+    call_id = _call_id(request)
+    if not await _listed(service, call_id):
+        raise RequestError(404, "no such call")
+    return web.json_response(await service.calls.view(call_id))
+
+
+# the call state each action needs (the signaling core refuses the others as misuse)
+ACTION_STATES = {
+    "answer": (CallState.RINGING,),
+    "hangup": tuple(CallState),
+    "hold": (CallState.ACTIVE,),
+    "transfer": (CallState.ACTIVE,),
+}
 
 
 async def post_call_action(request: web.Request) -> web.Response:
-    calls = request.app[SERVICE_KEY].calls
+    service = request.app[SERVICE_KEY]
+    calls = service.calls
     call_id = _call_id(request)
     action = request.match_info["action"]
+    if action not in ACTION_STATES:
+        return _error(404, f"no call action {action!r}")
     body = await _json_body(request)
-    if action == "answer":
-        await calls.answer(call_id, _media(body))
+    media = _media(body) if action == "answer" else None
+    target = _username(_string(body, "name")) if action == "transfer" else ""
+    held = body.get("held", True)
+    if not isinstance(held, bool):
+        raise _bad("'held': true or false")
+    # checked last, right before the action: nothing is awaited in between
+    call = service.runtime.core.call_snapshot(call_id)
+    if call is None:
+        if not await _listed(service, call_id):
+            raise RequestError(404, "no such call")
+        if action != "hangup":
+            raise RequestError(409, f"cannot {action} a call that has ended")
+    elif call.state not in ACTION_STATES[action] or (action == "answer" and call.outgoing):
+        raise RequestError(409, f"cannot {action} a call that is {call.state.value}")
+    elif action == "answer":
+        assert media is not None
+        await calls.answer(call_id, media)
     elif action == "hangup":
         calls.hangup(call_id)
     elif action == "hold":
-        held = body.get("held", True)
-        if not isinstance(held, bool):
-            raise ValueError("'held': true or false")
         calls.hold(call_id, held)
-    elif action == "transfer":
-        calls.transfer(call_id, _string(body, "name"))
     else:
-        return _error(404, f"no call action {action!r}")
+        calls.transfer(call_id, target)
     return web.json_response(await calls.view(call_id))
 
 

@@ -21,6 +21,7 @@ from peerphone.media.sdp import certificate_fingerprint, sdp_candidates, sdp_fin
 from peerphone.media.sinks import AudioSink, DiscardSink, SpeakerSink, WavRecorder
 from peerphone.media.sources import (
     AudioDeviceUnavailable,
+    AudioFileError,
     PacedAudioSource,
     ReferenceSignalSource,
     SilenceSource,
@@ -32,6 +33,7 @@ from peerphone.media.sources import (
 
 __all__ = [
     "AudioDeviceUnavailable",
+    "AudioFileError",
     "AudioSink",
     "CallConfig",
     "CallFailed",

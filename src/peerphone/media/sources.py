@@ -37,6 +37,11 @@ MAX_WAV_SECONDS = 3600  # a WAV source refuses longer files (it decodes lazily, 
 FULL_SCALE = 32767
 
 
+class AudioFileError(PeerphoneError):
+    """An audio file to play cannot be used (missing, not audio, too long): bad input, not
+    a bug; the message names the file."""
+
+
 class AudioDeviceUnavailable(PeerphoneError):
     """No sound card here (or the PyAV build lacks the backend): use a headless source."""
 
@@ -193,11 +198,11 @@ class WavSource(PacedAudioSource):
         try:
             self._container = av.open(str(self.path), mode="r")
         except (OSError, av.FFmpegError) as exc:
-            raise LocalProtocolError(f"cannot open {self.path}: {exc}") from exc
+            raise AudioFileError(f"cannot open {self.path}: {exc}") from exc
         streams = self._container.streams.audio
         if not streams:
             self._container.close()
-            raise LocalProtocolError(f"{self.path} has no audio stream")
+            raise AudioFileError(f"{self.path} has no audio stream")
         duration, time_base = streams[0].duration, streams[0].time_base
         if (
             duration is not None
@@ -205,7 +210,7 @@ class WavSource(PacedAudioSource):
             and duration * time_base > MAX_WAV_SECONDS
         ):
             self._container.close()
-            raise LocalProtocolError(f"{self.path} is longer than {MAX_WAV_SECONDS} s")
+            raise AudioFileError(f"{self.path} is longer than {MAX_WAV_SECONDS} s")
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         self._decoded = self._decode()
         self._buffer = bytearray()
