@@ -7,13 +7,15 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from peerphone.daemon.client import ControlClient
 from peerphone.daemon.config import ROLES, NodeConfig, load_config, save_config
 from peerphone.daemon.datadir import DataDir
 
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 DEFAULT_DIR = Path(os.environ.get("PEERPHONE_DIR", Path.home() / ".peerphone"))
 
 
@@ -26,7 +28,7 @@ def _dir_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_node(sub: SubParsers) -> None:
     node = sub.add_parser("node", help="run a node until SIGINT/SIGTERM")
     _dir_option(node)
     node.add_argument("--name", help="username (registered on first start)")
@@ -68,6 +70,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     node.add_argument("--verbose", action="store_true")
 
+
+def _add_call(sub: SubParsers) -> None:
     call = sub.add_parser("call", help="call a user; prints the call's statistics")
     _dir_option(call)
     call.add_argument("name")
@@ -80,30 +84,48 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         help="hang up after S seconds connected (default: return once connected)",
     )
     call.add_argument("--json", action="store_true")
+
+
+def _add_calls(sub: SubParsers) -> None:
     calls = sub.add_parser("calls", help="current and recent calls")
     _dir_option(calls)
     calls.add_argument("--json", action="store_true")
+
+
+def _add_hangup(sub: SubParsers) -> None:
     hangup = sub.add_parser("hangup", help="hang up a call")
     _dir_option(hangup)
     hangup.add_argument("call_id")
+
+
+def _add_transfer(sub: SubParsers) -> None:
     transfer = sub.add_parser("transfer", help="send the peer of a call on to another user")
     _dir_option(transfer)
     transfer.add_argument("call_id")
     transfer.add_argument("name")
+
+
+def _add_hold(sub: SubParsers) -> None:
     hold = sub.add_parser("hold", help="put a call on hold (--resume: take it off)")
     _dir_option(hold)
     hold.add_argument("call_id")
     hold.add_argument("--resume", action="store_true")
 
+
+def _add_status(sub: SubParsers) -> None:
     status = sub.add_parser("status", help="the running node's status")
     _dir_option(status)
     status.add_argument("--json", action="store_true")
 
+
+def _add_lookup(sub: SubParsers) -> None:
     lookup = sub.add_parser("lookup", help="look a user up in the directory")
     _dir_option(lookup)
     lookup.add_argument("name")
     lookup.add_argument("--json", action="store_true")
 
+
+def _add_contacts(sub: SubParsers) -> None:
     contacts = sub.add_parser("contacts", help="the buddy list")
     contacts_sub = contacts.add_subparsers(dest="action", required=True)
     for action in ("add", "remove"):
@@ -115,14 +137,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     _dir_option(listing)
     listing.add_argument("--json", action="store_true")
 
+
+def _add_demo(sub: SubParsers) -> None:
     demo = sub.add_parser("demo", help="a local network of node processes, exercised")
     demo.add_argument("--nodes", type=int, default=12, help="node processes (default 12)")
     demo.add_argument("--json", type=Path, help="also write the report as JSON here")
     demo.add_argument("--keep", action="store_true", help="keep the node directories")
 
+
+def _add_set_status(sub: SubParsers) -> None:
     set_status = sub.add_parser("set-status", help="online, away or busy")
     _dir_option(set_status)
     set_status.add_argument("status", choices=("online", "away", "busy"))
+
+
+def add_commands(sub: SubParsers) -> None:
+    """Add every node command (`COMMANDS`) to the `peerphone` parser."""
+    for add, _ in COMMANDS.values():
+        add(sub)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -314,25 +346,26 @@ def cmd_call_action(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {
-    "call": cmd_call,
-    "calls": cmd_calls,
-    "hangup": cmd_call_action,
-    "transfer": cmd_call_action,
-    "hold": cmd_call_action,
-    "demo": cmd_demo,
-    "node": cmd_node,
-    "status": cmd_status,
-    "lookup": cmd_lookup,
-    "contacts": cmd_contacts,
-    "set-status": cmd_set_status,
+# each command: how its arguments are parsed, and what runs it (in `peerphone --help` order)
+COMMANDS: dict[str, tuple[Callable[[SubParsers], None], Callable[[argparse.Namespace], int]]] = {
+    "node": (_add_node, cmd_node),
+    "call": (_add_call, cmd_call),
+    "calls": (_add_calls, cmd_calls),
+    "hangup": (_add_hangup, cmd_call_action),
+    "transfer": (_add_transfer, cmd_call_action),
+    "hold": (_add_hold, cmd_call_action),
+    "status": (_add_status, cmd_status),
+    "lookup": (_add_lookup, cmd_lookup),
+    "contacts": (_add_contacts, cmd_contacts),
+    "demo": (_add_demo, cmd_demo),
+    "set-status": (_add_set_status, cmd_set_status),
 }
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
-    handler = COMMANDS.get(args.command)
-    if handler is None:
+    command = COMMANDS.get(args.command)
+    if command is None:
         return None
-    code = handler(args)
+    code = command[1](args)
     sys.stdout.flush()
     return code
