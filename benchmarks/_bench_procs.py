@@ -95,13 +95,12 @@ async def serve_supernode(port: int, max_clients: int, seed: int) -> None:
     assert runtime.address is not None
 
     def stats() -> dict[str, Any]:
-        links = runtime.links
         view = core.snapshot().supernode
         assert view is not None  # seeded: never demotes itself
         return {
             "clients": view.clients_served,
             "backups": view.backup_for,
-            "links": len(links.links),
+            "links": runtime.link_stats().up,
             "records": view.keys_held,
             "lookups_pending": view.lookups_pending,
             "core_errors": core.errors,

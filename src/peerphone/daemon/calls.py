@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peerphone.daemon.config import NodeConfig
+from peerphone.endpoints import TCP
 from peerphone.errors import LocalProtocolError, PeerphoneError
 from peerphone.media import (
     CallConfig,
@@ -44,7 +45,6 @@ from peerphone.overlay.events import (
     TurnGranted,
 )
 from peerphone.runtime.node_runtime import NodeRuntime
-from peerphone.runtime.tcp_carrier import is_tcp
 
 if TYPE_CHECKING:
     from aiortc import MediaStreamTrack
@@ -138,8 +138,8 @@ class CallManager:
         """Whether we reach our primary supernode over the TCP carrier (UDP blocked)."""
         runtime = self._runtime()
         primary = runtime.core.attached()[0]
-        link = runtime.links.links.get(primary) if primary is not None else None
-        return link is not None and is_tcp(link.addr)
+        link = runtime.link_to(primary) if primary is not None else None
+        return link is not None and link.transport == TCP
 
     def refresh_turn(self) -> None:
         """Ask our supernode for relay credentials when we have none or they run out."""

@@ -4,24 +4,27 @@ A client keeps a host cache of supernode member records, attaches to a primary a
 backup, publishes its signed name and presence records through the primary and refreshes
 them, and asks the primary for lookups. Refusals (admission control) come with hints of
 other supernodes; failures back off exponentially with jitter.
+
+Built in layers: the state (client_base.py), lookups and buddy presence (client_lookups.py),
+and here attachment, publishing, relay credentials and timers.
 """
 
 from __future__ import annotations
 
-import enum
-import random
-from collections.abc import Callable
-from dataclasses import dataclass
-
 from peerphone.errors import LocalProtocolError, RecordRejected
-from peerphone.identity import KeyPair, NodeId, SignatureVerifier, node_id_of
+from peerphone.identity import NodeId, node_id_of
+from peerphone.overlay.client_base import INF, REFUSAL_MEMORY_S, AttachTry, PublishTry
+from peerphone.overlay.client_base import MAX_HOST_CACHE as MAX_HOST_CACHE
+from peerphone.overlay.client_base import MAX_WATCHED as MAX_WATCHED
+from peerphone.overlay.client_base import PIN_MISMATCH as PIN_MISMATCH
+from peerphone.overlay.client_base import ClientConfig as ClientConfig
+from peerphone.overlay.client_base import ClientState as ClientState
+from peerphone.overlay.client_base import Send as Send
+from peerphone.overlay.client_lookups import ClientLookups
 from peerphone.overlay.events import (
     Attached,
     AttachLost,
-    Event,
-    KeyPinned,
     LookupDone,
-    PresenceChanged,
     Published,
     PublishRefused,
     TurnGranted,
@@ -35,7 +38,6 @@ from peerphone.records import (
     RecordKind,
     Status,
     check_record,
-    decode_body,
     make_record,
     valid_username,
 )
@@ -44,10 +46,6 @@ from peerphone.wire import (
     AttachAccept,
     AttachRedirect,
     Detach,
-    Lookup,
-    LookupResult,
-    Message,
-    PresenceUpdate,
     Publish,
     PublishAck,
     ReasonCode,
@@ -57,107 +55,9 @@ from peerphone.wire import (
     Watch,
 )
 
-Send = tuple[NodeId, Message]
 
-MAX_HOST_CACHE = 200  # supernode member records remembered (persisted by the runtime)
-MAX_PENDING_LOOKUPS = 64
-MAX_WATCHED = 1000  # buddies per user
-_INF = float("inf")
-PIN_MISMATCH = "name bound to a different key than the pinned one"  # a lookup's refusal
-REFUSAL_MEMORY_S = 60.0  # a supernode that refused us is not asked again for this long
-
-
-class ClientState(enum.Enum):
-    OFFLINE = "offline"
-    ATTACHING = "attaching"
-    ONLINE = "online"
-
-
-@dataclass(frozen=True, slots=True)
-class ClientConfig:
-    """Timers and limits of attachment and publishing."""
-
-    refresh_interval_s: float = 600.0  # soft state: a presence lives 3 refreshes
-    presence_ttl_s: float = 1800.0
-    name_ttl_s: float = 30 * 86_400.0
-    attach_timeout_s: float = 2.0
-    publish_timeout_s: float = 2.0
-    publish_retries: int = 3  # then the primary is treated as lost
-    lookup_try_timeout_s: float = 2.0
-    lookup_deadline_s: float = 6.0
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 60.0
-    immediate_redirects: int = 3  # hinted retries before backing off
-
-
-@dataclass(slots=True)
-class _PendingLookup:
-    username: str
-    started: float
-    deadline: float
-    try_deadline: float
-    sent_to: NodeId | None
-    buddy: bool = False  # started by a presence update of a watched, unpinned user
-    # an unpinned name is asked of both our supernodes: one hostile supernode alone must
-    # not decide whom we trust; `second` is the other one asked, `first` the first answer
-    second: NodeId | None = None
-    first: LookupResult | None = None
-
-
-class ClientCore:
+class ClientCore(ClientLookups):
     """Attachment, presence publishing, lookups and buddy watches of one user (sans-I/O)."""
-
-    def __init__(
-        self,
-        node_keys: KeyPair,
-        user_keys: KeyPair,
-        username: str,
-        rng: random.Random,
-        verifier: SignatureVerifier,
-        config: ClientConfig | None = None,
-        device: str = "default",
-    ) -> None:
-        if not valid_username(username):
-            raise LocalProtocolError(f"invalid username {username!r}")
-        self.node_keys = node_keys
-        self.user_keys = user_keys
-        self.username = username
-        self.device = device
-        self.rng = rng
-        self.verifier = verifier
-        self.config = config or ClientConfig()
-        self.state = ClientState.OFFLINE
-        self.status = Status.ONLINE
-        self.capacity = Capacity()
-        self.started_at = 0.0
-        self.host_cache: dict[NodeId, Record] = {}
-        self.refused: dict[NodeId, float] = {}
-        self.primary: NodeId | None = None
-        self.backup: NodeId | None = None
-        self.addresses: list[str] = []
-        self.pinned: dict[str, bytes] = {}  # username -> user key (trust on first use)
-        self.watched: set[str] = set()
-        self.buddies: dict[str, Record] = {}  # last verified presence of each watched user
-        self._events: list[Event] = []  # drained by pop_events
-        self._req = 0
-        self._attach: tuple[int, NodeId, bool, float] | None = (
-            None  # req, target, primary, deadline
-        )
-        self._failures = 0
-        self._redirects = 0
-        self._next_attempt: float | None = None
-        self._name_record: Record | None = None
-        self.name_refused = False  # the directory said our name belongs to another key
-        self._turn_req = -1  # the TurnRequest awaiting its grant
-        self._presence: Record | None = None
-        self._seq = 0
-        self._next_refresh: float | None = None
-        self._publish: tuple[int, float, int] | None = None  # req, deadline, tries
-        self._lookups: dict[int, _PendingLookup] = {}
-        self._hint: list[NodeId] = []  # supernodes a redirect suggested, tried first
-        # supernodes known only by their authenticated NodeId (a bootstrap address
-        # answered); their member records arrive with the AttachAccept
-        self.bootstrap_ids: list[NodeId] = []
 
     # -- application API --------------------------------------------------------------------
 
@@ -218,20 +118,6 @@ class ClientCore:
         self.status = status
         return self._publish_presence(now) if self.primary is not None else []
 
-    def lookup(self, username: str, now: float) -> tuple[int, list[Send]]:
-        """Start a lookup; its LookupDone event carries the returned request id."""
-        self._req += 1
-        req = self._req
-        cfg = self.config
-        if len(self._lookups) >= MAX_PENDING_LOOKUPS:
-            self._events.append(
-                LookupDone(req, username, None, None, 0, now, now, "too many lookups")
-            )
-            return req, []
-        pending = _PendingLookup(username, now, now + cfg.lookup_deadline_s, 0.0, None)
-        self._lookups[req] = pending
-        return req, self._send_lookup(req, pending, now)
-
     def watch(self, usernames: list[str], now: float, add: bool = True) -> list[Send]:
         names = [n for n in usernames if valid_username(n)]
         if add:
@@ -246,24 +132,11 @@ class ClientCore:
             return []
         return [(self.primary, Watch(self._next_req(), names, add))]
 
-    def has_events(self) -> bool:
-        return bool(self._events)
-
-    def pop_events(self, only: Callable[[Event], bool] | None = None) -> list[Event]:
-        """Drain the events; with `only`, just those it selects (the rest stay, in order)."""
-        if only is None:
-            events, self._events = self._events, []
-            return events
-        taken = [e for e in self._events if only(e)]
-        if taken:
-            self._events = [e for e in self._events if not only(e)]
-        return taken
-
     # -- inputs -----------------------------------------------------------------------------
 
     def handle_attach_accept(self, msg: AttachAccept, src: NodeId, now: float) -> list[Send]:
         attach = self._attach
-        if attach is None or attach[0] != msg.req or attach[1] != src:
+        if attach is None or attach.req != msg.req or attach.target != src:
             return []
         self._attach = None
         if node_id_of(msg.member.owner) != src:
@@ -273,7 +146,7 @@ class ClientCore:
             return self.handle_timer(now)
         self.learn_supernodes([msg.member, *msg.others], now)
         out: list[Send] = []
-        if attach[2]:
+        if attach.primary:
             self.primary = src
             self.state = ClientState.ONLINE
             self._failures = 0
@@ -286,7 +159,7 @@ class ClientCore:
 
     def handle_attach_redirect(self, msg: AttachRedirect, src: NodeId, now: float) -> list[Send]:
         attach = self._attach
-        if attach is None or attach[0] != msg.req or attach[1] != src:
+        if attach is None or attach.req != msg.req or attach.target != src:
             return []
         self._attach = None
         self.refused[src] = now + REFUSAL_MEMORY_S
@@ -299,7 +172,7 @@ class ClientCore:
         return self.handle_timer(now)
 
     def handle_publish_ack(self, msg: PublishAck, src: NodeId, now: float) -> list[Send]:
-        if self._publish is None or self._publish[0] != msg.req or src != self.primary:
+        if self._publish is None or self._publish.req != msg.req or src != self.primary:
             return []
         if msg.stored == 0:
             if msg.reason == ReasonCode.NOT_PRIMARY:  # the supernode forgot us (e.g. restarted)
@@ -313,95 +186,6 @@ class ClientCore:
         if self._presence is not None:
             self._events.append(Published(self._presence.seq, msg.stored))
         return []
-
-    def handle_lookup_result(self, msg: LookupResult, src: NodeId, now: float) -> list[Send]:
-        pending = self._lookups.get(msg.req)
-        if pending is None:
-            return []
-        if msg.reason == ReasonCode.NOT_ATTACHED and src == pending.sent_to:
-            # the supernode forgot us: re-attach; the lookup goes out again once attached
-            pending.sent_to = None
-            return self.connection_lost(src, now) if src == self.primary else []
-        if pending.second is not None and src in (pending.sent_to, pending.second):
-            if pending.first is None:
-                pending.first = msg  # wait for the other supernode's answer
-                return []
-            first = pending.first
-            hops = max(first.hops, msg.hops)
-            if ReasonCode.CONFLICT in (first.reason, msg.reason):
-                # one side's replicas disagree: so do we, whatever the other side says
-                msg = LookupResult(msg.req, [], hops, ReasonCode.CONFLICT)
-            else:
-                msg = LookupResult(msg.req, [*first.records, *msg.records], hops, msg.reason)
-        del self._lookups[msg.req]
-        self._finish_lookup(msg, pending, now)
-        return []
-
-    def _finish_lookup(self, msg: LookupResult, pending: _PendingLookup, now: float) -> None:
-        presence, reason = self._verified_presence(pending.username, msg.records, now)
-        if presence is not None:
-            self._buddy_seen(pending.username, presence)
-        elif not msg.records and msg.reason:
-            reason = msg.reason  # the supernode's own word (e.g. the replicas disagree)
-        if pending.buddy:
-            return  # our own lookup (of a watched user): nobody waits for its event
-        status = None
-        if presence is not None:
-            status = _presence_body(presence).status
-        self._events.append(
-            LookupDone(
-                msg.req,
-                pending.username,
-                presence,
-                status,
-                msg.hops,
-                pending.started,
-                now,
-                reason or msg.reason,
-            )
-        )
-
-    def handle_presence_update(self, msg: PresenceUpdate, src: NodeId, now: float) -> list[Send]:
-        by_user: dict[str, list[Record]] = {}
-        for record in msg.records:
-            try:
-                body = check_record(record, now, self.verifier)
-            except RecordRejected:
-                continue
-            if isinstance(body, (NameBody, PresenceBody)) and body.username in self.watched:
-                by_user.setdefault(body.username, []).append(record)
-        out: list[Send] = []
-        for username in sorted(by_user):
-            if username not in self.pinned:
-                # a watch is served by one replica, whose word alone never decides who
-                # owns a name: a lookup (agreed by several) pins the key first
-                out.extend(self._look_up_buddy(username, now))
-                continue
-            presence, _ = self._verified_presence(username, by_user[username], now)
-            if presence is not None:
-                self._buddy_seen(username, presence)
-        return out
-
-    def _look_up_buddy(self, username: str, now: float) -> list[Send]:
-        if any(p.username == username and p.buddy for p in self._lookups.values()):
-            return []
-        req, sends = self.lookup(username, now)
-        pending = self._lookups.get(req)
-        if pending is not None:
-            pending.buddy = True
-        return sends
-
-    def _buddy_seen(self, username: str, presence: Record) -> None:
-        """A verified presence of a watched user: remember it, tell if it changed."""
-        if username not in self.watched:
-            return
-        last = self.buddies.get(username)
-        if last is not None and (last.seq >= presence.seq or last.body == presence.body):
-            if last.seq < presence.seq:
-                self.buddies[username] = presence  # a refresh: same content, newer
-            return
-        self.buddies[username] = presence
-        self._events.append(PresenceChanged(username, _presence_body(presence).status, presence))
 
     def request_turn(self, now: float) -> list[Send]:
         """Ask our primary for relay credentials (a TurnGranted event answers)."""
@@ -443,7 +227,7 @@ class ClientCore:
                 self._hint = prefer
             return self.handle_timer(now)
         if peer != self.primary:
-            if self._attach is not None and self._attach[1] == peer:
+            if self._attach is not None and self._attach.target == peer:
                 self._attach = None
                 self._back_off(now)
             return []
@@ -467,14 +251,14 @@ class ClientCore:
 
     def next_timer(self) -> float | None:
         # called after every input, so written for speed rather than brevity
-        inf = _INF
+        inf = INF
         t = self._next_refresh if self._next_refresh is not None else inf
         if self._attach is not None:
-            t = min(t, self._attach[3])  # the next attempt waits for this one to end
+            t = min(t, self._attach.deadline)  # the next attempt waits for this one to end
         elif self._next_attempt is not None:
             t = min(t, self._next_attempt)
         if self._publish is not None:
-            t = min(t, self._publish[1])
+            t = min(t, self._publish.deadline)
         if self._lookups:
             for pending in self._lookups.values():
                 due = pending.try_deadline if pending.sent_to is not None else pending.deadline
@@ -485,15 +269,15 @@ class ClientCore:
         out: list[Send] = []
         if self.state is ClientState.OFFLINE:
             return out
-        if self._attach is not None and now >= self._attach[3]:
-            self.refused[self._attach[1]] = now + REFUSAL_MEMORY_S
+        if self._attach is not None and now >= self._attach.deadline:
+            self.refused[self._attach.target] = now + REFUSAL_MEMORY_S
             self._attach = None
             self._back_off(now)
         if self._attach is None and self._next_attempt is not None and now >= self._next_attempt:
             self._next_attempt = None
             out.extend(self._try_attach(now))
-        if self._publish is not None and now >= self._publish[1]:
-            tries = self._publish[2]
+        if self._publish is not None and now >= self._publish.deadline:
+            tries = self._publish.tries
             self._publish = None
             if tries >= self.config.publish_retries and self.primary is not None:
                 out.extend(self.connection_lost(self.primary, now))
@@ -517,10 +301,6 @@ class ClientCore:
         return out
 
     # -- internals --------------------------------------------------------------------------
-
-    def _next_req(self) -> int:
-        self._req += 1
-        return self._req
 
     def _next_seq(self, now: float) -> int:
         """Sequence numbers follow the clock (milliseconds), so a restarted node that lost
@@ -580,7 +360,7 @@ class ClientCore:
             return []
         target = candidates[0]
         req = self._next_req()
-        self._attach = (req, target, want_primary, now + self.config.attach_timeout_s)
+        self._attach = AttachTry(req, target, want_primary, now + self.config.attach_timeout_s)
         capacity = Capacity(
             self.capacity.reachable,
             self.capacity.uptime_s + int(now - self.started_at),
@@ -639,62 +419,5 @@ class ClientCore:
             )
             self._next_refresh = now + cfg.refresh_interval_s
         req = self._next_req()
-        self._publish = (req, now + cfg.publish_timeout_s, tries)
+        self._publish = PublishTry(req, now + cfg.publish_timeout_s, tries)
         return [(self.primary, Publish(req, [name, self._presence]))]
-
-    def _send_lookup(self, req: int, pending: _PendingLookup, now: float) -> list[Send]:
-        # alternate between primary and backup on retries
-        target = self.primary
-        if pending.sent_to is not None and pending.sent_to == self.primary and self.backup:
-            target = self.backup
-        if target is None:
-            pending.sent_to = None  # queued until attached; the deadline still runs
-            pending.try_deadline = pending.deadline
-            return []
-        pending.sent_to = target
-        pending.try_deadline = now + self.config.lookup_try_timeout_s
-        out: list[Send] = [(target, Lookup(req, pending.username))]
-        other = self.backup if target == self.primary else self.primary
-        pending.second, pending.first = None, None
-        if other is not None and pending.username not in self.pinned:
-            pending.second = other
-            out.append((other, Lookup(req, pending.username)))
-        return out
-
-    def _verified_presence(
-        self, username: str, records: list[Record], now: float
-    ) -> tuple[Record | None, str]:
-        """The presence record of `username` if it verifies against the bound key."""
-        names: list[Record] = []
-        presences: list[Record] = []
-        for record in records:
-            try:
-                body = check_record(record, now, self.verifier)
-            except RecordRejected:
-                continue
-            if not isinstance(body, (NameBody, PresenceBody)) or body.username != username:
-                continue
-            (names if record.kind is RecordKind.NAME else presences).append(record)
-        if not names:
-            return None, ReasonCode.NOT_FOUND
-        owners = {r.owner for r in names}
-        owner = self.pinned.get(username)
-        if owner is None:
-            if len(owners) != 1:  # our supernode settles the owner; two owners: refuse
-                return None, ReasonCode.CONFLICT
-            owner = next(iter(owners))
-        if owner not in owners:
-            return None, PIN_MISMATCH
-        if username not in self.pinned and username != self.username:
-            self.pinned[username] = owner
-            self._events.append(KeyPinned(username, owner))
-        mine = [r for r in presences if r.owner == owner]
-        if not mine:
-            return None, "offline"
-        return max(mine, key=lambda r: r.seq), ""
-
-
-def _presence_body(record: Record) -> PresenceBody:
-    body = decode_body(record)
-    assert isinstance(body, PresenceBody)
-    return body
