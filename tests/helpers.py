@@ -10,10 +10,10 @@ from collections.abc import Callable
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier
 from peerphone.overlay.client import ClientConfig
 from peerphone.overlay.events import Event
-from peerphone.overlay.node import NodeCore, Send
+from peerphone.overlay.node import NodeCore
 from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.records import Capacity
-from peerphone.wire import Message, decode_message, encode_message
+from peerphone.wire import Message, Send, decode_message, encode_message
 
 ELIGIBLE = Capacity(True, 86_400, 10_000, 50_000, 200)
 

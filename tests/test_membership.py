@@ -8,7 +8,7 @@ import pytest
 
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier
 from peerphone.overlay.independence import address_group
-from peerphone.overlay.membership import Membership, MembershipConfig, Send
+from peerphone.overlay.membership import Membership, MembershipConfig
 from peerphone.overlay.ring import position_of
 from peerphone.records import Capacity, MemberBody
 from peerphone.wire import (
@@ -20,6 +20,7 @@ from peerphone.wire import (
     Message,
     Ping,
     PingReq,
+    Send,
 )
 
 CONFIG = MembershipConfig(

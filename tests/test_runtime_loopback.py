@@ -19,13 +19,13 @@ from aioquic.quic.connection import QuicConnection
 from peerphone.endpoints import Address
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier
 from peerphone.overlay.events import Attached, Event, LookupDone, Published
-from peerphone.overlay.node import NodeCore, Send
+from peerphone.overlay.node import NodeCore
 from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.records import Capacity, PresenceBody, Record, Status, decode_body
 from peerphone.runtime.links import MAX_DATAGRAM_BYTES, LinkManager
 from peerphone.runtime.node_runtime import DEFAULT_IDLE_TIMEOUT_S, NodeRuntime, run
 from peerphone.runtime.quic_identity import make_configuration
-from peerphone.wire import MAX_MESSAGE_BYTES, Lookup, Message, Ping
+from peerphone.wire import MAX_MESSAGE_BYTES, Lookup, Message, Ping, Send
 
 LOOPBACK = "127.0.0.1"
 TEST_BUDGET_S = 4.0  # per test (the crash test: 1.5 times that): the whole file < 20 s

@@ -12,6 +12,7 @@ from typing import Annotated
 import msgspec
 
 from peerphone.errors import DecodeError, MessageTooLarge
+from peerphone.identity import NodeId
 from peerphone.records import (
     MAX_ATTACHED_SUPERNODES,
     Capacity,
@@ -343,6 +344,9 @@ Message = (
     | TurnRequest
     | TurnGrant
 )
+
+# What every overlay core's input methods return: (destination node, message) pairs.
+Send = tuple[NodeId, Message]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)

@@ -21,7 +21,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from peerphone.errors import DecodeError, LocalProtocolError
-from peerphone.identity import NodeId
 from peerphone.overlay.callmsg import (
     CALL_ID_BYTES,
     CallKind,
@@ -43,9 +42,7 @@ from peerphone.overlay.events import (
     LookupDone,
 )
 from peerphone.records import PresenceBody, decode_body, valid_username
-from peerphone.wire import Message, Signal, SignalAck, SignalDeliver
-
-Send = tuple[NodeId, Message]
+from peerphone.wire import Send, Signal, SignalAck, SignalDeliver
 
 INVITE_TIMEOUT_S = 10.0  # no RINGING by then: the callee's node is unreachable
 RING_TIMEOUT_S = 60.0  # no answer by then: the caller cancels

@@ -19,7 +19,6 @@ from peerphone.overlay.client_base import MAX_WATCHED as MAX_WATCHED
 from peerphone.overlay.client_base import PIN_MISMATCH as PIN_MISMATCH
 from peerphone.overlay.client_base import ClientConfig as ClientConfig
 from peerphone.overlay.client_base import ClientState as ClientState
-from peerphone.overlay.client_base import Send as Send
 from peerphone.overlay.client_lookups import ClientLookups
 from peerphone.overlay.events import (
     Attached,
@@ -54,6 +53,7 @@ from peerphone.wire import (
     TurnRequest,
     Watch,
 )
+from peerphone.wire import Send as Send
 
 
 class ClientCore(ClientLookups):

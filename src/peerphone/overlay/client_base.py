@@ -25,10 +25,8 @@ from peerphone.records import (
 )
 from peerphone.wire import (
     LookupResult,
-    Message,
+    Send,
 )
-
-Send = tuple[NodeId, Message]
 
 MAX_HOST_CACHE = 200  # supernode member records remembered (persisted by the runtime)
 MAX_PENDING_LOOKUPS = 64

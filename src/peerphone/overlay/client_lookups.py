@@ -10,7 +10,6 @@ from peerphone.overlay.client_base import (
     PIN_MISMATCH,
     ClientBase,
     PendingLookup,
-    Send,
 )
 from peerphone.overlay.events import (
     KeyPinned,
@@ -30,6 +29,7 @@ from peerphone.wire import (
     LookupResult,
     PresenceUpdate,
     ReasonCode,
+    Send,
 )
 
 

@@ -22,9 +22,7 @@ from dataclasses import dataclass, field
 from peerphone.errors import RecordRejected
 from peerphone.identity import NodeId, SignatureVerifier
 from peerphone.records import NameBody, PresenceBody, Record, RecordKind, check_record, user_key
-from peerphone.wire import Fetch, FetchResult, LookupResult, Message, ReasonCode
-
-Send = tuple[NodeId, Message]
+from peerphone.wire import Fetch, FetchResult, LookupResult, ReasonCode, Send
 
 LOOKUP_FANOUT = 2  # replicas asked per round
 MAX_PENDING_LOOKUPS = 10_000  # in flight on one supernode

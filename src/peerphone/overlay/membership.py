@@ -33,9 +33,9 @@ from peerphone.wire import (
     Message,
     Ping,
     PingReq,
+    Send,
 )
 
-Send = tuple[NodeId, Message]
 Change = tuple[NodeId, bytes, bool]  # (node, ring position, joined) for the directory
 
 MEMBERSHIP_PAGE_SIZE = 256  # member records per MembershipPage

@@ -40,6 +40,7 @@ from peerphone.wire import (
     PublishAck,
     ReasonCode,
     Redirect,
+    Send,
     Signal,
     SignalAck,
     SignalDeliver,
@@ -53,7 +54,6 @@ from peerphone.wire import (
     Watch,
 )
 
-Send = tuple[NodeId, Message]
 MAX_PEER_HOSTS = 8192  # link source IPs remembered (the runtime has fewer links)
 MAX_JOIN_TARGETS = 3  # members asked for the membership at once (each sends all of it)
 ClientHandler = Callable[[ClientCore, Message, NodeId, float], list[Send]]

@@ -14,7 +14,6 @@ from peerphone.overlay.supernode_base import (
     MAX_EARLY_STORE_RECORDS,
     MAX_EARLY_STORE_SENDERS,
     PendingStore,
-    Send,
 )
 from peerphone.overlay.watches import PresenceWatches
 from peerphone.records import (
@@ -29,6 +28,7 @@ from peerphone.wire import (
     Publish,
     PublishAck,
     ReasonCode,
+    Send,
     Store,
     StoreAck,
 )

@@ -17,16 +17,14 @@ from dataclasses import dataclass
 
 from peerphone.identity import NodeId
 from peerphone.wire import (
-    Message,
     ReasonCode,
+    Send,
     Signal,
     SignalAck,
     SignalDeliver,
     SignalRelay,
     SignalRelayAck,
 )
-
-Send = tuple[NodeId, Message]
 
 MAX_PENDING_SIGNALS = 10_000  # relays awaiting an answer from another supernode
 RELAY_TIMEOUT_S = 2.0  # then the next supernode of `via` is tried

@@ -15,7 +15,6 @@ from peerphone.identity import NodeId
 from peerphone.overlay import election
 from peerphone.overlay.replication import Replication, _store_batches
 from peerphone.overlay.supernode_base import ClientEntry as ClientEntry
-from peerphone.overlay.supernode_base import Send as Send
 from peerphone.overlay.supernode_base import SupernodeConfig as SupernodeConfig
 from peerphone.overlay.supernode_base import TurnIssuer as TurnIssuer
 from peerphone.records import (
@@ -45,6 +44,7 @@ from peerphone.wire import (
     TurnGrant,
     TurnRequest,
 )
+from peerphone.wire import Send as Send
 
 
 class SupernodeCore(Replication):

@@ -23,11 +23,7 @@ from peerphone.records import (
     MemberBody,
     Record,
 )
-from peerphone.wire import (
-    Message,
-)
 
-Send = tuple[NodeId, Message]
 # (client, now) -> TURN URLs, username, password, expiry (s): short-lived relay credentials
 TurnIssuer = Callable[[NodeId, float], tuple[list[str], str, str, float]]
 

@@ -10,7 +10,6 @@ from peerphone.identity import NodeId
 from peerphone.overlay.supernode_base import (
     MAX_WATCHES_PER_CLIENT,
     WATCH_FANOUT,
-    Send,
     SupernodeState,
 )
 from peerphone.records import (
@@ -25,6 +24,7 @@ from peerphone.wire import (
     RECORDS_PER_BATCH,
     Notify,
     PresenceUpdate,
+    Send,
     Subscribe,
     Watch,
 )

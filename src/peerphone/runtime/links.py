@@ -36,7 +36,6 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 from peerphone.endpoints import Address
 from peerphone.errors import DecodeError
 from peerphone.identity import KeyPair, NodeId, short
-from peerphone.overlay.node import Send
 from peerphone.runtime import quic_identity
 from peerphone.runtime.link import (
     Link,
@@ -49,7 +48,7 @@ from peerphone.runtime.link import (
 from peerphone.runtime.link_limits import MAX_LINKS, LinkLimits, LinkLimitsConfig
 from peerphone.runtime.tcp_carrier import FallbackPolicy, TcpCarrier, is_tcp, socket_address
 from peerphone.timers import CoreTimer
-from peerphone.wire import MAX_MESSAGE_BYTES, Message, decode_message, encode_message
+from peerphone.wire import MAX_MESSAGE_BYTES, Message, Send, decode_message, encode_message
 
 log = logging.getLogger(__name__)
 

@@ -31,14 +31,14 @@ from peerphone.endpoints import Address, Endpoint, endpoint_or_none
 from peerphone.errors import DecodeError, LocalProtocolError
 from peerphone.identity import KeyPair, NodeId, short
 from peerphone.overlay.events import DialBack, Event, LookupDone
-from peerphone.overlay.node import NodeCore, Send
+from peerphone.overlay.node import NodeCore
 from peerphone.records import MemberBody, Record, Status, decode_body
 from peerphone.runtime.link import Link, LinkInfo, LinkStats
 from peerphone.runtime.link_limits import LinkLimitsConfig
 from peerphone.runtime.links import UDP_ANSWER_TIMEOUT_S, LinkManager
 from peerphone.runtime.tcp_carrier import dialled, is_tcp, socket_address
 from peerphone.timers import CoreTimer
-from peerphone.wire import Message
+from peerphone.wire import Message, Send
 
 log = logging.getLogger(__name__)
 

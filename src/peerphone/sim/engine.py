@@ -10,9 +10,9 @@ from typing import Any
 
 from peerphone.errors import PeerphoneError
 from peerphone.identity import NodeId
-from peerphone.overlay.node import NodeCore, Send
+from peerphone.overlay.node import NodeCore
 from peerphone.sim.network import Network
-from peerphone.wire import decode_message, encode_message
+from peerphone.wire import Send, decode_message, encode_message
 
 DELIVER, TIMER, LINK_LOST, ACTION = 0, 1, 2, 3
 
