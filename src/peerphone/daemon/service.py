@@ -16,7 +16,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from peerphone.daemon.calls import CallManager
@@ -124,52 +124,13 @@ class NodeService:
         self.node_keys, self.user_keys = node_keys, user_keys
         self.contacts = {c.name: c for c in self.data.load_contacts()}
         trusted = self.pins.load()  # before any socket: a damaged file stops us here
-        core = NodeCore(
-            node_keys,
-            user_keys,
-            cfg.name,
-            random.SystemRandom(),
-            SignatureVerifier(),
-            capacity=self._capacity(),
-            supernode_config=SupernodeConfig(
-                max_clients=cfg.share.max_clients,
-                max_backups=2 * cfg.share.max_clients,
-                membership=MembershipConfig(dial_back=True),  # joiners are dialled back
-            ),
-            may_serve=cfg.role != "client",
-        )
-        core.set_device(cfg.device)
-        core.pin(trusted)
-        core.pin({c.name: c.key for c in self.contacts.values() if c.key is not None})
-        _, (host, port) = checked_endpoint(cfg.listen)
+        core = self._make_core(node_keys, user_keys, trusted)
         endpoints = [checked_endpoint(text) for text in cfg.bootstrap]
-        tcp_listen = checked_endpoint(cfg.tcp_listen, "tcp")[1] if cfg.tcp_listen else None
-        runtime = NodeRuntime(
-            core,
-            node_keys,
-            host,
-            port,
-            [addr for kind, addr in endpoints if kind == "udp"],
-            host_cache=self.data.load_host_cache(),
-            idle_timeout_s=LINK_IDLE_TIMEOUT_S,
-            tcp_listen=tcp_listen,
-            tcp_bootstrap=[addr for kind, addr in endpoints if kind == "tcp"],
-            link_limits=cfg.link_limits(),
-        )
+        runtime = self._make_runtime(core, node_keys, endpoints)
         self._runtime = runtime
         await runtime.start()
         self._advertise(runtime, endpoints)
-        now = runtime.now()
-        if cfg.role == "supernode":
-            sn = core.become_supernode(now, "configured: --role supernode", seed=True)
-            runtime.drive(core.join_known_tier(now))
-            core.learn_supernodes([sn.record], now)  # our own user may attach to us
-        else:
-            self.role_reason = (
-                "client: --role client (never serves)"
-                if cfg.role == "client"
-                else "client: not elected (role auto: serves only when the tier asks)"
-            )
+        self._take_role(core, runtime)
         runtime.login()
         if self.contacts:
             runtime.watch(sorted(self.contacts))
@@ -188,6 +149,64 @@ class NodeService:
             ", ".join(core.addresses) or format_address(runtime.address or ("?", 0)),
             extra={"fields": {"node_id": node_keys.node_id.hex(), "first_start": self.first_start}},
         )
+
+    def _make_core(
+        self, node_keys: KeyPair, user_keys: KeyPair, trusted: dict[str, bytes]
+    ) -> NodeCore:
+        """The node's core, with our keys, sharing limits, device and trusted keys."""
+        cfg = self.config
+        core = NodeCore(
+            node_keys,
+            user_keys,
+            cfg.name,
+            random.SystemRandom(),
+            SignatureVerifier(),
+            capacity=self._capacity(),
+            supernode_config=SupernodeConfig(
+                max_clients=cfg.share.max_clients,
+                max_backups=2 * cfg.share.max_clients,
+                membership=MembershipConfig(dial_back=True),  # joiners are dialled back
+            ),
+            may_serve=cfg.role != "client",
+        )
+        core.set_device(cfg.device)
+        core.pin(trusted)
+        core.pin({c.name: c.key for c in self.contacts.values() if c.key is not None})
+        return core
+
+    def _make_runtime(
+        self, core: NodeCore, node_keys: KeyPair, endpoints: list[Endpoint]
+    ) -> NodeRuntime:
+        """The runtime on our sockets, bootstrapping from `endpoints`."""
+        cfg = self.config
+        _, (host, port) = checked_endpoint(cfg.listen)
+        tcp_listen = checked_endpoint(cfg.tcp_listen, "tcp")[1] if cfg.tcp_listen else None
+        return NodeRuntime(
+            core,
+            node_keys,
+            host,
+            port,
+            [addr for kind, addr in endpoints if kind == "udp"],
+            host_cache=self.data.load_host_cache(),
+            idle_timeout_s=LINK_IDLE_TIMEOUT_S,
+            tcp_listen=tcp_listen,
+            tcp_bootstrap=[addr for kind, addr in endpoints if kind == "tcp"],
+            link_limits=cfg.link_limits(),
+        )
+
+    def _take_role(self, core: NodeCore, runtime: NodeRuntime) -> None:
+        """A configured supernode serves at once; otherwise say why we are a client."""
+        now = runtime.now()
+        if self.config.role == "supernode":
+            sn = core.become_supernode(now, "configured: --role supernode", seed=True)
+            runtime.drive(core.join_known_tier(now))
+            core.learn_supernodes([sn.record], now)  # our own user may attach to us
+        else:
+            self.role_reason = (
+                "client: --role client (never serves)"
+                if self.config.role == "client"
+                else "client: not elected (role auto: serves only when the tier asks)"
+            )
 
     def _advertise(self, runtime: NodeRuntime, endpoints: list[Endpoint]) -> None:
         """What member and presence records tell others to dial: UDP first, then TCP.
@@ -251,60 +270,70 @@ class NodeService:
             for key, value in dataclasses.asdict(event).items():
                 if key not in ("sdp",):  # large, and in the call's view anyway
                     out[key] = value.hex() if isinstance(value, bytes) else value
-        if isinstance(event, Published):
-            if not self.registered:
-                log.info(
-                    "name %r registered, presence stored on %d replicas",
-                    self.config.name,
-                    event.stored,
-                )
-            self.registered = True
-            out.update(seq=event.seq, stored=event.stored)
-        elif isinstance(event, PublishRefused):
-            out.update(reason=event.reason)
-            if event.reason == ReasonCode.NAME_TAKEN and not self.registered:
-                self.fatal = NameTaken(
-                    f"the name {self.config.name!r} is registered by another user key; "
-                    "choose another with --name"
-                )
-                log.error("%s", self.fatal)
-                self.stopping.set()
-            else:
-                log.error("directory refused our records: %s", event.reason)
-        elif isinstance(event, KeyPinned):
-            try:
-                self.pins.add(event.username, event.key)
-            except OSError as exc:
-                log.warning("could not save the pin of %r: %s", event.username, exc)
-            out.update(username=event.username, key=event.key.hex())
-            log.info("pinned %r to key %s (first use)", event.username, event.key.hex()[:16])
-        elif isinstance(event, PresenceChanged):
-            contact = self.contacts.get(event.username)
-            if contact is not None and contact.key is None:
-                contact.key = event.record.owner  # pinned by the client core too
-                self.data.save_contacts(list(self.contacts.values()))
-            out.update(presence_view(event.username, event.record))
-        elif isinstance(event, RoleChanged):
-            self.role_reason = event.reason
-            self._spawn(self.relay.start() if event.supernode else self.relay.stop())
-            out.update(supernode=event.supernode, reason=event.reason)
-            log.info("role: %s (%s)", "supernode" if event.supernode else "client", event.reason)
-        elif isinstance(event, Attached):
-            out.update(primary=event.primary.hex(), backup=event.backup and event.backup.hex())
-            self.calls.refresh_turn()
-            log.info(
-                "attached to %s (backup %s)",
-                short(event.primary),
-                short(event.backup) if event.backup else "none",
-            )
-        elif isinstance(event, AttachLost):
-            out.update(supernode=event.supernode.hex(), to_backup=event.to_backup)
-            log.warning(
-                "lost primary supernode %s; re-attaching%s",
-                short(event.supernode),
-                " to the backup" if event.to_backup else "",
-            )
+        handler = EVENT_HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event, out)
         self.broadcast(out)
+
+    def _on_published(self, event: Published, out: dict[str, Any]) -> None:
+        if not self.registered:
+            log.info(
+                "name %r registered, presence stored on %d replicas",
+                self.config.name,
+                event.stored,
+            )
+        self.registered = True
+        out.update(seq=event.seq, stored=event.stored)
+
+    def _on_publish_refused(self, event: PublishRefused, out: dict[str, Any]) -> None:
+        out.update(reason=event.reason)
+        if event.reason == ReasonCode.NAME_TAKEN and not self.registered:
+            self.fatal = NameTaken(
+                f"the name {self.config.name!r} is registered by another user key; "
+                "choose another with --name"
+            )
+            log.error("%s", self.fatal)
+            self.stopping.set()
+        else:
+            log.error("directory refused our records: %s", event.reason)
+
+    def _on_key_pinned(self, event: KeyPinned, out: dict[str, Any]) -> None:
+        try:
+            self.pins.add(event.username, event.key)
+        except OSError as exc:
+            log.warning("could not save the pin of %r: %s", event.username, exc)
+        out.update(username=event.username, key=event.key.hex())
+        log.info("pinned %r to key %s (first use)", event.username, event.key.hex()[:16])
+
+    def _on_presence_changed(self, event: PresenceChanged, out: dict[str, Any]) -> None:
+        contact = self.contacts.get(event.username)
+        if contact is not None and contact.key is None:
+            contact.key = event.record.owner  # pinned by the client core too
+            self.data.save_contacts(list(self.contacts.values()))
+        out.update(presence_view(event.username, event.record))
+
+    def _on_role_changed(self, event: RoleChanged, out: dict[str, Any]) -> None:
+        self.role_reason = event.reason
+        self._spawn(self.relay.start() if event.supernode else self.relay.stop())
+        out.update(supernode=event.supernode, reason=event.reason)
+        log.info("role: %s (%s)", "supernode" if event.supernode else "client", event.reason)
+
+    def _on_attached(self, event: Attached, out: dict[str, Any]) -> None:
+        out.update(primary=event.primary.hex(), backup=event.backup and event.backup.hex())
+        self.calls.refresh_turn()
+        log.info(
+            "attached to %s (backup %s)",
+            short(event.primary),
+            short(event.backup) if event.backup else "none",
+        )
+
+    def _on_attach_lost(self, event: AttachLost, out: dict[str, Any]) -> None:
+        out.update(supernode=event.supernode.hex(), to_backup=event.to_backup)
+        log.warning(
+            "lost primary supernode %s; re-attaching%s",
+            short(event.supernode),
+            " to the backup" if event.to_backup else "",
+        )
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` in the background; its failure is logged, never raised."""
@@ -426,3 +455,16 @@ def _route_source(endpoints: list[Endpoint]) -> str | None:
         except OSError:
             continue
     return None
+
+
+# What the service does with each kind of core event (besides the calls, which
+# CallManager.on_event handles, and broadcasting every event to the API's listeners).
+EVENT_HANDLERS: dict[type, Callable[[NodeService, Any, dict[str, Any]], None]] = {
+    Published: NodeService._on_published,
+    PublishRefused: NodeService._on_publish_refused,
+    KeyPinned: NodeService._on_key_pinned,
+    PresenceChanged: NodeService._on_presence_changed,
+    RoleChanged: NodeService._on_role_changed,
+    Attached: NodeService._on_attached,
+    AttachLost: NodeService._on_attach_lost,
+}
