@@ -4,7 +4,7 @@
     .venv/bin/python -m benchmarks.bench_media --seconds 5 --calls 50 --json result.json
 
 Each configuration is one call between two `peerphone.media.probe` processes, each alone
-in a network namespace of the NAT lab (tests/netlab.py), both sending the reference
+in a network namespace of the NAT lab (tests/support/netlab.py), both sending the reference
 signal (a voice-band tone gliding to a random pitch every 80 ms) for `--seconds`:
 
 * wire: UDP traffic per direction counted by nftables in the sender's namespace, as whole
@@ -33,7 +33,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-from tests.netlab import Host, NetLab, available
+from tests.support.netlab import Host, NetLab, available
 
 from peerphone.media.probe import ProbeClient
 from peerphone.stats import percentile

@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.bench_relay            # root: builds a netns lab (~1 min)
     .venv/bin/python -m benchmarks.bench_relay --seconds 5 --rounds 5 --rate 20000
 
-Two namespaces of the lab (tests/netlab.py): the relay (ours under uvloop, or coturn with
+Two namespaces of the lab (tests/support/netlab.py): the relay (ours under uvloop, or coturn with
 one relay thread) pinned to CPU 0, and the load generator pinned to CPU 1. The generator
 (`loadgen`, this module) allocates through the relay with the same REST-style
 credentials for both (coturn's ``static-auth-secret``), binds channel 0x4000 to a peer
@@ -243,7 +243,7 @@ def summarize(
 
 def measure(relays: dict[str, list[str]], rate: int, seconds: float, rounds: int) -> list[Any]:
     """Start every relay in a host of its own, then load them in turn, `rounds` times."""
-    from tests.netlab import NetLab
+    from tests.support.netlab import NetLab
 
     with NetLab() as lab:
         client = lab.public_host("client")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, plus the linters that keep it honest.
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
-# The network-namespace NAT lab (tests/netlab.py) needs root, nftables and iproute2.
+# The network-namespace NAT lab (tests/support/netlab.py) needs root, nftables and iproute2.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
     && { ! command -v nft >/dev/null || ! command -v ip >/dev/null \
          || ! command -v turnutils_uclient >/dev/null; }; then

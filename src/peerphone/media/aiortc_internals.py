@@ -19,7 +19,7 @@ Both are read-only. One fix to aioice's behaviour, opted into by the caller:
   whatever pair succeeds next: the TURN relay pair, ~60 ms later, not the direct one.
 
 The aiortc range in pyproject.toml is the tested one, and
-tests/test_media.py fails if an upgrade moves either attribute (`check_internals`).
+tests/loopback/test_media.py fails if an upgrade moves either attribute (`check_internals`).
 """
 
 from __future__ import annotations

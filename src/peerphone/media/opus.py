@@ -8,7 +8,7 @@ aiortc's RTP sender passes packets through untouched (``Encoder.pack``: it only 
 relay encoded media — so no private attribute and no global patch is involved. What the
 rest of the process does with aiortc is unchanged.
 
-tests/test_media.py checks that the RTP payload bytes aiortc reports as sent equal the
+tests/loopback/test_media.py checks that the RTP payload bytes aiortc reports as sent equal the
 bytes this encoder produced, so an aiortc release that re-encoded or dropped packets would
 fail the suite. See docs/decisions/0010-opus-bitrate.md for the numbers.
 """

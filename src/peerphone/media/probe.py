@@ -17,7 +17,7 @@ line on stdout (``{"ok": true, …}`` or ``{"ok": false, "error": …}``):
 
 `ProbeClient` drives one from another process.
 
-Two probes in two network namespaces make a real call over real UDP (tests/test_media.py).
+Two probes in two network namespaces make a real call over real UDP (tests/loopback/test_media.py).
 """
 
 from __future__ import annotations

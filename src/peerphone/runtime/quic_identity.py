@@ -28,7 +28,7 @@ module, uses its internals:
   guaranteed to be stable".
 
 Because of them the aioquic version range is pinned (every release from 1.2.0 to 1.7.2
-was tested), and tests/test_quic_identity.py fails if an upgrade moves any of them.
+was tested), and tests/loopback/test_quic_identity.py fails if an upgrade moves any of them.
 
 aioquic does not enforce client authentication. A client that answers the
 CertificateRequest with an empty Certificate completes the handshake (RFC 8446 allows

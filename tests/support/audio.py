@@ -1,0 +1,54 @@
+"""Audio helpers for tests: WAV files and how well what was heard matches what was played."""
+
+from __future__ import annotations
+
+import array
+import math
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+
+def correlation(played: npt.NDArray[np.float64], heard: npt.NDArray[np.float64]) -> float:
+    """Normalised cross-correlation of `heard` with `played` at the best alignment.
+
+    The lag comes from the FFT cross-correlation; the score is the cosine similarity of
+    the overlapping parts at that lag (1.0 = same waveform up to gain).
+    """
+    n = len(played) + len(heard)
+    size = 1 << (n - 1).bit_length()
+    spectrum = np.fft.rfft(heard, size) * np.conj(np.fft.rfft(played, size))
+    cross = np.fft.irfft(spectrum, size)
+    lag = int(np.argmax(np.abs(cross)))
+    if lag > size // 2:
+        lag -= size  # heard starts before played (cannot happen in a call, but be exact)
+    if lag >= 0:
+        a, b = played, heard[lag:]
+    else:
+        a, b = played[-lag:], heard
+    m = min(len(a), len(b))
+    a, b = a[:m], b[:m]
+    denominator = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b)))
+    return float(np.dot(a, b)) / denominator if denominator else 0.0
+
+
+def read_wav(path: Path) -> tuple[int, npt.NDArray[np.float64]]:
+    with wave.open(str(path), "rb") as f:
+        assert f.getsampwidth() == 2
+        data = np.frombuffer(f.readframes(f.getnframes()), dtype="<i2").astype(np.float64)
+        channels = f.getnchannels()
+        return f.getframerate(), data.reshape(-1, channels).mean(axis=1)
+
+
+def write_wav(path: Path, samples: array.array[int], rate: int, channels: int) -> None:
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(channels)
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        frames = array.array("h", (s for s in samples for _ in range(channels)))
+        if sys.byteorder != "little":
+            frames.byteswap()
+        f.writeframes(frames.tobytes())
