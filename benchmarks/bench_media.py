@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.bench_media                   # ~1 min, needs root
     .venv/bin/python -m benchmarks.bench_media --seconds 5 --calls 50 --json result.json
 
-Each configuration is one call between two `peerphone.media.probe` processes, each alone
+Each configuration is one call between two `tests.support.media_probe` processes, each alone
 in a network namespace of the NAT lab (tests/support/netlab.py), both sending the reference
 signal (a voice-band tone gliding to a random pitch every 80 ms) for `--seconds`:
 
@@ -33,9 +33,9 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
+from tests.support.media_probe import ProbeClient
 from tests.support.netlab import Host, NetLab, available
 
-from peerphone.media.probe import ProbeClient
 from peerphone.stats import percentile
 
 IPV4_UDP_HEADER_BYTES = 28
@@ -90,7 +90,7 @@ class LabProbe(ProbeClient):
         with log.open("wb") as stderr:
             proc = lab.run(
                 host,
-                [sys.executable, "-m", "peerphone.media.probe", *args],
+                [sys.executable, "-m", "tests.support.media_probe", *args],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,

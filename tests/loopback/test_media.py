@@ -1,6 +1,6 @@
 """Calls' audio (peerphone.media): Opus settings, SDP, sources and sinks, and real calls.
 
-The real calls run two `peerphone.media.probe` processes, each in its own network
+The real calls run two `tests.support.media_probe` processes, each in its own network
 namespace of the NAT lab (tests/support/netlab.py), over a bridge: real UDP, real ICE, DTLS and
 SRTP, no loopback (aioice drops 127.0.0.1), nothing shared with the host's network. Bytes
 on the wire are counted by nftables in each namespace: IP packets of every UDP datagram
@@ -41,7 +41,6 @@ from peerphone.errors import DecodeError, LocalProtocolError
 from peerphone.media import aiortc_internals
 from peerphone.media.call import CallConfig, IceServer, MediaSession, MediaState
 from peerphone.media.opus import OpusEncoderTrack, OpusSettings, with_opus_fmtp
-from peerphone.media.probe import ProbeClient
 from peerphone.media.sdp import (
     MAX_SDP_CHARS,
     certificate_fingerprint,
@@ -69,6 +68,7 @@ from tests.support.audio import (
     read_wav,
     write_wav,
 )
+from tests.support.media_probe import ProbeClient
 from tests.support.netlab import Host, NetLab, require_available
 
 RATE = 48_000
@@ -519,14 +519,14 @@ def wire_rate(before: WireCount, after: WireCount, seconds: float) -> WireRate:
 
 
 class Probe(ProbeClient):
-    """A `peerphone.media.probe` process in a lab host, with nftables counting its UDP."""
+    """A `tests.support.media_probe` process in a lab host, with nftables counting its UDP."""
 
     def __init__(self, lab: NetLab, host: Host, args: list[str], log_path: Path) -> None:
         lab.exec(host, ["nft", "-f", "-"], input=NFT_COUNTERS)
         with log_path.open("wb") as log:
             proc = lab.run(
                 host,
-                [sys.executable, "-m", "peerphone.media.probe", *args],
+                [sys.executable, "-m", "tests.support.media_probe", *args],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,

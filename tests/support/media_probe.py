@@ -1,6 +1,6 @@
 """A one-call media peer driven by JSON lines: for tests, benchmarks and trying calls by hand.
 
-    python -m peerphone.media.probe --signal 7 --record heard.wav
+    python -m tests.support.media_probe --signal 7 --record heard.wav
 
 It prints ``{"ready": true, "pid": …}``, then answers each request line on stdin with one
 line on stdout (``{"ok": true, …}`` or ``{"ok": false, "error": …}``):
@@ -56,7 +56,9 @@ class ProbeError(PeerphoneError):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m peerphone.media.probe", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.media_probe", description=__doc__
+    )
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--play", metavar="FILE", help="send this sound file (then silence)")
     what.add_argument("--tone", metavar="HZ", type=int, help="send a sine tone")
