@@ -51,9 +51,12 @@ def test_quick_benchmark_attaches_every_client_and_finds_every_user() -> None:
         result["ratios"]["rss_clients_vs_idle"],
     ]
     assert all(value > 0 for value in positive), positive
-    # CPU over windows this short may round to zero clock ticks, but never below
-    assert result["keepalive"]["us_per_client_per_s"] >= 0
-    assert lookups["supernode_cpu_pct"] >= 0 and lookups["generator_cpu_pct"] >= 0
+    # CPU over windows this short may round to zero clock ticks; what can be checked is
+    # that each figure is a share of the machine's CPUs, not a unit slip (ticks, seconds)
+    cpus = 100.0 * (os.cpu_count() or 1)
+    assert 0 <= lookups["supernode_cpu_pct"] <= cpus, lookups
+    assert 0 <= lookups["generator_cpu_pct"] <= cpus, lookups
+    assert 0 <= result["keepalive"]["us_per_client_per_s"] < 1_000_000, result["keepalive"]
 
     stats = result["supernode_stats"]
     assert stats["runtime"].get("internal_errors", 0) == 0

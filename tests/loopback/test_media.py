@@ -626,8 +626,9 @@ def test_call_direct_voice_sized_and_faithful(lab: NetLab, tmp_path: Path) -> No
         assert stat["state"] == "connected"
         assert stat["path"] == "direct"
         assert stat["local_candidate"].startswith("host 10.99.0.")
-        assert stat["setup_ms"] is not None and 0 < stat["setup_ms"] < 2000
-        assert stat["jitter_ms"] is not None and stat["jitter_ms"] >= 0
+        # set-up speed is bench_media's figure; here only that it was measured, in ms
+        assert stat["setup_ms"] is not None and 0 < stat["setup_ms"] < 60_000
+        assert stat["jitter_ms"] is not None and 0 <= stat["jitter_ms"] < 1000  # ms, not s
         assert stat["loss"] == 0.0 and stat["packets_lost"] == 0
         assert stat["bytes_sent"] > 0 and stat["bytes_received"] > 0
         assert 30 < stat["bitrate_kbps"]["sent"] < WIRE_LIMIT_KBPS

@@ -210,7 +210,7 @@ def test_dead_udp_bootstrap_falls_back_to_tcp_without_a_flag() -> None:
         took = loop.time() - started
         attached_over_tcp(alice, tier)
         assert alice.stats["bootstrap_tcp_fallback"] == 1
-        assert UDP_ANSWER_TIMEOUT_S <= took < UDP_ANSWER_TIMEOUT_S + 1.0
+        assert UDP_ANSWER_TIMEOUT_S <= took < UDP_ANSWER_TIMEOUT_S + 3.0  # margin: loaded CI
         # a UDP bootstrap that answers: TCP is never dialled
         bob = await net.client(
             "bob", bootstrap=[tier[1].address or ("", 0)], tcp_bootstrap=[tcp_address(tier[1])]
