@@ -75,11 +75,19 @@ def summary_table(report: dict[str, Any]) -> str:
         ),
         ("promotions / demotions", f"{sn['promotions']} / {sn['demotions']}"),
         ("lookups", f"{lk['succeeded']}/{lk['attempted']} ok ({lk['success_rate'] * 100:.3f} %)"),
+        ("lookups never judged", _lost(lk)),
+        ("login to findable", _findable(report["findable"])),
         ("lookup latency", "p50 {p50} ms, p95 {p95} ms, p99 {p99} ms".format(**lk["latency_ms"])),
         ("lookup hops", "p50 {p50:.0f}, p99 {p99:.0f}, max {max}".format(**lk["hops"])),
         (
             "presence propagation",
             "p50 {p50} ms, p95 {p95} ms".format(**report["presence"]["propagation_ms"]),
+        ),
+        (
+            "presence updates",
+            "{delivered}/{expected} heard in time, {missing} missing, {unjudged} not judged".format(
+                **report["presence"]
+            ),
         ),
     ]
     calls = report["calls"]
@@ -99,6 +107,20 @@ def summary_table(report: dict[str, Any]) -> str:
                 f"forged answers sent, {adv['forged_accepted']} accepted by clients",
             )
         )
+    if "harm" in report:
+        harm = report["harm"]
+        worst = harm["worst_window_success_rate"]
+        rows.append(
+            (
+                "harm of the event",
+                f"{harm['victims']} nodes down; {harm['lookups_failed']}/{harm['lookups']} "
+                f"lookups failed, worst 10 s window "
+                f"{'unknown' if worst is None else f'{worst * 100:.1f} %'}, "
+                f"{harm['windows_without_lookups']} windows without lookups "
+                f"(until {harm['until_s']:.0f} s)",
+            )
+        )
+        rows.append(("logins after the event", _findable(harm["logins"])))
     if "recovery_s" in report:
         rec = report["recovery_s"]
         rows.append(("recovery after event", "not recovered" if rec is None else f"{rec:.0f} s"))
@@ -112,6 +134,20 @@ def summary_table(report: dict[str, Any]) -> str:
     )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _lost(lookups: dict[str, Any]) -> str:
+    lost = ", ".join(f"{n} {why}" for why, n in lookups["lost"].items() if n) or "none"
+    return f"{lost} (of {lookups['issued']} issued)"
+
+
+def _findable(findable: dict[str, Any]) -> str:
+    ms = findable["login_to_findable_ms"]
+    return (
+        f"{findable['findable']}/{findable['logins']} logins, p50 {ms['p50']} ms, "
+        f"p99 {ms['p99']} ms, max {ms['p100']} ms; at most {findable['unfindable_max']} "
+        f"logged in but not findable at once"
+    )
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

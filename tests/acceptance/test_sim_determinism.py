@@ -23,7 +23,7 @@ WALL_CLOCK_FIELDS = {("sim", "wall_s")}
 
 
 def without_wall_clock(report: dict[str, Any]) -> dict[str, Any]:
-    copy = json.loads(json.dumps(report))
+    copy: dict[str, Any] = json.loads(json.dumps(report))
     for section, name in WALL_CLOCK_FIELDS:
         del copy[section][name]
     return copy

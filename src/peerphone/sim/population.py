@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from peerphone.records import Status
 from peerphone.sim.engine import SimNode
 
 
@@ -60,23 +61,41 @@ class User:
     node: SimNode
     online: bool = False
     session: int = 0
-    published_seq: int | None = None
+    published_seq: int | None = None  # first presence the session stored: findable since
     login_at: float = 0.0
+    status: Status = Status.ONLINE  # the status the user last set (ground truth)
 
 
 class Population:
-    """Every simulated user, indexed by node, and the set of those online and findable."""
+    """Every simulated user, indexed by node and name; who is logged in, who is findable."""
 
     def __init__(self, genuine_users: int, buddies: int) -> None:
         self.genuine_users = genuine_users  # user0 .. user{n-1}; hostile nodes come after
         self.buddies = buddies  # names each user watches
         self.users: list[User] = []
         self.by_node: dict[int, User] = {}
-        self.online = IndexedSet()  # users online and published: lookup targets and issuers
+        self.by_name: dict[str, int] = {}
+        self.logged_in = IndexedSet()  # every user whose session has begun: lookup targets
+        self.online = IndexedSet()  # logged in and published (findable): issuers, call parties
+        self._watchers: list[list[int]] | None = None
 
     def add(self, user: User) -> None:
         self.users.append(user)
         self.by_node[user.node.index] = user
+        self.by_name[user.name] = user.index
+        self._watchers = None
+
+    def watchers_of(self, index: int) -> list[int]:
+        """The users whose buddy list holds user `index` (in index order)."""
+        if self._watchers is None:
+            watchers: list[list[int]] = [[] for _ in self.users]
+            for user in self.users:
+                for name in dict.fromkeys(self.buddies_of(user)):  # each buddy once
+                    buddy = self.by_name.get(name)
+                    if buddy is not None and buddy != user.index:
+                        watchers[buddy].append(user.index)
+            self._watchers = watchers
+        return self._watchers[index]
 
     def buddies_of(self, user: User) -> list[str]:
         n = self.genuine_users

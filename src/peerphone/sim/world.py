@@ -29,6 +29,7 @@ from peerphone.sim.callload import CallLoad
 from peerphone.sim.config import SCENARIOS, SimConfig
 from peerphone.sim.engine import Engine, SimNode
 from peerphone.sim.invariants import InvariantChecker
+from peerphone.sim.ledger import LookupLedger, PresenceLedger
 from peerphone.sim.metrics import Metrics, report
 from peerphone.sim.network import Network
 from peerphone.sim.population import Population, User, address_of
@@ -58,7 +59,9 @@ class World:
         self.population = Population(config.users, config.buddies)
         self.users = self.population.users
         self.by_node = self.population.by_node
-        self.online = self.population.online  # online and published: lookup targets, issuers
+        self.online = self.population.online  # logged in and published: lookup issuers
+        self.lookups = LookupLedger(self.population, self.metrics)
+        self.presence = PresenceLedger(self.population, self.metrics)
         self.calls = CallLoad(
             self.engine, self.population, random.Random(f"{seed}:calls"), config.call_interval_s
         )
@@ -66,7 +69,6 @@ class World:
         self.supernodes: dict[int, SimNode] = {}
         self.seed_nodes: set[int] = set()
         self.initial_tier_nodes: set[int] = set()
-        self._pending: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._bootstrap: list[Record] = []
         self.hostiles: list[HostileSupernode] = []
         self.hostile_targets: list[str] = []
@@ -215,6 +217,8 @@ class World:
         user.session = session
         user.published_seq = None
         user.login_at = now
+        user.status = Status.ONLINE
+        self.population.logged_in.add(user.index)
         node = user.node
         if not node.alive:
             node.alive = True
@@ -244,12 +248,16 @@ class World:
         node = user.node
         user.online = False
         self.online.discard(user.index)
+        self.population.logged_in.discard(user.index)
+        if user.published_seq is None:
+            self.metrics.ended_unfindable.append((user.login_at, now))
         if crash:
             self.engine.crash(node)
         else:
             self.engine.send(node, node.core.logout(now))
             node.alive = False
             node.timer_at = None
+        self.lookups.asker_gone(user, crash)
         self.supernodes.pop(node.index, None)
         # a machine that comes back starts a fresh process with its saved keys and host cache
         old = node.core
@@ -262,18 +270,15 @@ class World:
     # -- workload ---------------------------------------------------------------------------
 
     def _lookup_tick(self) -> None:
+        """A findable user looks up another findable user."""
         now = self.engine.now
         cfg = self.config
         if len(self.online) >= 2:
             issuer = self.users[self.online.choice(self.work_rng)]
             target = self.users[self.online.choice(self.work_rng)]
-            if issuer is not target and target.published_seq is not None:
+            if issuer is not target:
                 req, out = issuer.node.core.lookup(target.name, now)
-                self._pending[(issuer.index, req)] = (
-                    target.index,
-                    target.session,
-                    target.published_seq,
-                )
+                self.lookups.started(issuer, req, target)
                 self.engine.send(issuer.node, out)
         rate = max(len(self.online), 1) / cfg.lookup_interval_s
         self.engine.schedule(now + self.work_rng.expovariate(rate), self._lookup_tick)
@@ -283,6 +288,9 @@ class World:
         if len(self.online):
             user = self.users[self.online.choice(self.work_rng)]
             status = self.work_rng.choice([Status.ONLINE, Status.AWAY, Status.BUSY])
+            if status is not user.status:  # the same status again tells a watcher nothing
+                self.presence.changed(user, now)
+                user.status = status
             self.engine.send(user.node, user.node.core.set_status(status, now))
         rate = max(len(self.online), 1) / self.config.status_interval_s
         self.engine.schedule(now + self.work_rng.expovariate(rate), self._status_tick)
@@ -296,12 +304,9 @@ class World:
             self.metrics.max_clients_seen = max(
                 self.metrics.max_clients_seen, self.checker.check_admission(sn)
             )
-        online_nodes = (
-            sum(1 for u in self.users if u.online)
-            if len(self.users) < 20_000
-            else (len(self.online))
-        )
+        online_nodes = len(self.population.logged_in)
         self.metrics.samples.append((now, len(self.supernodes), online_nodes))
+        self.presence.judge(now)
         self.engine.schedule(now + 10.0, self._audit)
 
     def _on_events(self, node: SimNode) -> None:
@@ -312,10 +317,11 @@ class World:
                 if user.online and user.published_seq is None:
                     user.published_seq = event.seq
                     self.online.add(user.index)
+                    self.metrics.findable.append((user.login_at, now - user.login_at))
             elif isinstance(event, LookupDone):
                 if event.presence is not None:
                     self._forged(event.username, event.presence.owner)
-                self._lookup_done(user, event)
+                self.lookups.done(user, event)
             elif isinstance(event, KeyPinned):
                 self._forged(event.username, event.key)
             elif isinstance(event, PresenceChanged):
@@ -323,6 +329,7 @@ class World:
                 created = event.record.expires() - self.config.client.presence_ttl_s
                 if created >= user.login_at + 1.0:
                     self.metrics.propagation_s.append(now - created)
+                self.presence.heard(user, event.username, created)
             elif isinstance(event, RoleChanged):
                 if event.supernode:
                     self.checker.check_promotion(
@@ -335,24 +342,6 @@ class World:
                     self.supernodes.pop(node.index, None)
             else:
                 self.calls.on_event(user, event)
-
-    def _lookup_done(self, issuer: User, event: LookupDone) -> None:
-        info = self._pending.pop((issuer.index, event.req), None)
-        if info is None or event.reason == "logged out":
-            return
-        target_index, session, seq = info
-        target = self.users[target_index]
-        if not target.online or target.session != session:
-            return  # the target left meanwhile: not a lookup of an online user
-        ok = (
-            event.presence is not None
-            and event.status is not Status.OFFLINE
-            and (event.presence.seq >= seq)
-        )
-        reason = event.reason or ("stale record" if event.presence is not None else "not found")
-        self.metrics.record_lookup(
-            event.started, ok, event.finished - event.started, event.hops, "" if ok else reason
-        )
 
     # -- scenarios --------------------------------------------------------------------------
 
@@ -370,6 +359,7 @@ class World:
         if not user.online:
             return
         session = user.session
+        self.metrics.victims += 1
         self.seed_nodes.discard(user.index)
         self._go_offline(user, crash=True)
         self.engine.schedule(self.engine.now + down_s, self._login, user, session + 1)
@@ -419,13 +409,18 @@ class World:
         return report(
             cfg,
             self.metrics,
-            online=sum(1 for u in self.users if u.online),
+            online=len(self.population.logged_in),
             supernodes=len(self.supernodes),
             tier_loads=[
                 sn.core.supernode.primary_count
                 for sn in self.supernodes.values()
                 if sn.core.supernode is not None
             ],
+            unfindable_at_end=[
+                u.login_at for u in self.users if u.online and u.published_seq is None
+            ],
+            lookups_unfinished=self.lookups.unfinished(),
+            presence_unjudged=self.presence.unjudged(),
             calls=self.calls.metrics.report(),
             network=self.network,
             checker=self.checker,
