@@ -27,9 +27,16 @@ def test_ten_thousand_users(scenario: str) -> None:
     cps = sn["clients_per_supernode"]
     assert cps["max_seen"] <= cps["admission_limit"], rerun
     assert sn["fraction_max"] <= 0.01, rerun  # supernodes are at most 1 % of online nodes
+    assert lookups["issued"] == lookups["attempted"] + sum(lookups["lost"].values()), rerun
     if scenario == "steady":
         assert lookups["success_rate"] >= 0.999, (rerun, lookups)
         assert lookups["hops"]["p99"] <= 2, (rerun, lookups["hops"])
     else:
+        harm = report["harm"]
+        print(f"{rerun}: harm {harm}, recovery_s {report['recovery_s']}")
+        # the event happened: a third of the tier, or half the clients, went down and came back
+        assert harm["victims"] >= (8 if scenario == "mass-reboot" else 3500), (rerun, harm)
+        assert harm["logins"]["logins"] >= harm["victims"], (rerun, harm)
+        assert harm["windows_without_lookups"] == 0, (rerun, harm)
         assert report["recovery_s"] is not None, rerun
         assert report["recovery_s"] <= 120.0, (rerun, report["recovery_s"])

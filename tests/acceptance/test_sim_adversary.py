@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from peerphone.sim.world import SimConfig, simulate
+from peerphone.wire import ReasonCode
 
 
 # (users, hostile per /24): the tier has one hostile supernode per ~8 and per ~10 honest
@@ -26,4 +27,12 @@ def test_hostile_supernodes_forge_and_no_client_accepts(users: int, per_24: int)
     assert adversary["forged_sent"] > 100, f"the attack barely ran (seed {seed})"
     assert adversary["forged_accepted"] == 0, f"forged record accepted (seed {seed})"
     assert lookups["attempted"] > 1000
-    assert lookups["success_rate"] >= 0.999, f"seed {seed}: {lookups}"
+    # a client whose lookup reaches a hostile replica may get the conflict, never the forgery:
+    # that is the attack's whole effect on the names the hostile nodes serve; every other
+    # name is found as in a network without them
+    forged_names = adversary["lookups_of_forged_names"]
+    assert forged_names["attempted"] > 50, f"seed {seed}: {forged_names}"
+    assert set(forged_names["failures"]) <= {ReasonCode.CONFLICT}, f"seed {seed}: {forged_names}"
+    others = lookups["attempted"] - forged_names["attempted"]
+    others_failed = lookups["attempted"] - lookups["succeeded"] - forged_names["failed"]
+    assert others_failed <= 0.001 * others, f"seed {seed}: {lookups}"

@@ -39,6 +39,7 @@ class LookupLedger:
         self.population = population
         self.metrics = metrics
         self._pending: dict[int, dict[int, _Asked]] = {}  # asker index -> request id -> ...
+        self.attacked: set[int] = set()  # users whose names a hostile supernode forges
 
     def started(self, asker: User, req: int, target: User) -> None:
         if target.published_seq is not None:
@@ -75,6 +76,10 @@ class LookupLedger:
         if not asked.findable:
             m.unfindable_lookups += 1
             m.unfindable_lookups_ok += int(ok)
+        if asked.target in self.attacked:
+            m.attacked_lookups += 1
+            if not ok:
+                m.attacked_failures[reason] = m.attacked_failures.get(reason, 0) + 1
 
     def asker_gone(self, asker: User, crashed: bool) -> None:
         """The asker's process ended: whatever it still waited for is lost, and counted."""

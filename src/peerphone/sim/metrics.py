@@ -41,6 +41,8 @@ class Metrics:
     lookups_lost: dict[str, int] = field(default_factory=dict)  # reason -> not judged
     unfindable_lookups: int = 0  # judged lookups of a user logged in but not yet published
     unfindable_lookups_ok: int = 0
+    attacked_lookups: int = 0  # judged lookups of a name a hostile supernode forges
+    attacked_failures: dict[str, int] = field(default_factory=dict)
     findable: list[tuple[float, float]] = field(default_factory=list)  # (login, s to publish)
     ended_unfindable: list[tuple[float, float]] = field(default_factory=list)  # (login, end)
     propagation_s: list[float] = field(default_factory=list)

@@ -157,6 +157,7 @@ class World:
         for c in range(clusters):
             target = f"user{rng.randrange(cfg.users)}"
             self.hostile_targets.append(target)
+            self.lookups.attacked.add(self.population.by_name[target])
             key = user_key(target)
             prefix = choose_range(ring, key, cfg.hostile_cluster, RANGES_TRIED, c * RANGES_TRIED)
             for j in range(cfg.hostile_cluster):
@@ -189,6 +190,7 @@ class World:
                 hostile = by_id.get(replica)
                 if hostile is not None:
                     hostile.targets[key] = victim.name
+                    self.lookups.attacked.add(victim.index)
         return added
 
     def _tier_cores(self) -> list[NodeCore]:
@@ -270,12 +272,12 @@ class World:
     # -- workload ---------------------------------------------------------------------------
 
     def _lookup_tick(self) -> None:
-        """A findable user looks up another findable user."""
+        """A findable user looks up another logged-in user, findable yet or not."""
         now = self.engine.now
         cfg = self.config
         if len(self.online) >= 2:
             issuer = self.users[self.online.choice(self.work_rng)]
-            target = self.users[self.online.choice(self.work_rng)]
+            target = self.users[self.population.logged_in.choice(self.work_rng)]
             if issuer is not target:
                 req, out = issuer.node.core.lookup(target.name, now)
                 self.lookups.started(issuer, req, target)
@@ -397,6 +399,7 @@ class World:
 
     def report(self, wall_s: float) -> dict[str, Any]:
         cfg = self.config
+        m = self.metrics
         adversary = None
         if cfg.hostile_every:
             adversary = {
@@ -405,6 +408,11 @@ class World:
                 "targets": sorted(self.hostile_targets),
                 "forged_sent": sum(h.forged_sent for h in self.hostiles),
                 "forged_accepted": self.forged_accepted,
+                "lookups_of_forged_names": {  # judged ones, included in `lookups`
+                    "attempted": m.attacked_lookups,
+                    "failed": sum(m.attacked_failures.values()),
+                    "failures": dict(sorted(m.attacked_failures.items())),
+                },
             }
         return report(
             cfg,
