@@ -14,6 +14,7 @@ from typing import Any, TypeAlias
 from peerphone.daemon.client import ControlClient
 from peerphone.daemon.config import ROLES, NodeConfig, load_config, save_config
 from peerphone.daemon.datadir import DataDir
+from peerphone.daemon.ui_login import cmd_open
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 DEFAULT_DIR = Path(os.environ.get("PEERPHONE_DIR", Path.home() / ".peerphone"))
@@ -346,6 +347,16 @@ def cmd_call_action(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_open(sub: SubParsers) -> None:
+    parser = sub.add_parser("open", help="open the softphone page in the browser (logged in)")
+    _dir_option(parser)
+    parser.add_argument(
+        "--print-url",
+        action="store_true",
+        help="print the one-time login link (valid 60 s) instead of opening a browser",
+    )
+
+
 # each command: how its arguments are parsed, and what runs it (in `peerphone --help` order)
 COMMANDS: dict[str, tuple[Callable[[SubParsers], None], Callable[[argparse.Namespace], int]]] = {
     "node": (_add_node, cmd_node),
@@ -359,6 +370,7 @@ COMMANDS: dict[str, tuple[Callable[[SubParsers], None], Callable[[argparse.Names
     "contacts": (_add_contacts, cmd_contacts),
     "demo": (_add_demo, cmd_demo),
     "set-status": (_add_set_status, cmd_set_status),
+    "open": (_add_open, cmd_open),
 }
 
 

@@ -7,6 +7,13 @@ rings until `answer` or `hangup`. A transfer request (`CallTransferRequested`) p
 new call with the same audio settings (recording into a file of its own). ICE servers are
 our own supernode's STUN/TURN, with credentials it issued (TurnGranted), refreshed before
 they expire.
+
+The browser as the endpoint (`place_browser`, `answer_browser`): while a softphone page is
+open (`browser_present`), its RTCPeerConnection makes the SDP; the node checks and trims it
+(`browser_sdp`), signs it into the INVITE/ACCEPT as it does aiortc's, and hands the page
+the peer's SDP once the core verified its signature (`peer_sdp`). No aiortc session then:
+the page reports its statistics (`report_browser_stats`). Incoming calls ring in the page
+instead of being auto-answered, and a transfer of a browser call is placed by the page.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peerphone.daemon.browser_sdp import browser_sdp
 from peerphone.daemon.config import NodeConfig
 from peerphone.endpoints import TCP
 from peerphone.errors import LocalProtocolError, PeerphoneError
@@ -33,6 +41,7 @@ from peerphone.media import (
     WavSource,
     aiortc_internals,
 )
+from peerphone.media.sdp import sdp_fingerprints
 from peerphone.media.sinks import AudioSink
 from peerphone.overlay.calls import CallState
 from peerphone.overlay.events import (
@@ -97,6 +106,24 @@ class CallRecord:
     transferred_to: str = ""
     connected_at: float | None = None
     ended_at: float | None = None
+    browser: bool = False  # the media runs in the softphone page, not in this process
+    peer_sdp: str = ""  # the peer's verified SDP (browser calls: for the page)
+    browser_stats: dict[str, Any] = field(default_factory=dict)
+
+
+# what the page may report about a browser call's media (numbers, or a path name)
+BROWSER_STATS_KEYS = (
+    "path",
+    "setup_ms",
+    "rtt_ms",
+    "jitter_ms",
+    "loss",
+    "bytes_sent",
+    "bytes_received",
+    "local_candidate",
+    "remote_candidate",
+)
+MAX_BROWSER_STAT_CHARS = 80
 
 
 class CallManager:
@@ -113,6 +140,8 @@ class CallManager:
         self.turn: TurnGranted | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._answered: dict[bytes, asyncio.Event] = {}
+        # whether a softphone page is open (set by the control API; then it is the endpoint)
+        self.browser_present: Callable[[], bool] = lambda: False
 
     # -- relay credentials ------------------------------------------------------------------
 
@@ -133,6 +162,16 @@ class CallManager:
             else:
                 servers.append(IceServer(url, grant.username, grant.password))
         return tuple(servers)
+
+    def browser_ice_servers(self) -> list[dict[str, Any]]:
+        """`ice_servers` as a page's RTCPeerConnection takes them (`iceServers`)."""
+        out: list[dict[str, Any]] = []
+        for server in self.ice_servers():
+            entry: dict[str, Any] = {"urls": [server.url]}
+            if server.username is not None:
+                entry.update(username=server.username, credential=server.credential)
+            out.append(entry)
+        return out
 
     def _behind_tcp_only(self) -> bool:
         """Whether we reach our primary supernode over the TCP carrier (UDP blocked)."""
@@ -165,6 +204,63 @@ class CallManager:
         runtime.drive(sends)
         log.info("calling %s (call %s)", name, call_id.hex()[:8])
         return record
+
+    def place_browser(self, name: str, sdp: str, referred_by: str = "") -> CallRecord:
+        """Call `name` with the page's complete offer (checked, trimmed, then signed)."""
+        offer = browser_sdp(sdp)
+        runtime = self._runtime()
+        call_id, sends = runtime.core.call(name, offer, runtime.now(), referred_by)
+        record = CallRecord(call_id, name, True, Media(), browser=True)
+        self._keep(record)
+        runtime.drive(sends)
+        log.info("calling %s from the softphone page (call %s)", name, call_id.hex()[:8])
+        return record
+
+    def answer_browser(self, call_id: bytes, sdp: str) -> None:
+        """Answer a ringing call with the page's complete answer (checked, trimmed, signed)."""
+        record = self._get(call_id)
+        call = self._runtime().core.call_snapshot(call_id)
+        if record.outgoing or call is None or call.state is not CallState.RINGING:
+            raise LocalProtocolError("only a ringing incoming call can be answered")
+        answer = browser_sdp(sdp)
+        record.browser = True
+        record.connected_at = time.monotonic()
+        runtime = self._runtime()
+        runtime.drive(runtime.core.accept_call(call_id, answer, runtime.now()))
+        log.info("answered %s in the softphone page (call %s)", record.peer, call_id.hex()[:8])
+
+    def peer_sdp(self, call_id: bytes) -> str:
+        """The peer's SDP whose signature the core verified ("" while there is none yet).
+
+        An incoming call's offer is known while it rings; an outgoing call's answer once
+        it is answered. Refused (DecodeError) if it carries no DTLS fingerprint.
+        """
+        record = self._get(call_id)
+        sdp = record.peer_sdp
+        call = self._runtime().core.call_snapshot(call_id)
+        if not sdp and call is not None:
+            sdp = call.remote_sdp
+        if sdp:
+            sdp_fingerprints(sdp)
+        return sdp
+
+    def report_browser_stats(self, call_id: bytes, stats: dict[str, Any]) -> None:
+        """Keep what the page measured of a browser call's media (for `calls` and views)."""
+        record = self._get(call_id)
+        if not record.browser:
+            raise LocalProtocolError("not a call of the softphone page")
+        kept: dict[str, Any] = {}
+        for key in BROWSER_STATS_KEYS:
+            value = stats.get(key)
+            if isinstance(value, bool) or value is None:
+                continue
+            if isinstance(value, int | float):
+                kept[key] = value
+            elif isinstance(value, str):
+                kept[key] = value[:MAX_BROWSER_STAT_CHARS]
+        if kept.get("path") not in (None, "direct", "relay"):
+            kept.pop("path")
+        record.browser_stats = kept
 
     async def answer(self, call_id: bytes, media: Media) -> None:
         record = self._get(call_id)
@@ -213,7 +309,8 @@ class CallManager:
             "end_reason": record.end_reason or (call.end_reason if call else ""),
             "transferred_to": record.transferred_to,
         }
-        stats = record.final_stats
+        out["endpoint"] = "browser" if record.browser else "node"
+        stats = record.browser_stats if record.browser else record.final_stats
         if record.session is not None and not stats:
             stats = await record.session.stats()
             out["media_state"] = record.session.state.value
@@ -257,7 +354,11 @@ class CallManager:
                 "held" if event.held else "resumed",
             )
         elif isinstance(event, CallTransferRequested):
-            self._spawn(self._transfer(event))
+            old = self.calls.get(event.call_id)
+            if old is not None and old.browser and self.browser_present():
+                old.transferred_to = event.target  # the page places the new call
+            else:
+                self._spawn(self._transfer(event))
 
     def _incoming(self, event: CallIncoming) -> None:
         record = CallRecord(event.call_id, event.from_user, False, Media())
@@ -269,7 +370,7 @@ class CallManager:
             f", transferred by {event.referred_by}" if event.referred_by else "",
         )
         cfg = self.config
-        if cfg.auto_answer:
+        if cfg.auto_answer and not self.browser_present():
             record_path = ""
             if cfg.answer_record:
                 record_path = str(Path(cfg.answer_record) / f"call-{event.call_id.hex()}.wav")
@@ -277,6 +378,11 @@ class CallManager:
 
     async def _connect(self, event: CallAnswered) -> None:
         record = self.calls.get(event.call_id)
+        if record is not None and record.browser:
+            record.peer_sdp = event.sdp
+            record.connected_at = time.monotonic()
+            self._answered.setdefault(event.call_id, asyncio.Event()).set()
+            return
         if record is None or record.session is None:
             return
         await record.session.apply_answer(event.sdp)

@@ -25,12 +25,14 @@ bug: a 500 saying only that, and the traceback in the node's log.
     POST   /v1/calls/{id}/hold    {"held": true|false}
     POST   /v1/calls/{id}/transfer {"name"}   blind transfer
     GET    /v1/events                  WebSocket: one JSON object per event
+
+The softphone page and its own routes (`/`, `/login`, `/v1/ui/...`), and the Host,
+Origin and session checks every request passes, are in `softphone.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import secrets
@@ -46,6 +48,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from peerphone.daemon.calls import Media
 from peerphone.daemon.config import parse_endpoint
 from peerphone.daemon.service import NodeService
+from peerphone.daemon.softphone import SoftphoneRoutes, UiRequestError, refusal
+from peerphone.daemon.websec import UiSessions
 from peerphone.errors import LocalProtocolError, PeerphoneError
 from peerphone.overlay.callmsg import CALL_ID_BYTES
 from peerphone.overlay.calls import CallState
@@ -64,6 +68,7 @@ MALFORMED_DETAIL_CHARS = 120  # of the parser's message, which quotes the reques
 TOKEN_BYTES = 32
 SERVICE_KEY = web.AppKey("service", NodeService)
 TOKEN_KEY = web.AppKey("token", str)
+SESSIONS_KEY = web.AppKey("ui_sessions", UiSessions)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -122,16 +127,16 @@ def _error(status: int, message: str) -> web.Response:
 
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Token check, and every refusal as a JSON error rather than a traceback."""
-    expected = request.app[TOKEN_KEY]
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        return _error(401, "missing or wrong token (see DIR/control.json)")
+    """Host, Origin and credentials (bearer token or the page's session cookie: see
+    `softphone.refusal`), and every refusal as a JSON error rather than a traceback."""
+    refused = refusal(request, request.app[TOKEN_KEY], request.app[SESSIONS_KEY], time.monotonic())
+    if refused is not None:
+        return refused
     try:
         return await handler(request)
     except web.HTTPException:
         raise
-    except RequestError as exc:
+    except (RequestError, UiRequestError) as exc:
         return _error(exc.status, str(exc))
     except TimeoutError:
         return _error(504, "the node did not answer in time")
@@ -344,6 +349,8 @@ def make_app(service: NodeService, token: str) -> web.Application:
     app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY_BYTES)
     app[SERVICE_KEY] = service
     app[TOKEN_KEY] = token
+    app[SESSIONS_KEY] = UiSessions()
+    SoftphoneRoutes(service, app[SESSIONS_KEY]).add_to(app)
     app.router.add_get("/v1/status", get_status)
     app.router.add_get("/v1/lookup/{name}", get_lookup)
     app.router.add_get("/v1/contacts", get_contacts)
@@ -361,8 +368,11 @@ def make_app(service: NodeService, token: str) -> web.Application:
 async def start_control(service: NodeService) -> web.AppRunner:
     """Serve the control API at the configured loopback address; write DIR/control.json."""
     token = secrets.token_urlsafe(TOKEN_BYTES)
+    app = make_app(service, token)
+    sessions = app[SESSIONS_KEY]
+    service.calls.browser_present = lambda: sessions.present(time.monotonic())
     runner = web.AppRunner(
-        make_app(service, token),
+        app,
         access_log=None,
         handle_signals=False,
         logger=http_log,
