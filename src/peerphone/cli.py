@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from peerphone import cli_node
+from peerphone import __version__, cli_node
 from peerphone.errors import PeerphoneError
 from peerphone.sim.world import SCENARIOS, SimConfig, simulate
 
@@ -29,6 +30,7 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peerphone", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"peerphone {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="run the overlay in the deterministic simulator")
     sim.add_argument("--users", type=_positive_int, default=5000)
@@ -189,6 +191,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_INTERRUPTED = 130  # Ctrl-C (the shell's code for SIGINT)
+
+
+def _stdout_closed() -> int:
+    """The reader of our output went away (`peerphone status | head -3`): not an error.
+    Later writes (the interpreter's last flush) go nowhere instead of failing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -197,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         code = cli_node.dispatch(args)
         if code is not None:
             return code
+    except BrokenPipeError:
+        return _stdout_closed()
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     except (PeerphoneError, ValueError) as exc:
         print(f"peerphone: {exc}", file=sys.stderr)
         return 1

@@ -8,7 +8,11 @@ the node does not start.
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
+import socket
 import tomllib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -48,8 +52,63 @@ def checked_endpoint(text: str, default: str = UDP) -> Endpoint:
         raise ConfigError(str(exc)) from None
 
 
+# a DNS host name (RFC 1123 labels): what --bootstrap accepts besides an IP literal
+HOST_NAME = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$"
+)
+MAX_RESOLVED_PER_NAME = 4  # addresses of one bootstrap name that are dialled
+
+
+def bootstrap_entry(text: str) -> tuple[str, str, int]:
+    """A bootstrap setting as (transport, host, port): the host an IP literal or a DNS
+    name (resolved when the node starts, `resolve_bootstrap`); a `ConfigError` otherwise."""
+    try:
+        literal = endpoints.parse_endpoint(text)
+        return literal[0], literal[1][0], literal[1][1]
+    except EndpointError as exc:
+        error = exc
+    transport, sep, rest = text.partition("://")
+    if not sep:
+        transport, rest = UDP, text
+    host, _, port = rest.rpartition(":")
+    if (
+        transport in endpoints.TRANSPORTS
+        and port.isdigit()
+        and 1 <= int(port) <= endpoints.MAX_PORT
+        and HOST_NAME.match(host.lower())
+        and not host.replace(".", "").isdigit()  # 1.2.3 is a bad IP, not a name
+    ):
+        return transport, host.lower(), int(port)
+    raise ConfigError(f"bootstrap {error}, nor a DNS name with a port (host.example:4433)")
+
+
+def resolve_bootstrap(text: str) -> list[Endpoint]:
+    """The endpoints a bootstrap setting names (a DNS name: its addresses, IPv4 first);
+    a `ConfigError` saying why when a name does not resolve."""
+    transport, host, port = bootstrap_entry(text)
+    try:
+        ipaddress.ip_address(host)
+        return [(transport, (host, port))]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(
+            f"bootstrap {text!r}: the name {host!r} does not resolve ({exc})"
+        ) from None
+    found: list[Endpoint] = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for info in infos:
+            address = str(info[4][0]).partition("%")[0]  # no IPv6 zone
+            endpoint = (transport, (address, port))
+            if info[0] == family and endpoint not in found:
+                found.append(endpoint)
+    return found[:MAX_RESOLVED_PER_NAME]
+
+
 # Transitional, flat (transport, host, port): daemon/service.py still reads
-# `parse_endpoint` and `bootstrap_endpoints` so; new code uses `checked_endpoint`.
+# `parse_endpoint` so; new code uses `checked_endpoint`.
 def flat_endpoint(text: str, default_transport: str = UDP) -> tuple[str, str, int]:
     """`checked_endpoint` as (transport, host, port)."""
     transport, (host, port) = checked_endpoint(text, default_transport)
@@ -120,7 +179,7 @@ class NodeConfig:
         if len(self.bootstrap) > MAX_BOOTSTRAP:
             raise ConfigError(f"bootstrap: at most {MAX_BOOTSTRAP} addresses")
         for text in self.bootstrap:
-            checked_endpoint(text)
+            bootstrap_entry(text)
         transport, (host, _) = checked_endpoint(self.control)
         if transport != UDP or not ipaddress.ip_address(host).is_loopback:
             raise ConfigError("control: the control API listens on loopback only")
@@ -137,15 +196,51 @@ class NodeConfig:
             raise ConfigError("need 1 <= links_per_address <= links_per_prefix <= links_max")
         if not 0 < len(self.device) <= 32:
             raise ConfigError("device: 1-32 characters")
+        for option, value in (
+            ("answer_play", self.answer_play),
+            ("answer_record", self.answer_record),
+        ):
+            if value and not Path(value).is_absolute():
+                raise ConfigError(f"{option}: an absolute path is expected, not {value!r}")
+        if self.answer_play and not Path(self.answer_play).is_file():
+            raise ConfigError(f"answer_play (--answer-play): {self.answer_play}: no such file")
+        if self.answer_record and not Path(self.answer_record).is_dir():
+            raise ConfigError(
+                f"answer_record (--answer-record): {self.answer_record} is not a directory "
+                "(create it first)"
+            )
+        if self.answer_record and not os.access(self.answer_record, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"answer_record (--answer-record): {self.answer_record}: not writable"
+            )
         share = self.share
         if not 1 <= share.max_clients <= 100_000:
             raise ConfigError("share.max_clients: 1-100000")
         if not 0 <= share.up_kbps <= 10_000_000 or not 0 <= share.cpu_percent <= 100:
             raise ConfigError("share.up_kbps: 0-10000000, share.cpu_percent: 0-100")
 
-    def bootstrap_endpoints(self) -> list[tuple[str, str, int]]:
-        """The bootstrap list, flat (transitional: see `flat_endpoint`)."""
-        return [flat_endpoint(text) for text in self.bootstrap]
+
+def apply_options(config: NodeConfig, options: Mapping[str, Any]) -> None:
+    """Command-line options (argparse's names; None: not given) over the saved settings."""
+    for option in ("name", "listen", "tcp_listen", "role", "control", "device", "turn_port"):
+        if options.get(option) is not None:
+            setattr(config, option, options[option])
+    for option in ("links_max", "links_per_address", "links_per_prefix"):
+        if options.get(option) is not None:
+            setattr(config, option, options[option])
+    for option in ("bootstrap", "relay_allow"):
+        if options.get(option) is not None:
+            setattr(config, option, list(options[option]))
+    if options.get("max_clients") is not None:
+        config.share.max_clients = options["max_clients"]
+    if options.get("auto_answer") is not None:
+        config.auto_answer = True
+    for option in ("answer_play", "answer_record"):
+        value = options.get(option)
+        if value is not None:  # relative to where the command runs; "" clears it
+            setattr(config, option, str(Path(value).resolve()) if value else "")
+    if options.get("links_loopback_exempt") is not None:
+        config.links_loopback_exempt = options["links_loopback_exempt"] == "yes"
 
 
 def _typed(section: type[Any], data: dict[str, Any], where: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ its bandwidth is capped at the `share.up_kbps` the owner agreed to.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from peerphone.daemon.config import NodeConfig
-from peerphone.endpoints import endpoint_or_none, format_address
+from peerphone.endpoints import Endpoint, endpoint_or_none, format_address
 from peerphone.identity import NodeId
 from peerphone.nat.addrfilter import AddressFilter
 from peerphone.nat.credentials import CredentialIssuer
@@ -52,20 +53,22 @@ class Relay:
         self.urls: list[str] = []
         self._issuer: CredentialIssuer | None = None
         self._stats: Counter[str] = Counter()
+        self.failure = ""  # why the relay could not start (shown by status), "" if it did
 
     @property
     def running(self) -> bool:
         return self.turn is not None
 
     async def start(self) -> None:
-        if self.turn is not None:
-            return
+        if self.turn is not None or self.failure:
+            return  # running, or known not to run (its port is taken)
         runtime = self._runtime()
         cfg = self.config
         advertised = self._advertised_host()
         bound = runtime.address
         if advertised is None or bound is None:
-            log.warning("no routable address to advertise: not running a relay")
+            self.failure = "no routable address to advertise (see --listen)"
+            log.warning("not running a relay: %s", self.failure)
             return
         secret = os.urandom(SECRET_BYTES)
         core = TurnServer(
@@ -86,7 +89,15 @@ class Relay:
                 core.own.add_host(endpoint[1][0])
         self._issuer = CredentialIssuer(secret, CREDENTIAL_TTL_S, stats=core.stats)
         turn = TurnService(core, relay_host=bound[0], advertised_host=advertised)
-        udp = await turn.listen_udp(bound[0], cfg.turn_port)
+        try:
+            udp = await turn.listen_udp(bound[0], cfg.turn_port)
+        except OSError as exc:
+            turn.close()
+            await turn.wait_closed()
+            self.failure = port_problem(("udp", (bound[0], cfg.turn_port)), "--turn-port", exc)
+            log.error("not running a relay: %s", self.failure)
+            return
+        self.failure = ""
         urls = [
             f"stun:{_host(advertised)}:{udp[1]}",
             f"turn:{_host(advertised)}:{udp[1]}?transport=udp",
@@ -147,6 +158,17 @@ class Relay:
             "per_allocation": [_allocation(a) for a in snap.allocations],
             "drops": {k: v for k, v in snap.drops.items() if v},
         }
+
+
+def port_problem(endpoint: Endpoint, option: str, exc: OSError) -> str:
+    """Why a port could not be opened, naming the option that chooses another."""
+    kind, address = endpoint
+    what = "in use by another program" if exc.errno == errno.EADDRINUSE else exc.strerror
+    return (
+        f"{kind.upper()} port {address[1]} on {address[0]} is {what}"
+        if exc.errno == errno.EADDRINUSE
+        else f"cannot open {kind.upper()} {format_address(address)}: {what}"
+    ) + f"; choose another with {option}"
 
 
 def _host(host: str) -> str:

@@ -20,13 +20,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from peerphone.daemon.calls import CallManager
-from peerphone.daemon.config import NodeConfig, checked_endpoint
+from peerphone.daemon.config import ConfigError, NodeConfig, checked_endpoint, resolve_bootstrap
 from peerphone.daemon.datadir import Contact, DataDir
 from peerphone.daemon.logs import ErrorDigest
 from peerphone.daemon.pins import Pins
 from peerphone.daemon.relay import Relay
 from peerphone.daemon.views import error_counters, lookup_view, presence_view, status_view
-from peerphone.endpoints import Endpoint, format_address, format_endpoint
+from peerphone.endpoints import Endpoint, endpoint_or_none, format_address, format_endpoint
 from peerphone.errors import LocalProtocolError, PeerphoneError
 from peerphone.identity import KeyPair, SignatureVerifier, short
 from peerphone.overlay.client import ClientState
@@ -73,6 +73,13 @@ LOOKUP_TIMEOUT_S = 10.0
 LINK_IDLE_TIMEOUT_S = 6.0
 MAX_LISTENERS = 32  # WebSocket event listeners
 LISTENER_QUEUE = 1_000  # events buffered per listener; a slow listener loses the oldest
+LISTENER_GOODBYE_S = 0.2  # for the "NodeStopping" event to reach listeners before they close
+# not attached: said in the log once the first handshakes had their time, again when the
+# reason changes, and at most this often while it stays the same
+ATTACH_WARN_AFTER_S = 8.0
+ATTACH_WARN_REPEAT_S = 60.0
+# our supernode runs no relay: ask it again at most this often (it may start one later)
+NO_RELAY_RETRY_S = 60.0
 EXIT_NAME_TAKEN = 3
 
 
@@ -96,6 +103,11 @@ class NodeService:
         self.role_reason = ""
         self.contacts: dict[str, Contact] = {}
         self.listeners: set[asyncio.Queue[dict[str, Any]]] = set()
+        # the control API's task serving each listener: cancelled when the node stops
+        self._listener_tasks: dict[asyncio.Queue[dict[str, Any]], asyncio.Task[Any]] = {}
+        self.bootstrap_problems: list[str] = []  # bootstrap names that did not resolve
+        self._attach_warned: tuple[str, float] = ("", 0.0)  # last warning and when
+        self._turn_asked = 0.0  # monotonic: when our supernode was last asked for a relay
         self.stopping = asyncio.Event()
         self._runtime: NodeRuntime | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -125,7 +137,7 @@ class NodeService:
         self.contacts = {c.name: c for c in self.data.load_contacts()}
         trusted = self.pins.load()  # before any socket: a damaged file stops us here
         core = self._make_core(node_keys, user_keys, trusted)
-        endpoints = [checked_endpoint(text) for text in cfg.bootstrap]
+        endpoints = self._bootstrap_endpoints()
         runtime = self._make_runtime(core, node_keys, endpoints)
         self._runtime = runtime
         await runtime.start()
@@ -149,6 +161,23 @@ class NodeService:
             ", ".join(core.addresses) or format_address(runtime.address or ("?", 0)),
             extra={"fields": {"node_id": node_keys.node_id.hex(), "first_start": self.first_start}},
         )
+
+    def _bootstrap_endpoints(self) -> list[Endpoint]:
+        """The bootstrap list with DNS names resolved; a name that does not resolve is
+        logged and shown by status, the others are used."""
+        found: list[Endpoint] = []
+        for text in self.config.bootstrap:
+            try:
+                resolved = resolve_bootstrap(text)
+            except ConfigError as exc:
+                self.bootstrap_problems.append(str(exc))
+                log.error("%s", exc)
+                continue
+            if endpoint_or_none(text) is None:  # a DNS name
+                shown = ", ".join(map(format_endpoint, resolved))
+                log.info("bootstrap %s resolved to %s", text, shown)
+            found.extend(endpoint for endpoint in resolved if endpoint not in found)
+        return found
 
     def _make_core(
         self, node_keys: KeyPair, user_keys: KeyPair, trusted: dict[str, bytes]
@@ -356,23 +385,94 @@ class NodeService:
             queue.put_nowait(event)
 
     def listen(self) -> asyncio.Queue[dict[str, Any]]:
+        """A queue of every event from now on, for the calling task (the control API's
+        WebSocket handler), which `close_listeners` cancels when the node stops."""
         if len(self.listeners) >= MAX_LISTENERS:
             raise LocalProtocolError(f"at most {MAX_LISTENERS} event listeners")
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(LISTENER_QUEUE)
         self.listeners.add(queue)
+        task = asyncio.current_task()
+        if task is not None:
+            self._listener_tasks[queue] = task
+            task.add_done_callback(lambda _: self._listener_tasks.pop(queue, None))
         return queue
+
+    async def close_listeners(self) -> None:
+        """Tell every listener the node stops, then end their connections: a WebSocket
+        client must not hold the node's exit up (it would wait for it otherwise)."""
+        self.broadcast({"type": "NodeStopping", "ts": time.time()})
+        if self._listener_tasks:
+            await asyncio.sleep(LISTENER_GOODBYE_S)
+        for task in list(self._listener_tasks.values()):
+            task.cancel()
+        self._listener_tasks.clear()
 
     async def _housekeeping(self) -> None:
         next_save = time.monotonic() + HOST_CACHE_SAVE_S
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
             self.core.set_capacity(self._capacity())
-            if self.core.attached()[0] is not None:
+            if self.core.attached()[0] is not None and self._relay_worth_asking():
+                self._turn_asked = time.monotonic()
                 self.calls.refresh_turn()
+            self._warn_if_not_attached()
             self._digest.maybe_log(error_counters(self.runtime.stats, self.relay.stats()))
             if time.monotonic() >= next_save:
                 next_save = time.monotonic() + HOST_CACHE_SAVE_S
                 self._save_host_cache()
+
+    def _relay_worth_asking(self) -> bool:
+        """Whether to let the calls ask our supernode for relay credentials now: always
+        when we hold none or they run out, but if it answered that it runs no relay, only
+        once a minute (each answer is logged)."""
+        grant = self.calls.turn
+        if grant is None or grant.urls:
+            return True
+        return time.monotonic() - self._turn_asked >= NO_RELAY_RETRY_S
+
+    def _warn_if_not_attached(self) -> None:
+        """Say in the log, loudly and again now and then, that we are cut off and why."""
+        problem = self.network_problem()
+        if not problem:
+            self._attach_warned = ("", 0.0)
+            return
+        if time.time() - self.started_at < ATTACH_WARN_AFTER_S:
+            return
+        last, at = self._attach_warned
+        if problem != last or time.monotonic() - at >= ATTACH_WARN_REPEAT_S:
+            self._attach_warned = (problem, time.monotonic())
+            log.warning("NOT attached to the network: %s", problem)
+
+    def network_problem(self) -> str:
+        """Why this node is not attached to the network ("" when it is)."""
+        if self.core.attached()[0] is not None:
+            return ""
+        runtime = self.runtime
+        now = runtime.loop.time()
+        parts = list(self.bootstrap_problems)
+        waiting = []
+        for tried in runtime.bootstrap_tries.values():
+            if tried.answered_by is not None:
+                parts.append(
+                    f"{tried.address} answered (node {short(tried.answered_by)}) but has not "
+                    "taken us as a client (is it a supernode?)"
+                )
+            elif tried.tries and tried.waiting(now) and tried.tries == 1:
+                waiting.append(tried.address)
+            elif tried.tries:
+                parts.append(
+                    f"no answer from {tried.address} (handshake timed out, "
+                    f"{tried.tries} {'try' if tried.tries == 1 else 'tries'}; is a supernode "
+                    "running there?)"
+                )
+        known = len(self.core.host_cache_records())
+        if not runtime.bootstrap_tries and not known and not parts:
+            return "no supernode to start from: pass --bootstrap HOST:PORT (a supernode's address)"
+        if waiting:
+            parts.append(f"waiting for an answer from {', '.join(waiting)}")
+        if known:
+            parts.append(f"trying {known} supernode(s) known from earlier runs")
+        return "; ".join(parts) or "attaching"
 
     def _save_host_cache(self) -> None:
         try:
@@ -399,9 +499,17 @@ class NodeService:
     async def lookup(self, name: str) -> dict[str, Any]:
         if not valid_username(name):
             raise ValueError(f"{name!r} is not a valid username")
+        problem = self.network_problem()
+        if problem and time.time() - self.started_at > LOOKUP_TIMEOUT_S:
+            # no use waiting for the lookup's deadline: nobody can answer it
+            return lookup_view(None, 0.0, name, f"this node is not attached: {problem}")
         started = time.perf_counter()
         done = await self.runtime.lookup(name, LOOKUP_TIMEOUT_S)
-        return lookup_view(done, (time.perf_counter() - started) * 1000)
+        latency_ms = (time.perf_counter() - started) * 1000
+        problem = self.network_problem()
+        if done.presence is None and problem:
+            return lookup_view(done, latency_ms, name, f"this node is not attached: {problem}")
+        return lookup_view(done, latency_ms, name)
 
     def contact_list(self) -> list[dict[str, Any]]:
         buddies = self.core.buddies()

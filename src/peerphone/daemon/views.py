@@ -15,7 +15,8 @@ from peerphone.errors import DecodeError
 from peerphone.identity import NodeId
 from peerphone.overlay.events import LookupDone
 from peerphone.records import PresenceBody, Record, Status, decode_body
-from peerphone.runtime.node_runtime import NodeRuntime, format_address
+from peerphone.runtime.node_runtime import BootstrapTry, NodeRuntime, format_address
+from peerphone.wire import ReasonCode
 
 
 class StatusSource(Protocol):
@@ -35,6 +36,7 @@ class StatusSource(Protocol):
     def role_reason(self) -> str: ...
     @property
     def registered(self) -> bool: ...
+    def network_problem(self) -> str: ...
 
 
 # runtime counters that mean "input we refused" (shown under errors in status)
@@ -88,18 +90,38 @@ def presence_view(name: str, record: Record) -> dict[str, Any]:
     return view
 
 
-def lookup_view(done: LookupDone, latency_ms: float) -> dict[str, Any]:
-    found = done.presence is not None
+# a lookup's reasons (client_lookups) that say whether the name is registered at all
+REASON_NEVER_REGISTERED = ReasonCode.NOT_FOUND.value  # no replica holds a name record
+REASON_NO_PRESENCE = "offline"  # a name record, but no presence of its owner
+
+
+def lookup_view(
+    done: LookupDone | None, latency_ms: float, name: str, problem: str = ""
+) -> dict[str, Any]:
+    """A lookup's result; `problem` (why this node cannot look anybody up) replaces the
+    reason of a failed one. `registered`: True or False when the directory said, else
+    None (a timeout, a conflict...)."""
+    presence = done.presence if done is not None else None
+    status = done.status if done is not None else None
+    reason = problem or (done.reason if done is not None else "")
+    found = presence is not None
+    registered: bool | None = None
+    if found or reason == REASON_NO_PRESENCE:
+        registered = True
+    elif reason == REASON_NEVER_REGISTERED:
+        registered = False
     return {
-        "name": done.username,
+        "name": name,
         "found": found,
-        "online": found and done.status is not None and done.status is not Status.OFFLINE,
-        "status": status_name(done.status),
+        "registered": registered,
+        "online": found and status is not None and status is not Status.OFFLINE,
+        "status": status_name(status) if found else ("offline" if registered else None),
         "verified": found,  # the client core returns only records whose signatures it checked
-        "reason": done.reason,
-        "hops": done.hops,
+        "reason": reason,
+        "attached": not problem,
+        "hops": done.hops if done is not None else 0,
         "latency_ms": round(latency_ms, 3),
-        "record": presence_view(done.username, done.presence) if done.presence else None,
+        "record": presence_view(name, presence) if presence is not None else None,
     }
 
 
@@ -113,6 +135,15 @@ def _peer(service: StatusSource, node: NodeId | None) -> dict[str, Any] | None:
         "node_id": node.hex(),
         "address": format_address(link.address),
         "transport": link.transport,
+    }
+
+
+def _bootstrap_try(service: StatusSource, tried: BootstrapTry) -> dict[str, Any]:
+    answered = tried.answered_by
+    return {
+        "address": tried.address,
+        "tries": tried.tries,
+        "answered_by": answered.hex() if answered is not None else None,
     }
 
 
@@ -157,6 +188,11 @@ def status_view(service: StatusSource) -> dict[str, Any]:
             "backup": _peer(service, node.backup),
         },
         "supernode": supernode,
+        "network": {
+            "attached": node.primary is not None,
+            "problem": service.network_problem(),
+            "bootstrap": [_bootstrap_try(service, t) for t in runtime.bootstrap_tries.values()],
+        },
         "sharing": {
             "consented": service.config.role != "client",
             "limits": {
@@ -167,6 +203,7 @@ def status_view(service: StatusSource) -> dict[str, Any]:
             "clients_served": supernode["clients_served"] if supernode else 0,
             "records_held": supernode["records_held"] if supernode else 0,
             "relay": service.relay.sharing(),
+            "relay_problem": service.relay.failure or None,
         },
         "contacts": len(service.contacts),
         "listen": {

@@ -297,12 +297,22 @@ class NodeCore:
         return self.client.login(now)
 
     def logout(self, now: float) -> list[Send]:
-        """Log the user out; a supernode hands its records and clients over first."""
+        """Log the user out, then, as a supernode, hand records and clients over.
+
+        A supernode's own user is its own client: its OFFLINE presence is stored (and
+        replicated) by our supernode role before that role leaves, so the hand-over
+        carries it; sent the other way round it would reach a role already gone and the
+        user would stay "online" until the record expired.
+        """
         out: list[Send] = []
+        for dest, msg in self.client.logout(now):
+            if dest == self.id and self.supernode is not None:
+                out.extend(self.receive(msg, self.id, now))
+            else:
+                out.append((dest, msg))
         if self.supernode is not None:
             out.extend(self.supernode.leave(now, "owner logged out"))
             self._check_retired(now)
-        out.extend(self.client.logout(now))
         return out
 
     def lookup(self, username: str, now: float) -> tuple[int, list[Send]]:

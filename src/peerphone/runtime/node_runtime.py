@@ -24,6 +24,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from peerphone import endpoints
@@ -35,7 +36,7 @@ from peerphone.overlay.node import NodeCore
 from peerphone.records import MemberBody, Record, Status, decode_body
 from peerphone.runtime.link import Link, LinkInfo, LinkStats
 from peerphone.runtime.link_limits import LinkLimitsConfig
-from peerphone.runtime.links import UDP_ANSWER_TIMEOUT_S, LinkManager
+from peerphone.runtime.links import HANDSHAKE_TIMEOUT_S, UDP_ANSWER_TIMEOUT_S, LinkManager
 from peerphone.runtime.tcp_carrier import dialled, is_tcp, socket_address
 from peerphone.timers import CoreTimer
 from peerphone.wire import Message, Send
@@ -50,6 +51,25 @@ DEFAULT_IDLE_TIMEOUT_S = 15.0
 # no UDP bootstrap link up by then: dial the TCP bootstrap addresses too (the same
 # reasoning as a dial by NodeId: three unanswered Initials mean UDP does not get through)
 TCP_BOOTSTRAP_DELAY_S = UDP_ANSWER_TIMEOUT_S
+# while not attached, the bootstrap addresses that never answered are dialled again: first
+# after this long, then each time twice as long, up to the maximum (a supernode that was
+# down when we started is found once it is up, without hammering a wrong address)
+BOOTSTRAP_RETRY_FIRST_S = 10.0
+BOOTSTRAP_RETRY_MAX_S = 120.0
+
+
+@dataclass(slots=True)
+class BootstrapTry:
+    """What became of one bootstrap address: how often it was dialled, who answered."""
+
+    address: str  # as the owner wrote it ("tcp://..." for the TCP carrier)
+    tries: int = 0
+    last_try: float = 0.0  # loop time
+    answered_by: NodeId | None = None
+
+    def waiting(self, now: float) -> bool:
+        """Whether the last dial may still be handshaking (no verdict yet)."""
+        return self.answered_by is None and now - self.last_try < HANDSHAKE_TIMEOUT_S
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -126,6 +146,15 @@ class NodeRuntime:
         self._keepalive: asyncio.TimerHandle | None = None
         self._tcp_bootstrap_timer: asyncio.TimerHandle | None = None
         self._lookups: dict[int, asyncio.Future[LookupDone]] = {}
+        # every bootstrap address (TCP ones as pseudo-addresses) and what became of it
+        self.bootstrap_tries: dict[Address, BootstrapTry] = {}
+        for addr in self.bootstrap:
+            self.bootstrap_tries[addr] = BootstrapTry(endpoints.format_address(addr))
+        for addr in self.tcp_bootstrap:
+            text = endpoints.format_endpoint(("tcp", addr))
+            self.bootstrap_tries[dialled(addr)] = BootstrapTry(text)
+        self._bootstrap_retry: asyncio.TimerHandle | None = None
+        self._bootstrap_retry_s = BOOTSTRAP_RETRY_FIRST_S
 
     @property
     def links(self) -> LinkManager:
@@ -191,7 +220,9 @@ class NodeRuntime:
             )
         self.core.learn_supernodes(self.host_cache, self.now())
         for addr in self.bootstrap:
-            links.dial_address(addr)
+            self._dial_bootstrap(addr)
+        if self.bootstrap_tries:
+            self._bootstrap_retry = loop.call_later(self._bootstrap_retry_s, self._retry_bootstrap)
         if self.tcp_bootstrap:
             delay = TCP_BOOTSTRAP_DELAY_S if self.bootstrap else 0.0
             self._tcp_bootstrap_timer = loop.call_later(delay, self._dial_tcp_bootstrap)
@@ -206,10 +237,10 @@ class NodeRuntime:
         """
         if self._timer is not None:
             self._timer.stop()
-        for handle in (self._keepalive, self._tcp_bootstrap_timer):
+        for handle in (self._keepalive, self._tcp_bootstrap_timer, self._bootstrap_retry):
             if handle is not None:
                 handle.cancel()
-        self._keepalive = self._tcp_bootstrap_timer = None
+        self._keepalive = self._tcp_bootstrap_timer = self._bootstrap_retry = None
         if self._links is not None:
             self._links.close(notify)
             await self._links.tcp.wait_closed()
@@ -308,6 +339,9 @@ class NodeRuntime:
         self.drive(self.core.link_up(peer, socket_address(link.addr)[0], self.now()))
         if link.bootstrap:  # a bootstrap address answered: the client may attach there
             self.bootstrap_ids[peer] = link.addr
+            tried = self.bootstrap_tries.get(link.addr)
+            if tried is not None:
+                tried.answered_by = peer
             if self.core.supernode_record(peer) is None:
                 self.stats["bootstrap_without_record"] += 1
                 log.info("bootstrap %s is %s; no member record yet", link.addr, short(peer))
@@ -320,7 +354,28 @@ class NodeRuntime:
         if self.bootstrap:
             self.stats["bootstrap_tcp_fallback"] += 1
         for addr in self.tcp_bootstrap:
-            self.links.dial_address(dialled(addr))
+            self._dial_bootstrap(dialled(addr))
+
+    def _dial_bootstrap(self, addr: Address) -> None:
+        tried = self.bootstrap_tries.get(addr)
+        if tried is not None:
+            tried.tries += 1
+            tried.last_try = self.loop.time()
+        self.links.dial_address(addr)
+
+    def _retry_bootstrap(self) -> None:
+        """Not attached yet: dial again the bootstrap addresses that never answered."""
+        self._bootstrap_retry = None
+        if self.core.attached()[0] is not None:
+            self._bootstrap_retry_s = BOOTSTRAP_RETRY_FIRST_S
+        else:
+            udp_answered = any(not is_tcp(addr) for addr in self.bootstrap_ids.values())
+            for addr, tried in self.bootstrap_tries.items():
+                if tried.answered_by is None and not (udp_answered and is_tcp(addr)):
+                    self.stats["bootstrap_retries"] += 1
+                    self._dial_bootstrap(addr)
+            self._bootstrap_retry_s = min(2 * self._bootstrap_retry_s, BOOTSTRAP_RETRY_MAX_S)
+        self._bootstrap_retry = self.loop.call_later(self._bootstrap_retry_s, self._retry_bootstrap)
 
     def _resolve(self, peer: NodeId) -> Address | None:
         """Where to dial `peer`: the first UDP endpoint of the member record the core
