@@ -151,7 +151,7 @@ function drawChart(cap) {
   ctx.strokeStyle = "#c0392b";
   ctx.setLineDash([4, 4]);
   if (cap > 0) {
-    const y = h - (cap / top) * (h - 10);
+    const y = h - 2 - (cap / top) * (h - 20);
     ctx.beginPath();
     ctx.moveTo(0, y);
     ctx.lineTo(w, y);
@@ -163,7 +163,7 @@ function drawChart(cap) {
   ctx.beginPath();
   state.chart.forEach((value, i) => {
     const x = (i / (CHART_POINTS - 1)) * w;
-    const y = h - (value / top) * (h - 10) - 1;
+    const y = h - 2 - (value / top) * (h - 20);
     if (i === 0) ctx.moveTo(x, y);
     else ctx.lineTo(x, y);
   });
