@@ -47,7 +47,7 @@ ASSETS = {  # served name -> (file in daemon/ui, content type)
     "app.css": ("app.css", "text/css; charset=utf-8"),
 }
 OPEN_PATHS = frozenset({"/login"})  # reachable without a session (Host still checked)
-AUTH_KEY = "peerphone_auth"  # request key: "bearer" or "session"
+AUTH_KEY = web.RequestKey("peerphone_auth", str)  # "bearer" or "session"
 
 LOGIN_NEEDED_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>peerphone: log in</title></head>
