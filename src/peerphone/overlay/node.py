@@ -10,9 +10,11 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from peerphone.errors import LocalProtocolError
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier
 from peerphone.overlay.calls import CallCore
 from peerphone.overlay.client import ClientConfig, ClientCore
+from peerphone.overlay.directory import AcceptObserver
 from peerphone.overlay.events import DialBack, Event, LookupDone, RoleChanged
 from peerphone.overlay.snapshots import CallSnapshot, NodeSnapshot, call_snapshot, node_snapshot
 from peerphone.overlay.supernode import SupernodeConfig, SupernodeCore, TurnIssuer
@@ -126,16 +128,26 @@ class NodeCore:
         self.errors = 0  # messages dropped as unexpected for our role
         self.peer_hosts: dict[NodeId, str] = {}  # IP each link comes from (runtime's word)
         self._turn_issuer: TurnIssuer | None = None  # the supernode role's relay credentials
+        self._store_observer: AcceptObserver | None = None  # records a replica accepts
 
     # -- roles ------------------------------------------------------------------------------
 
-    def become_supernode(self, now: float, reason: str, seed: bool = False) -> SupernodeCore:
-        body = MemberBody(self.addresses, self.client.capacity, self.supernode_config.max_clients)
-        self.supernode = SupernodeCore(
-            self.node_keys, body, now, self.rng, self.verifier, self.supernode_config, seed
-        )
-        self.supernode.membership.peer_host = self.peer_hosts.get
-        self.supernode.turn_issuer = self._turn_issuer
+    def become_supernode(
+        self, now: float, reason: str, seed: bool = False, role: SupernodeCore | None = None
+    ) -> SupernodeCore:
+        """Take the supernode role (`role`: a ready-made one, e.g. the simulator's hostile
+        supernode; else a new SupernodeCore)."""
+        if role is None:
+            body = MemberBody(
+                self.addresses, self.client.capacity, self.supernode_config.max_clients
+            )
+            role = SupernodeCore(
+                self.node_keys, body, now, self.rng, self.verifier, self.supernode_config, seed
+            )
+        self.supernode = role
+        role.membership.peer_host = self.peer_hosts.get
+        role.turn_issuer = self._turn_issuer
+        role.store.observer = self._store_observer
         self._events.append(RoleChanged(True, reason))
         return self.supernode
 
@@ -376,6 +388,35 @@ class NodeCore:
     def set_capacity(self, capacity: Capacity) -> None:
         """What we offer the tier (sent with our next attach)."""
         self.client.capacity = capacity
+
+    def set_store_observer(self, observer: AcceptObserver | None) -> None:
+        """Called with every record the supernode role's replica store accepts, now and
+        after any later promotion (the simulator's invariant checker)."""
+        self._store_observer = observer
+        if self.supernode is not None:
+            self.supernode.store.observer = observer
+
+    def seed_tier(self, records: list[Record], now: float) -> None:
+        """As a supernode of a tier that has been running (a warm start, or a test's), know
+        these member records from the start: nothing to hand over."""
+        sn = self.supernode
+        if sn is None:
+            raise LocalProtocolError("seed_tier needs the supernode role")
+        for record in records:
+            sn.membership.add_record(record, now)
+        sn.membership.changes.clear()
+
+    @property
+    def user_keys(self) -> KeyPair:
+        return self.client.user_keys
+
+    def member_record(self) -> Record | None:
+        """Our own member record while we are a supernode."""
+        return self.supernode.record if self.supernode is not None else None
+
+    def pins(self) -> dict[str, bytes]:
+        """The user keys we trust, by name (contacts and first-use pins; a copy)."""
+        return dict(self.client.pinned)
 
     def set_turn_issuer(self, issuer: TurnIssuer | None) -> None:
         """Who issues relay credentials while we are a supernode (now and after promotion)."""

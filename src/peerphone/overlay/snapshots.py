@@ -23,7 +23,8 @@ from peerphone.records import Capacity, Status
 class SupernodeSnapshot:
     """What the supernode role holds and does right now."""
 
-    clients_served: int  # attached with us as their primary
+    clients_served: int  # attached with us as their primary (counted in the client table)
+    primary_count: int  # the same, as the core keeps count of it (they must agree)
     backup_for: int  # attached with us as their backup
     max_clients: int
     records_held: int
@@ -75,6 +76,7 @@ def supernode_snapshot(sn: SupernodeCore) -> SupernodeSnapshot:
     membership = sn.membership
     return SupernodeSnapshot(
         clients_served=primaries,
+        primary_count=sn.primary_count,
         backup_for=len(sn.clients) - primaries,
         max_clients=sn.config.max_clients,
         records_held=sn.store.record_count,

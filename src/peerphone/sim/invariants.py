@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from peerphone.errors import PeerphoneError
 from peerphone.identity import verify_signature
-from peerphone.overlay.supernode import SupernodeCore
+from peerphone.overlay.snapshots import SupernodeSnapshot
 from peerphone.records import NameBody, PresenceBody, Record, RecordKind, decode_body, user_key
 
 
@@ -49,14 +49,12 @@ class InvariantChecker:
             if not isinstance(body, (NameBody, PresenceBody)) or user_key(body.username) != key:
                 self.fail("record stored under a key that is not its user's")
 
-    def check_admission(self, sn: SupernodeCore) -> int:
-        primaries = sum(1 for e in sn.clients.values() if e.primary)
+    def check_admission(self, sn: SupernodeSnapshot) -> int:
+        primaries = sn.clients_served
         if primaries != sn.primary_count:
             self.fail("supernode's client count drifted from its client table")
-        if primaries > sn.config.max_clients:
-            self.fail(
-                f"supernode holds {primaries} clients, admission limit {sn.config.max_clients}"
-            )
+        if primaries > sn.max_clients:
+            self.fail(f"supernode holds {primaries} clients, admission limit {sn.max_clients}")
         return primaries
 
     def check_promotion(self, eligible: bool, seed_node: bool, node: str) -> None:

@@ -106,8 +106,8 @@ class World:
             core = self._make_core(i, node_keys, user_keys, is_eligible)
             node = SimNode(i, core, self.network.place())
             self.engine.add(node)
-            self.population.add(User(i, core.client.username, is_eligible, node))
-        self.true_keys = {u.name: u.node.core.client.user_keys.public for u in self.users}
+            self.population.add(User(i, core.username, is_eligible, node))
+        self.true_keys = {u.name: u.node.core.user_keys.public for u in self.users}
         eligible_users = [u for u in self.users if u.eligible]
         # a warm start: the network has been running, so a tier of eligible nodes exists;
         # the first few are bootstrap supernodes that stay up for the whole run
@@ -124,13 +124,9 @@ class World:
         tier = list(seeds)
         if cfg.hostile_every:
             tier.extend(self._add_hostiles(len(seeds)))
-        members = [u.node.core.supernode.record for u in tier if u.node.core.supernode]
+        members = [r for u in tier if (r := u.node.core.member_record()) is not None]
         for user in tier:
-            sn_core = user.node.core.supernode
-            assert sn_core is not None
-            for record in members:
-                sn_core.membership.add_record(record, 0.0)
-            sn_core.membership.changes.clear()
+            user.node.core.seed_tier(members, 0.0)
             user.node.core.pop_events()
             user.node.alive = True
             self.engine.rearm(user.node)
@@ -170,11 +166,11 @@ class World:
                 sn = HostileSupernode(
                     keys, body, 0.0, self.core_rng, self.verifier, cfg.supernode, [target], attacker
                 )
-                core.supernode = sn
+                core.become_supernode(0.0, "hostile", role=sn)
                 self.hostiles.append(sn)
                 node = SimNode(index, core, self.network.place())
                 self.engine.add(node)
-                user = User(index, core.client.username, True, node)
+                user = User(index, core.username, True, node)
                 self.population.add(user)
                 added.append(user)
             group = address_group(f"{prefix}.1:4433")
@@ -194,7 +190,7 @@ class World:
         return added
 
     def _tier_cores(self) -> list[NodeCore]:
-        return [n.core for n in self.supernodes.values() if n.core.supernode is not None]
+        return [n.core for n in self.supernodes.values() if n.core.is_supernode]
 
     def _forged(self, username: str, key: bytes) -> None:
         """Count a record a client accepted for `username` under a key not its own."""
@@ -203,9 +199,7 @@ class World:
             self.forged_accepted += 1
 
     def _watch_supernode(self, node: SimNode) -> None:
-        sn = node.core.supernode
-        assert sn is not None
-        sn.store.observer = self.checker.on_accept
+        node.core.set_store_observer(self.checker.on_accept)
         self.supernodes[node.index] = node
 
     # -- sessions ---------------------------------------------------------------------------
@@ -263,9 +257,9 @@ class World:
         self.supernodes.pop(node.index, None)
         # a machine that comes back starts a fresh process with its saved keys and host cache
         old = node.core
-        core = self._make_core(user.index, old.node_keys, old.client.user_keys, user.eligible)
-        core.learn_supernodes(list(old.client.host_cache.values()), now)
-        core.client.pinned = old.client.pinned
+        core = self._make_core(user.index, old.node_keys, old.user_keys, user.eligible)
+        core.learn_supernodes(old.host_cache_records(), now)
+        core.pin(old.pins())
         node.core = core
         node.timer_at = None
 
@@ -300,7 +294,7 @@ class World:
     def _audit(self) -> None:
         now = self.engine.now
         for index in sorted(self.supernodes):
-            sn = self.supernodes[index].core.supernode
+            sn = self.supernodes[index].core.snapshot().supernode
             if sn is None:
                 continue
             self.metrics.max_clients_seen = max(
@@ -420,9 +414,9 @@ class World:
             online=len(self.population.logged_in),
             supernodes=len(self.supernodes),
             tier_loads=[
-                sn.core.supernode.primary_count
+                view.clients_served
                 for sn in self.supernodes.values()
-                if sn.core.supernode is not None
+                if (view := sn.core.snapshot().supernode) is not None
             ],
             unfindable_at_end=[
                 u.login_at for u in self.users if u.online and u.published_seq is None

@@ -185,10 +185,16 @@ def _patch_forge(targets: list[str]) -> None:
 def _patch_hide() -> None:
     stock_become = NodeCore.become_supernode
 
-    def become(self: NodeCore, now: float, reason: str, seed: bool = False) -> SupernodeCore:
+    def become(
+        self: NodeCore,
+        now: float,
+        reason: str,
+        seed: bool = False,
+        role: SupernodeCore | None = None,
+    ) -> SupernodeCore:
         host = self.addresses[0].rpartition(":")[0]
         self.addresses[:] = [f"{host}:{HIDDEN_PORT}"]
-        return stock_become(self, now, reason, seed)
+        return stock_become(self, now, reason, seed, role)
 
     NodeCore.become_supernode = become  # type: ignore[method-assign]
 
@@ -197,9 +203,15 @@ def _patch_intrude() -> None:
     stock_become = NodeCore.become_supernode
     stock_learn = NodeCore.learn_bootstrap
 
-    def become(self: NodeCore, now: float, reason: str, seed: bool = False) -> SupernodeCore:
+    def become(
+        self: NodeCore,
+        now: float,
+        reason: str,
+        seed: bool = False,
+        role: SupernodeCore | None = None,
+    ) -> SupernodeCore:
         self.addresses[:] = [CLAIMED_ADDRESS]  # a public address that is not ours
-        return stock_become(self, now, reason, seed)
+        return stock_become(self, now, reason, seed, role)
 
     def learn(self: NodeCore, node_ids: list[NodeId], now: float) -> list[Send]:
         out = stock_learn(self, node_ids, now)
