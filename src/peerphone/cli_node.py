@@ -464,7 +464,7 @@ def cmd_decline(args: argparse.Namespace) -> int:
     call = _find_call(client, args.call_id, ringing=True)
     if call["state"] != "ringing" or call["direction"] != "incoming":
         raise ValueError(f"call {call['call_id'][:8]} is not ringing here ({call['state']})")
-    client.request("POST", f"/v1/calls/{call['call_id']}/hangup", {})
+    client.request("POST", f"/v1/calls/{call['call_id']}/hangup", {"reason": "declined"})
     print(f"declined the call from {call['peer']} (call {call['call_id'][:8]})")
     return 0
 

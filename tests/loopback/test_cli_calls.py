@@ -82,6 +82,9 @@ def test_declined_call_says_so_and_exits_3(net: tuple[NodeProcs, Node, Node]) ->
     assert "call failed: bob declined the call" in err
     assert "Traceback" not in err
     assert "ended (declined)" in out
+    # and the callee's own view says why too (the API's hangup took the reason)
+    mine = {c["call_id"]: c for c in calls(bob)}[ringing["call_id"]]
+    assert mine["end_reason"] == "declined", mine
 
 
 def test_answered_call_connects_and_reports_progress(net: tuple[NodeProcs, Node, Node]) -> None:

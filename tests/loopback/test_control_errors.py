@@ -42,8 +42,11 @@ class FakeCalls:
     async def answer(self, call_id: bytes, media: object) -> None:
         self.done.append("answer")
 
-    def hangup(self, call_id: bytes) -> None:
+    def hangup(self, call_id: bytes, reason: str = "hung up") -> None:
         self.done.append("hangup")
+
+    def ids(self) -> list[bytes]:
+        return [RINGING_IN, RINGING_OUT, ACTIVE]
 
     def hold(self, call_id: bytes, held: bool) -> None:
         self.done.append("hold")
@@ -170,5 +173,22 @@ def test_call_actions_need_a_known_call_in_the_right_state() -> None:
         assert (await answer(client, "POST", path, {"name": "carol"}))[0] == 200
         assert (await answer(client, "POST", f"/v1/calls/{RINGING_OUT.hex()}/hangup"))[0] == 200
         assert calls.done == ["answer", "hold", "transfer", "hangup"]
+
+    run_with_client(service, test)
+
+
+def test_a_call_id_prefix_names_the_one_call_that_has_it() -> None:
+    service = FakeService()
+
+    async def test(client: TestClient[Any, Any]) -> None:
+        unique = ACTIVE.hex()[:6]
+        status, body = await answer(client, "GET", f"/v1/calls/{unique}")
+        assert status == 200, body
+        assert (await answer(client, "POST", f"/v1/calls/{unique}/hangup"))[0] == 200
+        status, body = await answer(client, "GET", "/v1/calls/ffffff")
+        assert (status, body) == (404, {"error": "no call id starts with ffffff"})
+        status, body = await answer(client, "GET", "/v1/calls/0")  # all three start so
+        assert (status, body) == (400, {"error": "3 calls start with 0: give more of the id"})
+        assert (await answer(client, "GET", "/v1/calls/xyz"))[0] == 400
 
     run_with_client(service, test)

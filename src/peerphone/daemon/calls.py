@@ -42,7 +42,8 @@ from peerphone.media import (
     aiortc_internals,
 )
 from peerphone.media.sdp import sdp_fingerprints
-from peerphone.media.sinks import AudioSink
+from peerphone.media.sinks import AudioSink, SpeakerSink
+from peerphone.media.sources import microphone
 from peerphone.overlay.calls import CallState
 from peerphone.overlay.events import (
     CallAnswered,
@@ -83,11 +84,17 @@ class Media:
 
     play: str = ""  # WAV file; silence if empty
     record: str = ""  # WAV file to write what we hear; nothing if empty
+    mic: bool = False  # the default microphone instead (PyAV; AudioDeviceUnavailable if none)
+    speaker: bool = False  # the default speaker instead
 
     def source(self) -> MediaStreamTrack:
+        if self.mic:
+            return microphone()
         return WavSource(self.play) if self.play else SilenceSource()
 
     def sink(self) -> AudioSink:
+        if self.speaker:
+            return SpeakerSink()
         return WavRecorder(self.record) if self.record else DiscardSink()
 
 
@@ -267,7 +274,14 @@ class CallManager:
         call = self._runtime().core.call_snapshot(call_id)
         if record.outgoing or call is None or call.state is not CallState.RINGING:
             raise LocalProtocolError("only a ringing incoming call can be answered")
-        session = MediaSession(call_id.hex(), media.source(), media.sink(), self._config())
+        try:
+            session = MediaSession(call_id.hex(), media.source(), media.sink(), self._config())
+        except (PeerphoneError, OSError) as exc:  # a device gone, a file that cannot be made
+            # end it for both sides now, with the reason, rather than let the caller ring on
+            runtime = self._runtime()
+            reason = f"could not answer: {exc}"[:100]
+            runtime.drive(runtime.core.reject_call(call_id, reason, runtime.now()))
+            raise PeerphoneError(reason) from exc
         record.session, record.media = session, media
         try:
             answer = await session.accept_offer(call.remote_sdp)
@@ -280,10 +294,20 @@ class CallManager:
         log.info("answered %s (call %s)", record.peer, call_id.hex()[:8])
         self._spawn(self._connected(record))
 
-    def hangup(self, call_id: bytes) -> None:
+    def hangup(self, call_id: bytes, reason: str = "hung up") -> None:
+        """End the call (cancel, decline or bye); `reason` is what the peer is told."""
         self._get(call_id)
         runtime = self._runtime()
-        runtime.drive(runtime.core.hangup(call_id, runtime.now()))
+        runtime.drive(runtime.core.hangup(call_id, runtime.now(), reason))
+
+    def ids(self) -> list[bytes]:
+        """The calls the API shows (live, or ended recently)."""
+        return list(self.calls)
+
+    def is_browser(self, call_id: bytes) -> bool:
+        """Whether the softphone page is this call's audio endpoint."""
+        record = self.calls.get(call_id)
+        return record is not None and record.browser
 
     def hold(self, call_id: bytes, held: bool) -> None:
         record = self._get(call_id)

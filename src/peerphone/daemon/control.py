@@ -37,8 +37,10 @@ import json
 import logging
 import secrets
 import socket
+import string
 import time
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -223,13 +225,18 @@ async def post_presence(request: web.Request) -> web.Response:
 
 
 def _call_id(request: web.Request) -> bytes:
-    try:
-        call_id = bytes.fromhex(request.match_info["call_id"])
-    except ValueError:
-        raise _bad("call id: hex digits expected") from None
-    if len(call_id) != CALL_ID_BYTES:
-        raise _bad(f"call id: {2 * CALL_ID_BYTES} hex digits expected")
-    return call_id
+    """The call id in the path: all of it, or any prefix that only one call has."""
+    text = request.match_info["call_id"].lower()
+    if not text or len(text) > 2 * CALL_ID_BYTES or text.strip(string.hexdigits):
+        raise _bad(f"call id: up to {2 * CALL_ID_BYTES} hex digits expected")
+    if len(text) == 2 * CALL_ID_BYTES:
+        return bytes.fromhex(text)
+    matches = [c for c in request.app[SERVICE_KEY].calls.ids() if c.hex().startswith(text)]
+    if not matches:
+        raise RequestError(404, f"no call id starts with {text}")
+    if len(matches) > 1:
+        raise _bad(f"{len(matches)} calls start with {text}: give more of the id")
+    return matches[0]
 
 
 def _media(body: dict[str, Any]) -> Media:
@@ -243,7 +250,15 @@ def _media(body: dict[str, Any]) -> Media:
         paths[key] = value
     if paths["play"] and not Path(paths["play"]).is_file():
         raise _bad(f"{paths['play']}: no such file")
-    return Media(paths["play"], paths["record"])
+    devices = {}
+    for key in ("mic", "speaker"):
+        value = body.get(key, False)
+        if not isinstance(value, bool):
+            raise _bad(f"{key!r}: true or false")
+        devices[key] = value
+    if (devices["mic"] and paths["play"]) or (devices["speaker"] and paths["record"]):
+        raise _bad("'mic' and 'play' (or 'speaker' and 'record'): choose one of each")
+    return Media(paths["play"], paths["record"], devices["mic"], devices["speaker"])
 
 
 async def get_calls(request: web.Request) -> web.Response:
@@ -295,6 +310,9 @@ async def post_call_action(request: web.Request) -> web.Response:
     held = body.get("held", True)
     if not isinstance(held, bool):
         raise _bad("'held': true or false")
+    reason = body.get("reason", "hung up")
+    if not isinstance(reason, str) or not reason.isprintable() or not 0 < len(reason) <= 60:
+        raise _bad("'reason': a short line of text (what the peer is told)")
     # checked last, right before the action: nothing is awaited in between
     call = service.runtime.core.call_snapshot(call_id)
     if call is None:
@@ -308,12 +326,18 @@ async def post_call_action(request: web.Request) -> web.Response:
         assert media is not None
         await calls.answer(call_id, media)
     elif action == "hangup":
-        calls.hangup(call_id)
+        calls.hangup(call_id, reason)
     elif action == "hold":
         calls.hold(call_id, held)
     else:
         calls.transfer(call_id, target)
     return web.json_response(await calls.view(call_id))
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    """This API described (OpenAPI 3.1), from the package."""
+    text = resources.files("peerphone.daemon").joinpath("openapi.json").read_text("utf-8")
+    return web.Response(text=text, content_type="application/json")
 
 
 async def get_events(request: web.Request) -> web.WebSocketResponse:
@@ -362,6 +386,7 @@ def make_app(service: NodeService, token: str) -> web.Application:
     app.router.add_get("/v1/calls/{call_id}", get_call)
     app.router.add_post("/v1/calls/{call_id}/{action}", post_call_action)
     app.router.add_get("/v1/events", get_events)
+    app.router.add_get("/v1/openapi.json", get_openapi)
     return app
 
 

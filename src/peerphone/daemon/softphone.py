@@ -145,7 +145,7 @@ def _call_id(request: web.Request, service: NodeService) -> bytes:
         call_id = bytes.fromhex(request.match_info["call_id"])
     except ValueError:
         raise UiRequestError(400, "call id: hex digits expected") from None
-    if len(call_id) != CALL_ID_BYTES or call_id not in service.calls.calls:
+    if len(call_id) != CALL_ID_BYTES or call_id not in service.calls.ids():
         raise UiRequestError(404, "no such call")
     return call_id
 
@@ -246,7 +246,7 @@ class SoftphoneRoutes:
 
     async def stats(self, request: web.Request) -> web.Response:
         call_id = _call_id(request, self.service)
-        if not self.service.calls.calls[call_id].browser:
+        if not self.service.calls.is_browser(call_id):
             raise UiRequestError(409, "not a call of the softphone page")
         self.service.calls.report_browser_stats(call_id, await _body(request))
         return web.json_response({"ok": True})
