@@ -45,8 +45,8 @@ class FakeCalls:
     def hangup(self, call_id: bytes, reason: str = "hung up") -> None:
         self.done.append("hangup")
 
-    def ids(self) -> list[bytes]:
-        return [RINGING_IN, RINGING_OUT, ACTIVE]
+    def ids(self) -> tuple[bytes, ...]:
+        return (RINGING_IN, RINGING_OUT, ACTIVE)
 
     def hold(self, call_id: bytes, held: bool) -> None:
         self.done.append("hold")

@@ -107,17 +107,6 @@ def resolve_bootstrap(text: str) -> list[Endpoint]:
     return found[:MAX_RESOLVED_PER_NAME]
 
 
-# Transitional, flat (transport, host, port): daemon/service.py still reads
-# `parse_endpoint` so; new code uses `checked_endpoint`.
-def flat_endpoint(text: str, default_transport: str = UDP) -> tuple[str, str, int]:
-    """`checked_endpoint` as (transport, host, port)."""
-    transport, (host, port) = checked_endpoint(text, default_transport)
-    return transport, host, port
-
-
-parse_endpoint = flat_endpoint  # the old name, for daemon/service.py until it switches
-
-
 @dataclass(slots=True)
 class ShareConfig:
     """What the owner agrees to give the network if the node becomes a supernode."""

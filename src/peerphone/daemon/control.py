@@ -48,7 +48,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from peerphone.daemon.calls import Media
-from peerphone.daemon.config import parse_endpoint
+from peerphone.daemon.config import checked_endpoint
 from peerphone.daemon.service import NodeService
 from peerphone.daemon.softphone import SoftphoneRoutes, UiRequestError, refusal
 from peerphone.daemon.websec import UiSessions
@@ -406,7 +406,7 @@ async def start_control(service: NodeService) -> web.AppRunner:
         max_headers=MAX_HEADERS,
     )
     await runner.setup()
-    _, host, port = parse_endpoint(service.config.control)
+    _, (host, port) = checked_endpoint(service.config.control)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:  # bound here, not by aiohttp, to learn the port when 0 was asked
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -11,11 +11,12 @@ from typing import Any, Protocol
 from peerphone.daemon.config import NodeConfig
 from peerphone.daemon.datadir import Contact
 from peerphone.daemon.relay import Relay
+from peerphone.endpoints import format_address
 from peerphone.errors import DecodeError
 from peerphone.identity import NodeId
 from peerphone.overlay.events import LookupDone
 from peerphone.records import PresenceBody, Record, Status, decode_body
-from peerphone.runtime.node_runtime import BootstrapTry, NodeRuntime, format_address
+from peerphone.runtime.node_runtime import BootstrapTry, NodeRuntime
 from peerphone.wire import ReasonCode
 
 

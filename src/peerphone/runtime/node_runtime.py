@@ -85,13 +85,6 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-# the old names: daemon/service.py, relay.py and views.py import them from here until
-# they import `peerphone.endpoints`
-parse_endpoint = endpoint_or_none
-format_address = endpoints.format_address
-format_endpoint = endpoints.format_endpoint
-
-
 class NodeRuntime:
     """Runs one `NodeCore` on a UDP socket at (`host`, `port`) until `stop`.
 
