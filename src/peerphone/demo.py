@@ -28,6 +28,7 @@ import aiohttp
 
 from peerphone.daemon.datadir import DataDir, DataDirError
 from peerphone.errors import PeerphoneError
+from peerphone.stats import percentile
 
 READY_TIMEOUT_S = 30.0  # every node registered and attached
 PRESENCE_TIMEOUT_S = 10.0  # one status change reaching every watcher
@@ -58,10 +59,9 @@ class DemoNode:
 
 
 def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    """stats.percentile (nearest rank) for a fraction `q`; NaN when nothing was measured
+    (the demo prints it as such rather than a made-up 0)."""
+    return percentile(values, q * 100.0) if values else float("nan")
 
 
 class Demo:
