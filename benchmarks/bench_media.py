@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -33,22 +32,13 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
+from tests.support.lab_probe import IPV4_UDP_HEADER_BYTES, LabProbe
 from tests.support.media_probe import ProbeClient
-from tests.support.netlab import Host, NetLab, available
+from tests.support.netlab import NetLab, available
 
 from peerphone.stats import percentile
 
-IPV4_UDP_HEADER_BYTES = 28
 WARM_UP_S = 1.0
-NFT_COUNTERS = """
-table inet bench_media {
-    counter sent {}
-    chain out {
-        type filter hook output priority 0; policy accept;
-        meta l4proto udp counter name "sent";
-    }
-}
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,31 +72,10 @@ class CallResult:
     cpu_pct_per_end: float
 
 
-class LabProbe(ProbeClient):
-    """A probe in a lab host, with its sent UDP counted by nftables."""
-
-    def __init__(self, lab: NetLab, host: Host, args: list[str], log: Path) -> None:
-        lab.exec(host, ["nft", "-f", "-"], input=NFT_COUNTERS)
-        with log.open("wb") as stderr:
-            proc = lab.run(
-                host,
-                [sys.executable, "-m", "tests.support.media_probe", *args],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-            )
-        super().__init__(proc, log)
-        self.lab = lab
-        self.host = host
-
-    def sent(self) -> tuple[int, int]:
-        """(packets, IP bytes) of UDP sent so far."""
-        listing = json.loads(self.lab.exec(self.host, ["nft", "-j", "list", "counters"]))
-        for item in listing["nftables"]:
-            counter = item.get("counter")
-            if counter and counter["table"] == "bench_media":
-                return int(counter["packets"]), int(counter["bytes"])
-        raise RuntimeError("nft counter missing")
+def _sent(probe: LabProbe) -> tuple[int, int]:
+    """(packets, IP bytes) of UDP the probe's namespace sent so far."""
+    count = probe.wire()
+    return count.packets_sent, count.ip_bytes_sent
 
 
 def start_pair(
@@ -137,9 +106,9 @@ def measure_call(lab: NetLab, work: Path, tag: str, config: Config, seconds: flo
         connect(caller, callee)
         time.sleep(WARM_UP_S)
         ends = (caller, callee)
-        before = [(p.sent(), p.must("cpu"), p.stats()) for p in ends]
+        before = [(_sent(p), p.must("cpu"), p.stats()) for p in ends]
         time.sleep(seconds)
-        after = [(p.sent(), p.must("cpu"), p.stats()) for p in ends]
+        after = [(_sent(p), p.must("cpu"), p.stats()) for p in ends]
     finally:
         caller.close()
         callee.close()

@@ -22,14 +22,13 @@ from typing import Any
 
 import pytest
 
-from peerphone.identity import KeyPair
 from peerphone.overlay.client import PIN_MISMATCH
 from peerphone.records import user_key
 from peerphone.wire import ReasonCode
+from tests.support.grind import grind_after
 from tests.support.node_procs import START_TIMEOUT_S, Node, NodeProcs, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-MAX_GRIND_TRIES = 100_000
 
 
 def spawn_attacker(
@@ -137,17 +136,6 @@ def test_a_name_squatter_on_alices_supernode_never_receives_her_calls(
     assert mallory.control.request("GET", "/v1/calls") == []
 
 
-def _grind_after(key: bytes, ring: list[bytes]) -> KeyPair:
-    """A node key whose id lands in [key, first member after key): alice's first replica."""
-    later = sorted(n for n in ring if n >= key)
-    high = later[0] if later else None
-    for i in range(MAX_GRIND_TRIES):
-        keys = KeyPair.from_seed(i.to_bytes(4, "big") + os.urandom(28))
-        if keys.node_id >= key and (high is None or keys.node_id < high):
-            return keys
-    raise AssertionError("no key landed after alice's directory key")
-
-
 def test_a_ground_hostile_supernode_cannot_hand_out_a_forged_alice(
     lab: tuple[NodeProcs, list[Node]],
 ) -> None:
@@ -157,7 +145,7 @@ def test_a_ground_hostile_supernode_cannot_hand_out_a_forged_alice(
     # carol knew alice before the attack: her pin must survive a restart
     assert carol.control.lookup("alice")["record"]["owner"] == alice_key
     ring = [bytes.fromhex(sn.status()["node_id"]) for sn in sns]
-    keys = _grind_after(user_key("alice"), ring)
+    keys = grind_after(user_key("alice"), ring)
     evil_dir = procs.root / "evil"
     evil_dir.mkdir()
     (evil_dir / "node.key").write_bytes(keys.private_bytes())

@@ -17,10 +17,8 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import wave
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -68,13 +66,13 @@ from tests.support.audio import (
     read_wav,
     write_wav,
 )
+from tests.support.lab_probe import LabProbe, WireRate, wire_rate
 from tests.support.media_probe import ProbeClient
 from tests.support.netlab import Host, NetLab, require_available
 
 RATE = 48_000
 WIRE_LIMIT_KBPS = 48.0  # the issue's budget per direction for a voice call
 MIN_CORRELATION = 0.9
-IPV4_UDP_HEADER_BYTES = 28
 
 # -- helpers ------------------------------------------------------------------------------
 
@@ -472,79 +470,6 @@ def test_stats_intervals() -> None:
 
 # -- real calls between two network namespaces ----------------------------------------------
 
-NFT_COUNTERS = """
-table inet media_test {
-    counter sent {}
-    counter received {}
-    chain out {
-        type filter hook output priority 0; policy accept;
-        meta l4proto udp counter name "sent";
-    }
-    chain in {
-        type filter hook input priority 0; policy accept;
-        meta l4proto udp counter name "received";
-    }
-}
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class WireCount:
-    """UDP traffic of one namespace, from nftables: IP packets and bytes."""
-
-    packets_sent: int
-    ip_bytes_sent: int
-    packets_received: int
-    ip_bytes_received: int
-
-
-@dataclass(frozen=True, slots=True)
-class WireRate:
-    """One direction's traffic over an interval, in kbit/s."""
-
-    ip_kbps: float  # whole IPv4 packets
-    udp_payload_kbps: float  # without the IPv4 and UDP headers
-    packets_per_s: float
-
-
-def wire_rate(before: WireCount, after: WireCount, seconds: float) -> WireRate:
-    packets = after.packets_sent - before.packets_sent
-    ip_bytes = after.ip_bytes_sent - before.ip_bytes_sent
-    payload = ip_bytes - IPV4_UDP_HEADER_BYTES * packets
-    return WireRate(
-        round(ip_bytes * 8 / seconds / 1000, 2),
-        round(payload * 8 / seconds / 1000, 2),
-        round(packets / seconds, 1),
-    )
-
-
-class Probe(ProbeClient):
-    """A `tests.support.media_probe` process in a lab host, with nftables counting its UDP."""
-
-    def __init__(self, lab: NetLab, host: Host, args: list[str], log_path: Path) -> None:
-        lab.exec(host, ["nft", "-f", "-"], input=NFT_COUNTERS)
-        with log_path.open("wb") as log:
-            proc = lab.run(
-                host,
-                [sys.executable, "-m", "tests.support.media_probe", *args],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-            )
-        super().__init__(proc, log_path)
-        self.lab = lab
-        self.host = host
-
-    def wire(self) -> WireCount:
-        counters = json.loads(self.lab.exec(self.host, ["nft", "-j", "list", "counters"]))
-        found = {
-            item["counter"]["name"]: item["counter"]
-            for item in counters["nftables"]
-            if "counter" in item and item["counter"]["table"] == "media_test"
-        }
-        sent, received = found["sent"], found["received"]
-        return WireCount(sent["packets"], sent["bytes"], received["packets"], received["bytes"])
-
 
 @pytest.fixture
 def lab() -> Iterator[NetLab]:
@@ -555,10 +480,10 @@ def lab() -> Iterator[NetLab]:
 
 def start_pair(
     lab: NetLab, tmp_path: Path, caller_args: list[str], callee_args: list[str]
-) -> tuple[Probe, Probe]:
+) -> tuple[LabProbe, LabProbe]:
     caller_host, callee_host = lab.public_host("caller"), lab.public_host("callee")
-    caller = Probe(lab, caller_host, caller_args, tmp_path / "caller.log")
-    callee = Probe(lab, callee_host, callee_args, tmp_path / "callee.log")
+    caller = LabProbe(lab, caller_host, caller_args, tmp_path / "caller.log")
+    callee = LabProbe(lab, callee_host, callee_args, tmp_path / "callee.log")
     caller.ready()
     callee.ready()
     return caller, callee
@@ -583,7 +508,7 @@ def stats_with_rtt(probe: ProbeClient) -> dict[str, Any]:
     raise AssertionError(f"no RTT within {RTT_WAIT_S} s: {stats}")
 
 
-def connect(caller: Probe, callee: Probe, offer_filter: Any = None) -> tuple[str, str]:
+def connect(caller: LabProbe, callee: LabProbe, offer_filter: Any = None) -> tuple[str, str]:
     offer = caller.must("offer")["sdp"]
     if offer_filter is not None:
         offer = offer_filter(offer)
@@ -659,7 +584,7 @@ def test_call_direct_voice_sized_and_faithful(lab: NetLab, tmp_path: Path) -> No
         assert score >= MIN_CORRELATION
 
 
-def sent_kbps(probe: Probe, seconds: float) -> WireRate:
+def sent_kbps(probe: LabProbe, seconds: float) -> WireRate:
     before, start = probe.wire(), probe.must("cpu")["wall_s"]
     sleep(seconds)
     after, end = probe.wire(), probe.must("cpu")["wall_s"]

@@ -26,10 +26,11 @@ from typing import Any
 
 import pytest
 
-from peerphone.identity import KeyPair, NodeId
+from peerphone.identity import NodeId
 from peerphone.overlay.independence import host_group
 from peerphone.overlay.ring import Ring, position_of
 from peerphone.records import user_key
+from tests.support.grind import grind_after
 from tests.support.netlab import NetLab, require_available
 from tests.support.netns_nodes import (
     ATTACH_TIMEOUT_S,
@@ -46,7 +47,6 @@ REPLICATION = 4  # SupernodeConfig.replication
 MOVE_DELAY_S = 15.0  # by then every honest member has probed the attacker (links up)
 LOOKUPS = 5
 REFUSED = "address not the one its link comes from"
-MAX_GRIND_TRIES = 100_000
 
 
 def _position(host: str) -> bytes:
@@ -79,17 +79,6 @@ def _pick_range(honest: list[bytes], key: bytes, first: bool, want: bool, skip: 
     raise AssertionError("no /24 found")
 
 
-def _grind_after(key: bytes, positions: list[bytes]) -> KeyPair:
-    """A node key whose id lies in [key, next position): the first replica by id."""
-    later = sorted(p for p in positions if p >= key)
-    high = later[0] if later else None
-    for i in range(MAX_GRIND_TRIES):
-        keys = KeyPair.from_seed(i.to_bytes(4, "big") + os.urandom(28))
-        if keys.node_id >= key and (high is None or keys.node_id < high):
-            return keys
-    raise AssertionError("no key landed after alice's directory key")
-
-
 def _status(node: Node) -> dict[str, Any]:
     st = node.status()
     return st if st is not None else {}
@@ -109,7 +98,7 @@ def test_a_public_supernode_can_neither_grind_nor_claim_its_way_next_to_a_name(
     honest = [_position(h) for h in honest_hosts]
     home = _pick_range(honest, alice_key, first=False, want=False, skip=0)
     claimed = _pick_range(honest, alice_key, first=True, want=True, skip=5_000)
-    keys = _grind_after(alice_key, [*honest, _position(f"{home}.10")])
+    keys = grind_after(alice_key, [*honest, _position(f"{home}.10")])
     old_rule = _ring([*honest, bytes(keys.node_id)])
     assert old_rule.replicas(alice_key, 1) == [NodeId(HONEST.to_bytes(32, "big"))]
     print(
