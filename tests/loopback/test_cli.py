@@ -57,7 +57,7 @@ def test_disaster_report_has_recovery(tmp_path: Path) -> None:
                 "--users",
                 "150",
                 "--duration",
-                "700",
+                "720",
                 "--scenario",
                 "login-storm",
                 "--json",

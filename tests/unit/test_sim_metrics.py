@@ -10,6 +10,7 @@ import pytest
 from peerphone.overlay.events import LookupDone
 from peerphone.overlay.node import NodeCore
 from peerphone.records import Record, Status
+from peerphone.sim.config import SimConfig
 from peerphone.sim.engine import SimNode
 from peerphone.sim.ledger import (
     ASKER_CRASHED,
@@ -238,3 +239,15 @@ def test_watchers_are_the_reverse_of_buddy_lists(buddies: int) -> None:
         (u.index, b) for u in population.users for b in population.buddies_of(u) if b != u.name
     }
     assert total == len(pairs)
+
+
+@pytest.mark.parametrize("scenario", ["mass-reboot", "login-storm"])
+def test_a_disaster_that_cannot_fit_in_the_run_is_an_error(scenario: str) -> None:
+    """--duration 600 used to put the event at 600 s, the very end: a steady run that
+    reported a disaster. It is refused, naming the duration needed."""
+    with pytest.raises(ValueError, match="at least 720 s"):
+        SimConfig(users=100, duration_s=600.0, scenario=scenario)
+    with pytest.raises(ValueError, match="at least 520 s"):
+        SimConfig(users=100, duration_s=500.0, scenario=scenario, event_at=400.0)
+    assert SimConfig(users=100, duration_s=720.0, scenario=scenario).disaster_time() == 600.0
+    assert SimConfig(users=100, duration_s=600.0, scenario="steady").duration_s == 600.0

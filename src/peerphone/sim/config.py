@@ -9,6 +9,8 @@ from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.sim.network import NetworkConfig
 
 SCENARIOS = ("steady", "mass-reboot", "login-storm")
+DISASTERS = ("mass-reboot", "login-storm")
+WATCH_AFTER_EVENT_S = 120.0  # a disaster run watches this long at least (the recovery bound)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,23 @@ class SimConfig:
             raise ValueError("duration must be positive")
         if self.hostile_every < 0 or self.hostile_cluster < 1:
             raise ValueError("hostile_every must be >= 0 and hostile_cluster >= 1")
+        if self.event_at < 0:
+            raise ValueError("event_at must be >= 0")
+        at = self.disaster_time()
+        if self.scenario in DISASTERS and at + WATCH_AFTER_EVENT_S > self.duration_s:
+            # an event at (or past) the end would be a steady run that says it was not
+            need = at + WATCH_AFTER_EVENT_S
+            raise ValueError(
+                f"{self.scenario}: the event comes at {at:.0f} s"
+                + (
+                    ""
+                    if self.event_at
+                    else f" (a third into the run, and not before the"
+                    f" {self.ramp_s:.0f} s ramp plus 300 s of steady running)"
+                )
+                + f" and recovery is watched for {WATCH_AFTER_EVENT_S:.0f} s after it:"
+                f" the run needs a duration of at least {need:.0f} s"
+            )
 
     def bootstrap_count(self) -> int:
         return self.seeds or max(self.supernode.replication, self.users // 25_000)
