@@ -14,9 +14,10 @@ node (aiortc, dave auto-answers with a tone). For each pair, `--calls` calls in 
   (`media_state`), polled every 10 ms; the callee answers by itself.
 * wire, per direction, over `--seconds` of the last call: browser, from the page's
   selected ICE candidate pair (`bytesSent`/`packetsSent`, UDP payload: SRTP, SRTCP, STUN);
-  node, from the call's view (bytes sent/received by aiortc's transport). Whole IPv4
-  packets add 28 bytes of headers a packet (IPv6: 48): exact for the browser (its packet
-  counts), estimated for the node at 50 packets/s (20 ms frames).
+  node, from the call's view (bytes sent/received by aiortc's transport). Whole packets
+  add 28 bytes of IPv4 + UDP headers a packet, 48 of IPv6 + UDP (the worst case, and what
+  Chromium picks on loopback here): exact for the browser (its packet counts, and the
+  family of its path), estimated for the node at 50 packets/s (20 ms frames).
 """
 
 from __future__ import annotations
@@ -28,34 +29,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.browser import launch_args, login_url, write_tone
+from tests.support.browser import (
+    IPV4_UDP_HEADER_BYTES,
+    IPV6_UDP_HEADER_BYTES,
+    PAIR_STATS_JS,
+    launch_args,
+    login_url,
+    write_tone,
+)
 from tests.support.node_procs import Node, NodeProcs, wait_for
 
 from peerphone.stats import percentile
 
-IPV4_UDP_HEADER_BYTES = 28
 NODE_PACKETS_PER_S = 50  # aiortc's Opus: 20 ms frames
 POLL_S = 0.01
 STEP_TIMEOUT_MS = 20_000
-
-PAIR_STATS_JS = """async () => {
-  const pc = state.call && state.call.pc;
-  if (!pc) return null;
-  const report = await pc.getStats();
-  const byId = new Map();
-  report.forEach((s) => byId.set(s.id, s));
-  let pair = null, inbound = 0;
-  report.forEach((s) => {
-    if (s.type === "transport" && s.selectedCandidatePairId) {
-      pair = byId.get(s.selectedCandidatePairId);
-    }
-    if (s.type === "inbound-rtp" && s.kind === "audio") inbound = s.packetsReceived || 0;
-  });
-  const p = pair || {};
-  return { inbound, bytesSent: p.bytesSent || 0, bytesReceived: p.bytesReceived || 0,
-           packetsSent: p.packetsSent || 0, packetsReceived: p.packetsReceived || 0,
-           remote: pair ? (byId.get(pair.remoteCandidateId) || {}).address : null };
-}"""
 
 
 def tid(name: str) -> str:
@@ -107,13 +95,15 @@ def browser_calls(pages: dict[str, Any], calls: int, seconds: float) -> dict[str
 
 
 def wire_rates(before: dict[str, Any], after: dict[str, Any], seconds: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"path_remote_address": after["remote"]}
+    remote = after["remote"] or ""
+    out: dict[str, Any] = {"path_remote_address": remote, "path_ipv6": ":" in remote}
     for direction, key in (("sent", "Sent"), ("received", "Received")):
         payload = after[f"bytes{key}"] - before[f"bytes{key}"]
         packets = after[f"packets{key}"] - before[f"packets{key}"]
         out[direction] = {
             "udp_payload": kbps(payload, seconds),
             "ipv4_packets": kbps(payload + packets * IPV4_UDP_HEADER_BYTES, seconds),
+            "ipv6_packets": kbps(payload + packets * IPV6_UDP_HEADER_BYTES, seconds),
             "packets_per_s": round(packets / seconds, 1),
         }
     return out
@@ -139,10 +129,13 @@ def node_calls(carol: Node, calls: int, seconds: float, tone: Path) -> dict[str,
             wire = {}
             for direction in ("sent", "received"):
                 payload = after[f"bytes_{direction}"] - before[f"bytes_{direction}"]
-                estimate = payload + seconds * NODE_PACKETS_PER_S * IPV4_UDP_HEADER_BYTES
+                packets = seconds * NODE_PACKETS_PER_S
+                v4 = payload + packets * IPV4_UDP_HEADER_BYTES
+                v6 = payload + packets * IPV6_UDP_HEADER_BYTES
                 wire[direction] = {
                     "udp_payload": kbps(payload, seconds),
-                    "ipv4_packets_estimated": kbps(estimate, seconds),
+                    "ipv4_packets_estimated": kbps(v4, seconds),
+                    "ipv6_packets_estimated": kbps(v6, seconds),
                 }
         carol.control.request("POST", path + "/hangup", {})
 

@@ -9,61 +9,36 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support.browser import HZ_TOLERANCE, dominant_hz, launch_args, login_url, write_tone
-from tests.support.node_procs import Node, NodeProcs, wait_for
+from tests.support.browser import HZ_TOLERANCE, dominant_hz, wire_rates, write_tone
+from tests.support.node_procs import NodeProcs, wait_for
+from tests.support.softphone import (
+    STEP_TIMEOUT_MS,
+    Person,
+    close_pages,
+    open_page,
+    start_client,
+    start_supernode,
+    state_is,
+    tid,
+)
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 ALICE_HZ = 500.0
 BOB_HZ = 800.0
 PRESENCE_LIMIT_S = 1.0  # issue 10's acceptance: a presence change shows within 1 s
-STEP_TIMEOUT_MS = 20_000  # one step of a call (ring, connect): generous on loopback
+WIRE_LIMIT_KBPS = 48.0  # the issue's voice budget per direction, as whole IP packets
 # markup that runs script if a page ever treats it as HTML (a device name is free text,
 # carried in bob's signed presence record to everyone who watches him)
 HOSTILE_DEVICE = "<img src=x onerror=pwned()>"
 
 
-def tid(name: str) -> str:
-    return f'[data-testid="{name}"]'
-
-
-def state_is(text: str) -> str:
-    return f'{tid("call-state")}:text-is("{text}")'
-
-
-@dataclass
-class Person:
-    node: Node
-    page: Any  # playwright.sync_api.Page
-    dialogs: list[str]
-
-
-def start_supernode(procs: NodeProcs, name: str, *bootstrap: Node) -> Node:
-    args = ["--role", "supernode", "--tcp-listen", "127.0.0.1:0", "--turn-port", "0"]
-    for other in bootstrap:
-        args += ["--bootstrap", other.udp_address()]
-    node = procs.start(name, *args)
-    wait_for(f"{name} online", node.online)
-    return node
-
-
-def start_client(procs: NodeProcs, name: str, *extra: str, bootstrap: list[Node]) -> Node:
-    args = ["--role", "client", *extra]
-    for other in bootstrap:
-        args += ["--bootstrap", other.udp_address()]
-    node = procs.start(name, *args)
-    wait_for(f"{name} online", node.online)
-    return node
-
-
 @pytest.fixture(scope="module")
 def people(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Person]]:
-    from playwright.sync_api import Dialog, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     root = tmp_path_factory.mktemp("softphone")
     procs = NodeProcs(root)
@@ -80,26 +55,16 @@ def people(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Perso
             "sn1": write_tone(root / "sn1.wav", 300.0),
         }
         with sync_playwright() as pw:
-            out: dict[str, Person] = {}
-            for name, node, width in (("alice", alice, 1100), ("bob", bob, 390), ("sn1", sn1, 800)):
-                browser = pw.chromium.launch(**launch_args(tones[name]))
-                context = browser.new_context(
-                    permissions=["microphone"], viewport={"width": width, "height": 860}
+            out = {
+                name: open_page(pw, node, name, tones[name], width)
+                for name, node, width in (
+                    ("alice", alice, 1100),
+                    ("bob", bob, 390),
+                    ("sn1", sn1, 800),
                 )
-                page = context.new_page()
-                dialogs: list[str] = []
-
-                def on_dialog(dialog: Dialog, seen: list[str] = dialogs) -> None:
-                    seen.append(dialog.message)
-                    dialog.dismiss()
-
-                page.on("dialog", on_dialog)
-                page.goto(login_url(node))
-                page.wait_for_selector(f'{tid("me")}:text-is("{name}")')
-                out[name] = Person(node, page, dialogs)
+            }
             yield out
-            for person in out.values():
-                person.page.context.browser.close()
+            close_pages(out)
     finally:
         procs.close()
 
@@ -162,10 +127,16 @@ def test_a_call_by_clicking_with_audio_both_ways_hold_resume_and_hang_up(
     assert abs(heard_by_bob["hz"] - ALICE_HZ) <= HZ_TOLERANCE
     alice.page.screenshot(path=str(SCREENSHOTS / "in-call.png"))
 
-    # what the node signed and passed on keeps the voice budget (no header extensions)
+    # what the node signed and passed on keeps the voice budget: whole packets, headers
+    # included, counted as IPv6 (20 bytes more a packet than IPv4) whatever the path is
     calls = alice.node.control.request("GET", "/v1/calls")
     live = [c for c in calls if c["state"] == "active"]
     assert len(live) == 1 and live[0]["endpoint"] == "browser"
+    wire = wire_rates(alice.page, 4.0)
+    print(f"alice's page on the wire: {wire}")
+    for direction in ("sent", "received"):
+        assert wire[direction]["packets_per_s"] > 40  # audio flowed (20 ms packets)
+        assert wire[direction]["ip"] <= wire[direction]["ipv6"] <= WIRE_LIMIT_KBPS
 
     alice.page.click(tid("hold"))
     for person in (alice, bob):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ TONE_SECONDS = 4.0
 TONE_AMPLITUDE = 0.3  # of full scale: loud enough for the analyser, no clipping
 FFT_SIZE = 8192  # 5.9 Hz per bin at 48 kHz
 HZ_TOLERANCE = 12.0  # two bins either way
+IPV4_UDP_HEADER_BYTES = 28
+IPV6_UDP_HEADER_BYTES = 48
 
 # Flags measured on these machines (NOTES.md, "Browser tests"); not --mute-audio.
 BASE_FLAGS = [
@@ -115,3 +118,47 @@ def dominant_hz(page: Any) -> dict[str, float]:
     result = page.evaluate(DOMINANT_HZ_JS, FFT_SIZE)
     assert result is not None, "the page has no remote audio stream"
     return dict(result)
+
+
+# Runs in the page: the current call's selected candidate pair (bytes and packets both ways,
+# the remote address) and how many audio packets arrived.
+PAIR_STATS_JS = """async () => {
+  const pc = state.call && state.call.pc;
+  if (!pc) return null;
+  const report = await pc.getStats();
+  const byId = new Map();
+  report.forEach((s) => byId.set(s.id, s));
+  let pair = null, inbound = 0;
+  report.forEach((s) => {
+    if (s.type === "transport" && s.selectedCandidatePairId) {
+      pair = byId.get(s.selectedCandidatePairId);
+    }
+    if (s.type === "inbound-rtp" && s.kind === "audio") inbound = s.packetsReceived || 0;
+  });
+  const p = pair || {};
+  return { inbound, bytesSent: p.bytesSent || 0, bytesReceived: p.bytesReceived || 0,
+           packetsSent: p.packetsSent || 0, packetsReceived: p.packetsReceived || 0,
+           remote: pair ? (byId.get(pair.remoteCandidateId) || {}).address : null };
+}"""
+
+
+def wire_rates(page: Any, seconds: float) -> dict[str, Any]:
+    """Per direction over `seconds` of the page's call, in kbit/s: UDP payload, whole
+    packets of the path's address family (`ip`), and whole IPv6 packets (`ipv6`, the
+    worst case). Counts from the selected candidate pair, so exact in packets."""
+    before = page.evaluate(PAIR_STATS_JS)
+    time.sleep(seconds)
+    after = page.evaluate(PAIR_STATS_JS)
+    ipv6 = ":" in (after["remote"] or "")
+    header = IPV6_UDP_HEADER_BYTES if ipv6 else IPV4_UDP_HEADER_BYTES
+    out: dict[str, Any] = {"path_ipv6": ipv6}
+    for direction, key in (("sent", "Sent"), ("received", "Received")):
+        payload = after[f"bytes{key}"] - before[f"bytes{key}"]
+        packets = after[f"packets{key}"] - before[f"packets{key}"]
+        out[direction] = {
+            "udp_payload": round(payload * 8 / 1000 / seconds, 2),
+            "ip": round((payload + packets * header) * 8 / 1000 / seconds, 2),
+            "ipv6": round((payload + packets * IPV6_UDP_HEADER_BYTES) * 8 / 1000 / seconds, 2),
+            "packets_per_s": round(packets / seconds, 1),
+        }
+    return out

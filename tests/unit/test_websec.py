@@ -123,7 +123,7 @@ def test_the_browser_sdp_is_trimmed_to_mono_voice_without_header_extensions() ->
     assert len(fmtp) == 1
     params = dict(p.split("=") for p in fmtp[0].removeprefix("a=fmtp:111 ").split(";"))
     assert params["stereo"] == "0" and params["sprop-stereo"] == "0"
-    assert params["maxaveragebitrate"] == str(BROWSER_OPUS_BITRATE_BPS) == "24000"
+    assert params["maxaveragebitrate"] == str(BROWSER_OPUS_BITRATE_BPS) == "12000"
     assert sdp_fingerprints(trimmed) == sdp_fingerprints(CHROME_OFFER)
     assert "a=candidate:1 1 udp 2122260223 192.0.2.2 50000 typ host" in trimmed
     assert browser_sdp(trimmed) == trimmed  # idempotent

@@ -32,9 +32,11 @@ from peerphone.errors import LocalProtocolError
 
 SAMPLE_RATE = 48_000  # Opus' RTP clock is always 48 kHz (RFC 7587)
 TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
-DEFAULT_BITRATE_BPS = 24_000  # with the trimmed overhead: <= 48 kbit/s of IP packets (0010)
+# 20 ms packets of 12 kbit/s Opus: <= 48 kbit/s per direction as whole IPv6 packets, the
+# worst case (decision 0016; 24 kbit/s was ~55 over IPv6)
+DEFAULT_BITRATE_BPS = 12_000
 MIN_BITRATE_BPS = 6_000  # libopus' floor
-MAX_BITRATE_BPS = 128_000  # far above voice; the 24-40 kbit/s band is the intended use
+MAX_BITRATE_BPS = 128_000  # far above voice; 12-40 kbit/s is the intended band
 FRAME_DURATIONS_MS = (10, 20, 40, 60)  # what a packet may hold; 20 ms is WebRTC's norm
 MAX_PENDING_PACKETS = 16  # encoded, not yet taken by the sender (one input frame -> ~1)
 
