@@ -210,17 +210,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_node(args: argparse.Namespace) -> int:
     from peerphone.daemon.logs import setup_logging
     from peerphone.daemon.main import check_not_running, serve
+    from peerphone.daemon.policy import load_policy
     from peerphone.runtime.node_runtime import run
 
+    policy = load_policy()  # managed mode: a bad policy file stops us here
+    if policy is not None:
+        policy.check_options(vars(args))
     data = DataDir(args.data_dir)
     config = load_config(args.data_dir)
     apply_options(config, vars(args))
     config.check()
     check_not_running(data)
     data.create()
-    save_config(args.data_dir, config)
+    save_config(args.data_dir, config)  # the user's settings; the policy goes over them
+    if policy is not None:
+        policy.apply(config)
+        config.check()
     setup_logging(data.log_file, args.verbose)
-    return run(serve(data, config, strict_turn=args.turn_port is not None))
+    return run(serve(data, config, args.turn_port is not None, policy))
 
 
 def _print(value: Any, as_json: bool, text: str) -> None:

@@ -149,6 +149,8 @@ class CallManager:
         self._answered: dict[bytes, asyncio.Event] = {}
         # whether a softphone page is open (set by the control API; then it is the endpoint)
         self.browser_present: Callable[[], bool] = lambda: False
+        # managed mode (daemon/policy.py): why a call to or from this user is refused, or ""
+        self.refusal: Callable[[str], str] = lambda name: ""
 
     # -- relay credentials ------------------------------------------------------------------
 
@@ -196,7 +198,13 @@ class CallManager:
 
     # -- application ------------------------------------------------------------------------
 
+    def _check_allowed(self, name: str) -> None:
+        refusal = self.refusal(name)
+        if refusal:
+            raise PeerphoneError(f"call to {name} refused: {refusal}")
+
     async def place(self, name: str, media: Media, referred_by: str = "") -> CallRecord:
+        self._check_allowed(name)
         runtime = self._runtime()
         session = MediaSession("pending", media.source(), media.sink(), self._config())
         try:
@@ -214,6 +222,7 @@ class CallManager:
 
     def place_browser(self, name: str, sdp: str, referred_by: str = "") -> CallRecord:
         """Call `name` with the page's complete offer (checked, trimmed, then signed)."""
+        self._check_allowed(name)
         offer = browser_sdp(sdp)
         runtime = self._runtime()
         call_id, sends = runtime.core.call(name, offer, runtime.now(), referred_by)
@@ -385,6 +394,13 @@ class CallManager:
                 self._spawn(self._transfer(event))
 
     def _incoming(self, event: CallIncoming) -> None:
+        refusal = self.refusal(event.from_user)
+        if refusal:
+            log.warning("incoming call from %s refused: %s", event.from_user, refusal)
+            runtime = self._runtime()
+            reason = f"refused by policy: {refusal}"
+            runtime.drive(runtime.core.reject_call(event.call_id, reason, runtime.now()))
+            return
         record = CallRecord(event.call_id, event.from_user, False, Media())
         self._keep(record)
         log.info(

@@ -8,6 +8,7 @@ import socket
 from peerphone.daemon.config import ConfigError, NodeConfig, checked_endpoint
 from peerphone.daemon.control import start_control
 from peerphone.daemon.datadir import DataDir, DataDirError
+from peerphone.daemon.policy import Policy
 from peerphone.daemon.relay import port_problem
 from peerphone.daemon.service import NodeService
 from peerphone.endpoints import TCP, UDP, Endpoint
@@ -75,11 +76,14 @@ def _port_problem(endpoint: Endpoint, option: str) -> str:
     return ""
 
 
-async def serve(data: DataDir, config: NodeConfig, strict_turn: bool = False) -> int:
+async def serve(
+    data: DataDir, config: NodeConfig, strict_turn: bool = False, policy: Policy | None = None
+) -> int:
     """Run the node until SIGINT/SIGTERM or a fatal error; return the exit status.
-    `strict_turn`: a busy relay port is fatal too (see `check_ports`)."""
+    `strict_turn`: a busy relay port is fatal too (see `check_ports`); `policy`: managed
+    mode (already applied to `config`)."""
     relay_problem = check_ports(config, strict_turn)
-    service = NodeService(data, config)
+    service = NodeService(data, config, policy)
     if relay_problem:
         log.warning("this supernode will run no relay: %s", relay_problem)
         service.relay.failure = relay_problem

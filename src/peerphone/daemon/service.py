@@ -24,6 +24,7 @@ from peerphone.daemon.config import ConfigError, NodeConfig, checked_endpoint, r
 from peerphone.daemon.datadir import Contact, DataDir
 from peerphone.daemon.logs import ErrorDigest
 from peerphone.daemon.pins import Pins
+from peerphone.daemon.policy import Policy
 from peerphone.daemon.relay import Relay
 from peerphone.daemon.views import error_counters, lookup_view, presence_view, status_view
 from peerphone.endpoints import Endpoint, endpoint_or_none, format_address, format_endpoint
@@ -90,10 +91,11 @@ class NameTaken(PeerphoneError):
 class NodeService:
     """A running node: core + runtime + data directory, driven by the control API."""
 
-    def __init__(self, data: DataDir, config: NodeConfig) -> None:
+    def __init__(self, data: DataDir, config: NodeConfig, policy: Policy | None = None) -> None:
         config.check()
         self.data = data
         self.config = config
+        self.policy = policy  # managed mode (daemon/policy.py), already applied to config
         self.node_keys: KeyPair | None = None
         self.user_keys: KeyPair | None = None
         self.first_start = False
@@ -116,6 +118,8 @@ class NodeService:
         self.calls = CallManager(config, lambda: self.runtime)
         self.relay = Relay(config, lambda: self.runtime)
         self.pins = Pins(data.path)
+        if policy is not None:  # calls to and from users outside its allow-list: refused
+            self.calls.refusal = lambda name: policy.call_refusal(name, self.core.pins().get(name))
 
     @property
     def runtime(self) -> NodeRuntime:
@@ -161,6 +165,8 @@ class NodeService:
             ", ".join(core.addresses) or format_address(runtime.address or ("?", 0)),
             extra={"fields": {"node_id": node_keys.node_id.hex(), "first_start": self.first_start}},
         )
+        for note in [self.policy.describe(), *self.policy.overridden] if self.policy else []:
+            log.warning("%s", note)
 
     def _bootstrap_endpoints(self) -> list[Endpoint]:
         """The bootstrap list with DNS names resolved; a name that does not resolve is
@@ -198,6 +204,8 @@ class NodeService:
             ),
             may_serve=cfg.role != "client",
         )
+        if self.policy is not None:  # never serves; attaches only to the listed supernodes
+            core.restrict_supernodes(self.policy.node_ids())
         core.set_device(cfg.device)
         core.pin(trusted)
         core.pin({c.name: c.key for c in self.contacts.values() if c.key is not None})
@@ -232,7 +240,9 @@ class NodeService:
             core.learn_supernodes([sn.record], now)  # our own user may attach to us
         else:
             self.role_reason = (
-                "client: --role client (never serves)"
+                f"client: managed by {self.policy.path} (never serves)"
+                if self.policy is not None
+                else "client: --role client (never serves)"
                 if self.config.role == "client"
                 else "client: not elected (role auto: serves only when the tier asks)"
             )
@@ -294,6 +304,8 @@ class NodeService:
 
     def _on_event(self, event: Event) -> None:
         out: dict[str, Any] = {"type": type(event).__name__, "ts": time.time()}
+        if self.policy is not None:  # relay grants: only the organisation's relays
+            event = self.policy.screen_event(event)
         self.calls.on_event(event)
         if isinstance(event, CALL_EVENTS):
             for key, value in dataclasses.asdict(event).items():

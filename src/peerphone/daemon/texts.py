@@ -60,10 +60,31 @@ def status_text(st: dict[str, Any]) -> str:
     ]
     if st["contacts"]:
         rows.append(("contacts", amount(st["contacts"], "contact")))
+    rows += _managed(st)
     rows += _sharing(st)
     rows.append(("problems", _problems(st)))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _managed(st: dict[str, Any]) -> list[tuple[str, str]]:
+    """The policy file's lines: which file, what it fixed, what it overrode."""
+    managed = st.get("managed")
+    if not managed:
+        return []
+    fixed = managed["fixed"]
+    sns = ", ".join(f"{short_id(s['node_id'])} at {s['address']}" for s in fixed["supernodes"])
+    parts = [f"role {fixed['role']}", f"supernodes only {sns}", f"listen {fixed['listen']}"]
+    parts += [f"{key} {fixed[key]}" for key in ("tcp_listen", "control") if fixed.get(key)]
+    if fixed.get("relays"):
+        parts.append(f"relays only {', '.join(fixed['relays'])}")
+    allowed = fixed.get("calls_allowed")
+    if allowed:
+        who = [f"*{s}" for s in allowed["suffixes"]] + [short_id(k) for k in allowed["keys"]]
+        parts.append(f"calls only with {', '.join(who)}")
+    rows = [("managed", f"managed by {managed['file']}: fixed {'; '.join(parts)}")]
+    rows += [("", note) for note in managed["overridden"]]
+    return rows
 
 
 def _role(st: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from peerphone.daemon.config import NodeConfig
 from peerphone.daemon.datadir import Contact
+from peerphone.daemon.policy import Policy
 from peerphone.daemon.relay import Relay
 from peerphone.endpoints import format_address
 from peerphone.errors import DecodeError
@@ -37,6 +38,8 @@ class StatusSource(Protocol):
     def role_reason(self) -> str: ...
     @property
     def registered(self) -> bool: ...
+    @property
+    def policy(self) -> Policy | None: ...
     def network_problem(self) -> str: ...
 
 
@@ -179,6 +182,7 @@ def status_view(service: StatusSource) -> dict[str, Any]:
         "role": "supernode" if sn is not None else "client",
         "role_setting": service.config.role,
         "role_reason": service.role_reason,
+        "managed": service.policy.view() if service.policy is not None else None,
         "state": node.state.value,
         "status": status_name(node.status),
         "registered": service.registered,

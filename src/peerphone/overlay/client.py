@@ -73,6 +73,8 @@ class ClientCore(ClientLookups):
             if not isinstance(body, MemberBody):
                 continue
             node = node_id_of(record.owner)
+            if self.allowed is not None and node not in self.allowed:
+                continue  # managed mode: not one of the organisation's supernodes
             known = self.host_cache.get(node)
             if known is None and len(self.host_cache) >= MAX_HOST_CACHE:
                 oldest = next(iter(self.host_cache))
@@ -83,12 +85,22 @@ class ClientCore(ClientLookups):
     def learn_bootstrap(self, node_ids: list[NodeId], now: float) -> list[Send]:
         """Supernodes whose addresses answered with these (authenticated) NodeIds."""
         for node in node_ids:
+            if self.allowed is not None and node not in self.allowed:
+                continue  # managed mode: an address answered with another node id
             if node not in self.bootstrap_ids and len(self.bootstrap_ids) < MAX_HOST_CACHE:
                 self.bootstrap_ids.append(node)
         waiting = self.state is ClientState.ATTACHING and self._attach is None
         if waiting and not self.host_cache:
             self._next_attempt = now  # nothing else to try: go now rather than after back-off
         return self.handle_timer(now)
+
+    def restrict_supernodes(self, node_ids: frozenset[NodeId]) -> None:
+        """Attach only to these supernodes from now on (managed mode): every other one is
+        forgotten, and none is learned again (host cache, bootstrap answers, hints)."""
+        self.allowed = node_ids
+        self.host_cache = {n: r for n, r in self.host_cache.items() if n in node_ids}
+        self.bootstrap_ids = [n for n in self.bootstrap_ids if n in node_ids]
+        self._hint = [n for n in self._hint if n in node_ids]
 
     def login(self, now: float, status: Status = Status.ONLINE) -> list[Send]:
         if self.state is not ClientState.OFFLINE:

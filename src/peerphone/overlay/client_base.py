@@ -145,6 +145,8 @@ class ClientBase:
         # supernodes known only by their authenticated NodeId (a bootstrap address
         # answered); their member records arrive with the AttachAccept
         self.bootstrap_ids: list[NodeId] = []
+        # managed mode: the only supernodes we may attach to (None: any)
+        self.allowed: frozenset[NodeId] | None = None
 
     def has_events(self) -> bool:
         return bool(self._events)

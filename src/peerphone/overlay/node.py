@@ -136,7 +136,9 @@ class NodeCore:
         self, now: float, reason: str, seed: bool = False, role: SupernodeCore | None = None
     ) -> SupernodeCore:
         """Take the supernode role (`role`: a ready-made one, e.g. the simulator's hostile
-        supernode; else a new SupernodeCore)."""
+        supernode; else a new SupernodeCore). Never when the node may not serve."""
+        if not self.may_serve:
+            raise LocalProtocolError("this node may not serve (role client or managed mode)")
         if role is None:
             body = MemberBody(
                 self.addresses, self.client.capacity, self.supernode_config.max_clients
@@ -288,6 +290,13 @@ class NodeCore:
 
     def learn_supernodes(self, records: list[Record], now: float) -> None:
         self.client.learn_supernodes(records, now)
+
+    def restrict_supernodes(self, node_ids: list[NodeId]) -> None:
+        """Managed mode: attach only to these supernodes (the organisation's), and never
+        serve. Other supernodes are dropped from the host cache and never learned again
+        (bootstrap answers, redirect hints, the others an AttachAccept names)."""
+        self.may_serve = False
+        self.client.restrict_supernodes(frozenset(node_ids))
 
     def learn_bootstrap(self, node_ids: list[NodeId], now: float) -> list[Send]:
         """Supernodes that answered at bootstrap addresses: attach there, and if we serve,
