@@ -79,7 +79,7 @@ def test_malformed_toml_names_file_and_line(text: str, line: int, reason: str) -
         (("relays = [", 'colour = "red"\nrelays = ['), 4, "colour: unknown setting"),
         (("tcp = ", "port = 1\ntcp = "), 9, "supernodes.port: unknown setting"),
         (("allow_keys", "deny = []\nallow_keys"), 13, "calls.deny: unknown setting"),
-        (('"0.0.0.0:5060"', '"0.0.0.0:0"'), 1, "listen: "),
+        (('"0.0.0.0:5060"', '"0.0.0.0:0"'), 1, "listen: a fixed port is needed, not 0"),
         (('"0.0.0.0:5060"', '"nowhere"'), 1, "listen: "),
         (('"127.0.0.1:7000"', '"192.0.2.1:7000"'), 3, "control: the control API listens on"),
         (('"192.0.2.10:4433"', '"0.0.0.0:4433"'), 8, "supernodes.address: a supernode's"),

@@ -32,7 +32,7 @@ from typing import Any
 
 from peerphone import endpoints
 from peerphone.daemon.config import ConfigError, NodeConfig
-from peerphone.endpoints import TCP, UDP, EndpointError
+from peerphone.endpoints import TCP, UDP, EndpointError, endpoint_or_none
 from peerphone.identity import NodeId, short
 from peerphone.overlay.events import Event, TurnGranted
 from peerphone.records import valid_username
@@ -115,7 +115,7 @@ class Policy:
             self.overridden.append(
                 f"bootstrap {', '.join(ignored)} ignored: only the listed supernodes"
             )
-        if config.role != "client":
+        if config.role == "supernode":  # saved (a flag was refused already)
             self.overridden.append(f"role {config.role} replaced by client")
         config.role = "client"
         config.bootstrap = self.bootstrap()
@@ -307,6 +307,8 @@ class _Parser:
         try:
             transport, address = endpoints.parse_endpoint(value, kind)
         except EndpointError as exc:
+            if endpoint_or_none(value.replace(":0", ":1")) is not None and value.endswith(":0"):
+                raise self.error(name, "a fixed port is needed, not 0", table) from None
             raise self.error(name, str(exc), table) from None
         if transport != kind:
             raise self.error(name, f"expected a {kind} address", table)
