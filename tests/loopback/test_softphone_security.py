@@ -141,7 +141,11 @@ def test_the_page_assets_ship_inside_the_package() -> None:
     import peerphone.daemon
 
     ui = Path(peerphone.daemon.__file__).parent / "ui"
-    assert {"index.html", "app.js", "app.css"} <= {p.name for p in ui.iterdir()}
-    script = (ui / "app.js").read_text()
-    assert "innerHTML" not in script and "insertAdjacentHTML" not in script
-    assert "<script>" not in (ui / "index.html").read_text()  # no inline script
+    scripts = ["common.js", "lists.js", "calls.js", "app.js"]
+    assert {"index.html", "app.css", *scripts} <= {p.name for p in ui.iterdir()}
+    page = (ui / "index.html").read_text()
+    for name in scripts:
+        script = (ui / name).read_text()
+        assert "innerHTML" not in script and "insertAdjacentHTML" not in script
+        assert f'<script src="/ui/{name}" defer></script>' in page
+    assert "<script>" not in page  # no inline script

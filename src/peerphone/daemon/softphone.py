@@ -1,7 +1,8 @@
 """The softphone page and its API: the node serves a single-page UI at its control address.
 
     GET  /                               the page (with a session; else how to get one)
-    GET  /ui/app.js, /ui/app.css         its script and style (no build step, no CDN)
+    GET  /ui/{common,lists,calls,app}.js its scripts (in that order; no build step, no CDN)
+    GET  /ui/app.css                     its style
     GET  /login?token=T                  a one-time login token -> session cookie, to /
     POST /v1/ui/login-token              a login token (bearer only: `peerphone open`)
     POST /v1/ui/logout                   end this browser's session
@@ -43,7 +44,10 @@ from peerphone.records import valid_username
 
 MAX_UI_BODY_BYTES = 20 * 1024  # an SDP (16 KiB at most) and its JSON wrapping
 ASSETS = {  # served name -> (file in daemon/ui, content type)
-    "app.js": ("app.js", "text/javascript; charset=utf-8"),
+    **{
+        name: (name, "text/javascript; charset=utf-8")
+        for name in ("common.js", "lists.js", "calls.js", "app.js")
+    },
     "app.css": ("app.css", "text/css; charset=utf-8"),
 }
 OPEN_PATHS = frozenset({"/login"})  # reachable without a session (Host still checked)
