@@ -21,6 +21,7 @@ the NAT cores as well as by the runtime and the daemon.
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 from peerphone.errors import PeerphoneError
 
@@ -93,3 +94,20 @@ def format_endpoint(endpoint: Endpoint) -> str:
     transport, addr = endpoint
     text = format_address(addr)
     return text if transport == UDP else f"{transport}://{text}"
+
+
+def route_source(endpoints: list[Endpoint]) -> str | None:
+    """The local address the kernel would send from toward the first bootstrap host.
+
+    A UDP `connect` only picks a route; nothing is sent.
+    """
+    for _, (host, port) in endpoints:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((host, port or 9))
+                address: str = probe.getsockname()[0]
+                return address
+        except OSError:
+            continue
+    return None

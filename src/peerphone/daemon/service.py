@@ -14,7 +14,6 @@ import ipaddress
 import logging
 import random
 import signal
-import socket
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -27,7 +26,13 @@ from peerphone.daemon.pins import Pins
 from peerphone.daemon.policy import Policy
 from peerphone.daemon.relay import Relay
 from peerphone.daemon.views import error_counters, lookup_view, presence_view, status_view
-from peerphone.endpoints import Endpoint, endpoint_or_none, format_address, format_endpoint
+from peerphone.endpoints import (
+    Endpoint,
+    endpoint_or_none,
+    format_address,
+    format_endpoint,
+    route_source,
+)
 from peerphone.errors import LocalProtocolError, PeerphoneError
 from peerphone.identity import KeyPair, SignatureVerifier, short
 from peerphone.overlay.client import ClientState
@@ -41,6 +46,7 @@ from peerphone.overlay.events import (
     CallRinging,
     CallTransferRequested,
     Event,
+    KeyChanged,
     KeyPinned,
     PresenceChanged,
     Published,
@@ -104,6 +110,7 @@ class NodeService:
         self.started_at = time.time()
         self.role_reason = ""
         self.contacts: dict[str, Contact] = {}
+        self.key_changes: dict[str, bytes] = {}  # name -> the key seen instead of the pin
         self.listeners: set[asyncio.Queue[dict[str, Any]]] = set()
         # the control API's task serving each listener: cancelled when the node stops
         self._listener_tasks: dict[asyncio.Queue[dict[str, Any]], asyncio.Task[Any]] = {}
@@ -261,7 +268,7 @@ class NodeService:
                 continue
             host = bound[0]
             if ipaddress.ip_address(host).is_unspecified:
-                route = route or _route_source(endpoints)
+                route = route or route_source(endpoints)
                 if route is None:
                     continue
                 host = route
@@ -337,6 +344,17 @@ class NodeService:
             self.stopping.set()
         else:
             log.error("directory refused our records: %s", event.reason)
+
+    def _on_key_changed(self, event: KeyChanged, out: dict[str, Any]) -> None:
+        self.key_changes[event.username] = event.seen
+        out.update(name=event.username, pinned_key=event.pinned.hex(), owner=event.seen.hex())
+        log.warning(
+            "the name %r is now bound to key %s, not to %s that we trust for it: calls to and "
+            "from it are refused until you check the new key with its owner",
+            event.username,
+            event.seen.hex()[:16],
+            event.pinned.hex()[:16],
+        )
 
     def _on_key_pinned(self, event: KeyPinned, out: dict[str, Any]) -> None:
         try:
@@ -534,6 +552,9 @@ class NodeService:
             view.setdefault("status", "unknown")
             key = self.contacts[name].key
             view["pinned_key"] = None if key is None else key.hex()
+            seen = self.key_changes.get(name)
+            if seen is not None:  # the page warns when owner and pinned_key differ
+                view["owner"], view["key_changed"] = seen.hex(), True
             out.append(view)
         return out
 
@@ -560,29 +581,13 @@ class NodeService:
         self.runtime.set_status(status)
 
 
-def _route_source(endpoints: list[Endpoint]) -> str | None:
-    """The local address the kernel would send from toward the first bootstrap host.
-
-    A UDP `connect` only picks a route; nothing is sent.
-    """
-    for _, (host, port) in endpoints:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        try:
-            with socket.socket(family, socket.SOCK_DGRAM) as probe:
-                probe.connect((host, port or 9))
-                address: str = probe.getsockname()[0]
-                return address
-        except OSError:
-            continue
-    return None
-
-
 # What the service does with each kind of core event (besides the calls, which
 # CallManager.on_event handles, and broadcasting every event to the API's listeners).
 EVENT_HANDLERS: dict[type, Callable[[NodeService, Any, dict[str, Any]], None]] = {
     Published: NodeService._on_published,
     PublishRefused: NodeService._on_publish_refused,
     KeyPinned: NodeService._on_key_pinned,
+    KeyChanged: NodeService._on_key_changed,
     PresenceChanged: NodeService._on_presence_changed,
     RoleChanged: NodeService._on_role_changed,
     Attached: NodeService._on_attached,

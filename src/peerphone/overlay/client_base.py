@@ -125,6 +125,8 @@ class ClientBase:
         self.backup: NodeId | None = None
         self.addresses: list[str] = []
         self.pinned: dict[str, bytes] = {}  # username -> user key (trust on first use)
+        self._key_warned: set[tuple[str, bytes]] = set()  # KeyChanged already told
+        self._key_checked: set[str] = set()  # names whose other key a lookup was asked about
         self.watched: set[str] = set()
         self.buddies: dict[str, Record] = {}  # last verified presence of each watched user
         self._events: list[Event] = []  # drained by pop_events

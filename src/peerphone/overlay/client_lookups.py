@@ -7,11 +7,13 @@ from peerphone.errors import RecordRejected
 from peerphone.identity import NodeId
 from peerphone.overlay.client_base import (
     MAX_PENDING_LOOKUPS,
+    MAX_WATCHED,
     PIN_MISMATCH,
     ClientBase,
     PendingLookup,
 )
 from peerphone.overlay.events import (
+    KeyChanged,
     KeyPinned,
     LookupDone,
     PresenceChanged,
@@ -74,7 +76,9 @@ class ClientLookups(ClientBase):
         return []
 
     def _finish_lookup(self, msg: LookupResult, pending: PendingLookup, now: float) -> None:
-        presence, reason = self._verified_presence(pending.username, msg.records, now)
+        presence, reason = self._verified_presence(
+            pending.username, msg.records, now, report_change=True
+        )
         if presence is not None:
             self._buddy_seen(pending.username, presence)
         elif not msg.records and msg.reason:
@@ -113,10 +117,21 @@ class ClientLookups(ClientBase):
                 # owns a name: a lookup (agreed by several) pins the key first
                 out.extend(self._look_up_buddy(username, now))
                 continue
-            presence, _ = self._verified_presence(username, by_user[username], now)
+            presence, reason = self._verified_presence(username, by_user[username], now)
             if presence is not None:
                 self._buddy_seen(username, presence)
+            elif reason == PIN_MISMATCH and self._first_check(username):
+                # one replica says the name has another key now: ask the replicas together
+                # (a lookup), and warn (KeyChanged) only if they agree; once per name
+                out.extend(self._look_up_buddy(username, now))
         return out
+
+    def _first_check(self, username: str) -> bool:
+        """Whether to ask the replicas about `username`'s other key (once per name)."""
+        if username in self._key_checked or len(self._key_checked) >= MAX_WATCHED:
+            return False
+        self._key_checked.add(username)
+        return True
 
     def _look_up_buddy(self, username: str, now: float) -> list[Send]:
         if any(p.username == username and p.buddy for p in self._lookups.values()):
@@ -159,7 +174,7 @@ class ClientLookups(ClientBase):
         return out
 
     def _verified_presence(
-        self, username: str, records: list[Record], now: float
+        self, username: str, records: list[Record], now: float, report_change: bool = False
     ) -> tuple[Record | None, str]:
         """The presence record of `username` if it verifies against the bound key."""
         names: list[Record] = []
@@ -181,6 +196,11 @@ class ClientLookups(ClientBase):
                 return None, ReasonCode.CONFLICT
             owner = next(iter(owners))
         if owner not in owners:
+            if report_change:  # only what the replicas agreed on, never one watch answer
+                for seen in sorted(owners):
+                    if (username, seen) not in self._key_warned and len(self._key_warned) < 1000:
+                        self._key_warned.add((username, seen))
+                        self._events.append(KeyChanged(username, owner, seen))
             return None, PIN_MISMATCH
         if username not in self.pinned and username != self.username:
             self.pinned[username] = owner

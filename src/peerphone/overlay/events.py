@@ -53,6 +53,18 @@ class KeyPinned:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyChanged:
+    """A lookup (agreed by the name's replicas) found `username` bound to `seen`, not to
+    the key we trust for it (`pinned`): someone else holds the name now, or the user
+    started over with a new key. The pin stays; the application warns its user. Once per
+    (name, seen key)."""
+
+    username: str
+    pinned: bytes
+    seen: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class LookupDone:
     """A lookup finished: `presence` is a verified record, or None (with `reason`)."""
 
@@ -165,6 +177,7 @@ Event = (
     | Published
     | PublishRefused
     | KeyPinned
+    | KeyChanged
     | LookupDone
     | PresenceChanged
     | RoleChanged

@@ -5,6 +5,7 @@
 
 const EVENT_HANDLERS = {
   PresenceChanged: onPresence,
+  KeyChanged: onPresence, // {name, owner: the key seen, pinned_key}: the list warns
   CallIncoming: onIncoming,
   CallAnswered: onAnswered,
   CallEnded: onEnded,
