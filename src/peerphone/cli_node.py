@@ -294,9 +294,20 @@ def cmd_contacts(args: argparse.Namespace) -> int:
         res = client.request("DELETE", f"/v1/contacts/{args.name}")
         _print(res, args.json, f"{args.name} removed")
     else:
-        text = "\n".join(f"{c['name']:<32} {c['status']}" for c in items) or "(no contacts)"
+        text = "\n".join(_contact_line(c) for c in items) or "(no contacts)"
         _print(items, args.json, text)
     return 0
+
+
+def _contact_line(contact: dict[str, Any]) -> str:
+    line = f"{contact['name']:<32} {contact['status']}"
+    if contact.get("key_changed"):
+        line += (
+            f"  WARNING: key changed from {str(contact['pinned_key'])[:16]} to"
+            f" {str(contact['owner'])[:16]}: do not trust it until you have compared the"
+            " key with them another way"
+        )
+    return line
 
 
 def cmd_set_status(args: argparse.Namespace) -> int:

@@ -6,6 +6,8 @@ fingerprints, and the node keeps the old pin (calls to bob are refused)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,3 +63,13 @@ def test_a_contact_whose_key_changed_is_shown_with_a_warning(procs: NodeProcs) -
     assert listed["bob"]["pinned_key"] == old_key.hex(), listed
     assert listed["bob"]["owner"] == bob.status()["user_key"], listed
     assert listed["bob"]["key_changed"] is True
+    # and the terminal says it too
+    shown = subprocess.run(
+        [sys.executable, "-m", "peerphone", "contacts", "list", "--data-dir", str(alice_dir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    print(shown)
+    assert "WARNING: key changed from " + old_key.hex()[:16] in shown

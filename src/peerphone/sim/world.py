@@ -144,9 +144,9 @@ class World:
         cfg = self.config
         rng = random.Random(f"{cfg.seed}:hostile")
         ring = ring_of(
-            (c.id, c.supernode.membership.position(c.id))
+            (c.id, view.ring_position)
             for c in self._tier_cores()
-            if c.supernode is not None
+            if (view := c.snapshot().supernode) is not None
         )
         clusters = max(1, tier_size // cfg.hostile_every // cfg.hostile_cluster)
         added: list[User] = []
