@@ -98,17 +98,13 @@ class TcpNet:
             self.runtimes.append(runtime)
             await runtime.start()
             if advertise is not None:
-                core.addresses[:] = advertise(runtime)  # in place: shared with the client
+                core.set_addresses(advertise(runtime))
             tier.append(runtime)
         for runtime in tier:
             runtime.core.become_supernode(runtime.now(), "test", seed=True)
         records = [member_record(runtime) for runtime in tier]
         for runtime in tier:
-            sn = runtime.core.supernode
-            assert sn is not None
-            for record in records:
-                sn.membership.add_record(record, runtime.now())
-            sn.membership.changes.clear()
+            runtime.core.seed_tier(records, runtime.now())
             runtime.drive([])
         return tier
 

@@ -72,10 +72,7 @@ class FakeNet:
             core.become_supernode(self.now, "test", seed=seed)
         records = [c.supernode.record for c in cores if c.supernode is not None]
         for core in cores:
-            assert core.supernode is not None
-            for record in records:
-                core.supernode.membership.add_record(record, self.now)
-            core.supernode.membership.changes.clear()
+            core.seed_tier(records, self.now)
         return cores
 
     def log_in(

@@ -69,11 +69,7 @@ class Loopback:
             runtime.core.become_supernode(runtime.now(), "test", seed=True)
         records = [member_record(runtime) for runtime in tier]
         for runtime in tier:
-            sn = runtime.core.supernode
-            assert sn is not None
-            for record in records:
-                sn.membership.add_record(record, runtime.now())
-            sn.membership.changes.clear()
+            runtime.core.seed_tier(records, runtime.now())
             runtime.drive([])  # the core changed behind the runtime's back: re-arm its timer
         return tier
 
@@ -103,8 +99,9 @@ class Loopback:
 
 
 def member_record(runtime: NodeRuntime) -> Record:
-    assert runtime.core.supernode is not None
-    return runtime.core.supernode.record
+    record = runtime.core.member_record()
+    assert record is not None, "not a supernode"
+    return record
 
 
 async def next_event(
