@@ -17,6 +17,15 @@ if [ ! -x .venv/bin/python ]; then
         "$py" -m venv .venv
     fi
 fi
+# Calls decode and encode with the system's libopus (media/libopus.py).
+if ! ldconfig -p 2>/dev/null | grep -q 'libopus\.so\.0'; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq libopus0 >/dev/null
+    else
+        echo "libopus is missing: install it (sudo apt-get install libopus0)" >&2
+        exit 1
+    fi
+fi
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip

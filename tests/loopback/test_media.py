@@ -131,8 +131,9 @@ SAMPLE_SDP = (
 
 
 def test_opus_settings_are_checked() -> None:
-    assert OpusSettings().bitrate_bps == 12_000
-    assert OpusSettings().samples_per_packet == 960
+    assert OpusSettings().bitrate_bps == 24_000
+    assert OpusSettings().samples_per_packet == 1920  # 40 ms packets (decision 0017)
+    assert OpusSettings(frame_ms=20).samples_per_packet == 960
     for bad in (
         {"bitrate_bps": 5_000},
         {"bitrate_bps": 200_000},
@@ -145,17 +146,17 @@ def test_opus_settings_are_checked() -> None:
 
 
 def test_fmtp_replaces_the_opus_line_only() -> None:
-    munged = with_opus_fmtp(SAMPLE_SDP, OpusSettings(bitrate_bps=24_000))
+    munged = with_opus_fmtp(SAMPLE_SDP, OpusSettings(bitrate_bps=24_000, frame_ms=20, fec=False))
     lines = munged.split("\r\n")
     fmtp = [line for line in lines if line.startswith("a=fmtp:")]
     assert fmtp == [
         "a=fmtp:96 minptime=10;ptime=20;stereo=0;sprop-stereo=0;"
-        "maxaveragebitrate=24000;useinbandfec=0"
+        "maxaveragebitrate=24000;useinbandfec=1"
     ]
     assert lines.index(fmtp[0]) == lines.index("a=rtpmap:96 opus/48000/2") + 1
     assert "a=rtpmap:0 PCMU/8000" in lines
     lf = with_opus_fmtp(SAMPLE_SDP.replace("\r\n", "\n"), OpusSettings())
-    assert "\r" not in lf and "maxaveragebitrate=12000" in lf
+    assert "\r" not in lf and "maxaveragebitrate=24000;useinbandfec=1" in lf and "ptime=40" in lf
 
 
 def test_rtp_header_extensions_are_left_out_of_our_descriptions() -> None:
@@ -333,12 +334,12 @@ def test_encoder_track_makes_voice_sized_mono_opus() -> None:
     track = OpusEncoderTrack(source, OpusSettings())
 
     async def scenario() -> list[Any]:
-        return [await track.recv() for _ in range(int(seconds * 50) - 2)]
+        return [await track.recv() for _ in range(int(seconds * 25) - 2)]
 
     packets = asyncio.run(scenario())
-    assert [p.pts for p in packets[:3]] == [0, 960, 1920]
+    assert [p.pts for p in packets[:3]] == [0, 1920, 3840]  # 40 ms packets
     assert all(p.time_base == fractions.Fraction(1, RATE) for p in packets)
-    kbps = sum(p.size for p in packets) * 8 / (len(packets) * 0.02) / 1000
+    kbps = sum(p.size for p in packets) * 8 / (len(packets) * 0.04) / 1000
     target = OpusSettings().bitrate_bps / 1000
     assert 0.9 * target <= kbps <= 1.3 * target  # constrained VBR around the target
     assert track.bytes_encoded == sum(p.size for p in packets)
@@ -370,7 +371,8 @@ def test_encoder_track_pauses_without_output_and_keeps_the_clock() -> None:
         track.resume()
         after = await track.recv()
         assert track.packets_encoded == packets_while_paused + 1
-        assert first.pts == 0 and after.pts is not None and after.pts >= consumed - 960
+        # within two 40 ms packets of where the source is
+        assert first.pts == 0 and after.pts is not None and after.pts >= consumed - 2 * 1920
         track.stop()
         assert source.readyState == "ended"
         with pytest.raises(MediaStreamError):
@@ -438,7 +440,7 @@ def test_offer_is_opus_only_with_our_fmtp() -> None:
 
     sdp = asyncio.run(scenario())
     assert re.search(r"^m=audio \d+ UDP/TLS/RTP/SAVPF 96\r$", sdp, re.MULTILINE)
-    assert "a=fmtp:96 minptime=10;ptime=20;stereo=0;sprop-stereo=0;" in sdp
+    assert "a=fmtp:96 minptime=10;ptime=40;stereo=0;sprop-stereo=0;" in sdp
     assert "maxaveragebitrate=24000" in sdp
     assert len(sdp_fingerprints(sdp)) >= 1
     assert "a=end-of-candidates" in sdp  # non-trickle: gathering finished
@@ -573,7 +575,7 @@ def test_call_direct_voice_sized_and_faithful(lab: NetLab, tmp_path: Path) -> No
             f"on the wire: {rate.ip_kbps:.2f} kbit/s as IPv4 packets, "
             f"{rate.ipv6_kbps:.2f} as IPv6 packets, {rate.udp_payload_kbps:.2f} UDP payload"
         )
-        assert rate.packets_per_s == pytest.approx(50, abs=5)
+        assert rate.packets_per_s == pytest.approx(25, abs=3)  # 40 ms packets
         # whole packets, headers included, in the worst case: IPv6 (20 bytes more a packet)
         assert rate.ip_kbps <= rate.ipv6_kbps <= WIRE_LIMIT_KBPS
     assert all(s["srtp_profile"] == "SRTP_AES128_CM_SHA1_80" for s in stats), stats
@@ -624,7 +626,7 @@ def test_hold_sends_no_audio_and_resume_restores_it(lab: NetLab, tmp_path: Path)
     assert held_stats["rtp_packets_sent"] == packets_at_hold  # no RTP at all on hold
     assert held.udp_payload_kbps < 3  # RTCP and ICE consent checks only
     assert talking.udp_payload_kbps > 15 and resumed.udp_payload_kbps > 15
-    assert final["rtp_packets_sent"] > packets_at_hold + 40
+    assert final["rtp_packets_sent"] > packets_at_hold + 20  # 1.2 s at 25 packets/s
     # the callee's recording keeps the call's timeline: the hold is silence, not a cut
     with wave.open(str(tmp_path / "callee-heard.wav"), "rb") as f:
         recorded_s = f.getnframes() / RATE

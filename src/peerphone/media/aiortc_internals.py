@@ -9,7 +9,19 @@
   the remote SDP's fingerprints; reading it back lets `MediaSession` check that again
   against the *signed* SDP, so an aiortc regression cannot silently drop the binding.
 
-Both are read-only. One fix to aioice's behaviour, opted into by the caller:
+Both are read-only. Two taps on the RTP path (one call's objects only, never global):
+
+* `tap_incoming_rtp`: our own jitter buffer and libopus decoder take the received packets
+  (media/playout.py). ``RTCRtpReceiver.__jitter_buffer`` (name-mangled) is replaced by an
+  object with its ``add`` that hands every packet to us and never returns a frame, so
+  aiortc's own buffer (which stalls on a gap until 16 packets queue) and its PyAV decoder
+  (no concealment, no FEC) stay idle. Everything before it in ``_handle_rtp_packet`` still
+  runs: the RTCP receiver statistics and reports, SSRC and payload-type checks.
+* `request_retransmission` sends an RTCP NACK through ``RTCRtpReceiver._send_rtcp_nack``;
+  aiortc's sender answers any NACK from its 128-packet history (``_retransmit``), which
+  `count_retransmissions` wraps to count what the peer asked for.
+
+One fix to aioice's behaviour, opted into by the caller:
 
 * `restart_checks_on_incoming`: RFC 8445 section 7.3.1.4 (triggered checks) says a check
   from the peer on a pair whose own check is in progress cancels that check and enqueues
@@ -25,15 +37,21 @@ tests/loopback/test_media.py fails if an upgrade moves either attribute (`check_
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aioice import Candidate as IceCandidate
 from aioice.ice import CandidatePair, Connection
-from aiortc import RTCDtlsTransport, RTCIceTransport, RTCPeerConnection
+from aiortc import RTCDtlsTransport, RTCIceTransport, RTCPeerConnection, RTCRtpReceiver
+from aiortc.rtp import RtpPacket
 from cryptography import x509
 
 ICE_COMPONENT_RTP = 1  # rtcp-mux: everything runs on component 1
+_RECEIVER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
+
+# (sequence number, RTP timestamp, payload, SSRC) of each received RTP packet
+RtpHandler = Callable[[int, int, bytes, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +133,54 @@ def srtp_profile(pc: RTCPeerConnection) -> str | None:
     return None
 
 
+class _RtpTap:
+    """Stands in for aiortc's jitter buffer: every packet to `handler`, no frame back."""
+
+    capacity = 16
+
+    def __init__(self, handler: RtpHandler) -> None:
+        self._handler = handler
+
+    def add(self, packet: RtpPacket) -> tuple[bool, None]:
+        if packet.payload:  # padding-only packets carry no audio
+            self._handler(
+                packet.sequence_number, packet.timestamp, bytes(packet.payload), packet.ssrc
+            )
+        return False, None
+
+
+def _audio_receiver(pc: RTCPeerConnection) -> RTCRtpReceiver:
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind == "audio":
+            return transceiver.receiver
+    raise TypeError("the peer connection has no audio transceiver")
+
+
+def tap_incoming_rtp(pc: RTCPeerConnection, handler: RtpHandler) -> None:
+    """Hand the audio receiver's RTP packets to `handler` instead of aiortc's decoder."""
+    receiver = _audio_receiver(pc)
+    if not hasattr(receiver, _RECEIVER_BUFFER):
+        raise TypeError("RTCRtpReceiver has no jitter buffer to replace")
+    setattr(receiver, _RECEIVER_BUFFER, _RtpTap(handler))
+
+
+async def request_retransmission(pc: RTCPeerConnection, ssrc: int, seqs: list[int]) -> None:
+    """Ask the peer to send these packets of stream `ssrc` again (RTCP generic NACK)."""
+    await _audio_receiver(pc)._send_rtcp_nack(ssrc, seqs)
+
+
+def count_retransmissions(pc: RTCPeerConnection, on_request: Callable[[int], None]) -> None:
+    """Call `on_request(seq)` for each packet the peer asks us to send again."""
+    sender = next(t.sender for t in pc.getTransceivers() if t.kind == "audio")
+    retransmit = sender._retransmit
+
+    async def counted(sequence_number: int) -> None:
+        on_request(sequence_number)
+        await retransmit(sequence_number)
+
+    sender._retransmit = counted  # type: ignore[method-assign]
+
+
 def check_internals(pc: RTCPeerConnection) -> None:
     """Raise if this aiortc no longer has what the functions above read (a test hook)."""
     transports = _transports(pc)
@@ -125,6 +191,12 @@ def check_internals(pc: RTCPeerConnection) -> None:
             raise TypeError("RTCDtlsTransport has no _ssl")
         if not isinstance(getattr(dtls, "_srtp_profiles", None), list):
             raise TypeError("RTCDtlsTransport has no _srtp_profiles list")
+        receiver = _audio_receiver(pc)
+        if not hasattr(receiver, _RECEIVER_BUFFER) or not hasattr(receiver, "_send_rtcp_nack"):
+            raise TypeError("RTCRtpReceiver has no jitter buffer or _send_rtcp_nack")
+        sender = next(t.sender for t in pc.getTransceivers() if t.kind == "audio")
+        if not callable(getattr(sender, "_retransmit", None)):
+            raise TypeError("RTCRtpSender has no _retransmit")
         connection = _ice_connection(dtls.transport)
         if not isinstance(connection._nominated, dict):
             raise TypeError("aioice.Connection._nominated is not a dict")

@@ -7,6 +7,12 @@ verified to `accept_offer` / `apply_answer`. aiortc then refuses a DTLS peer who
 certificate does not match those fingerprints, and on connection `MediaSession` checks
 the certificate again itself (`aiortc_internals.peer_certificate`).
 
+Received audio takes our own path (media/playout.py): jitter buffer, retransmission
+requests, Opus FEC and concealment through libopus; aiortc's decoder stays idle. Once a
+second the session reads aiortc's RTCP numbers: the round trip sets how long the jitter
+buffer may wait for a retransmission, and the loss the peer reports (what retransmission
+did not repair) sets how much FEC the encoder adds.
+
 Hold: the encoder stops returning packets, so no RTP is sent at all (ICE consent checks
 and RTCP go on, so the path stays open), and received audio is dropped instead of
 played. No renegotiation: the peer learns of the hold from signaling (HOLD / RESUME).
@@ -32,12 +38,13 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
-from aiortc.mediastreams import MediaStreamError
 from av.audio.frame import AudioFrame
 
 from peerphone.errors import DecodeError, LocalProtocolError, PeerphoneError
 from peerphone.media import aiortc_internals
+from peerphone.media.jitter import JitterConfig
 from peerphone.media.opus import OpusEncoderTrack, OpusSettings, with_opus_fmtp
+from peerphone.media.playout import Player
 from peerphone.media.sdp import (
     MAX_SDP_CHARS,
     certificate_fingerprint,
@@ -47,10 +54,18 @@ from peerphone.media.sdp import (
     without_rtp_header_extensions,
 )
 from peerphone.media.sinks import AudioSink, DiscardSink
-from peerphone.media.stats import StatsSample, call_stats, sample_report
+from peerphone.media.stats import (
+    StatsSample,
+    call_stats,
+    loss_out,
+    mos_estimate,
+    sample_report,
+)
 
 log = logging.getLogger(__name__)
 
+QUALITY_PERIOD_S = 1.0  # how often RTCP numbers steer FEC and the jitter buffer
+MAX_NACKED_REMEMBERED = 4096  # sequence numbers the peer asked for again, for loss_out
 DEFAULT_CONNECT_TIMEOUT_S = 15.0  # ICE checks plus DTLS; aioice gives up on pairs by ~10 s
 _ICE_URL = re.compile(r"^(stun|stuns|turn|turns):[^\s?:]+(?::\d{1,5})?(?:\?transport=(udp|tcp))?$")
 
@@ -113,6 +128,7 @@ class CallConfig:
     opus: OpusSettings = field(default_factory=OpusSettings)
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     aiortc_encoder: bool = False
+    jitter: JitterConfig = field(default_factory=JitterConfig)
 
     def rtc_configuration(self) -> RTCConfiguration:
         # An explicit list, even empty: with None aiortc asks a public STUN server.
@@ -158,7 +174,6 @@ class MediaSession:
         }
         self._on_state_change = on_state_change
         self._settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._consumer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # fire-and-forget work, kept alive
         self.encoder: OpusEncoderTrack | None = None
         track: MediaStreamTrack = source
@@ -167,8 +182,15 @@ class MediaSession:
             track = self.encoder
         self._pc = RTCPeerConnection(self.config.rtc_configuration())
         self._pc.on("connectionstatechange", self._on_connection_state)
-        self._pc.on("track", self._on_track)
         transceiver = self._pc.addTransceiver(track, direction="sendrecv")
+        self.player = Player(
+            self._write_sink, self.config.jitter, request_retransmission=self._request, clock=clock
+        )
+        aiortc_internals.tap_incoming_rtp(self._pc, self.player.on_rtp)
+        self._nacked: dict[int, None] = {}  # sequence numbers the peer asked for, in order
+        self._nacked_total = 0
+        aiortc_internals.count_retransmissions(self._pc, self._on_nack)
+        self._quality: asyncio.Task[None] | None = None
         opus = [
             c
             for c in RTCRtpSender.getCapabilities("audio").codecs
@@ -272,30 +294,41 @@ class MediaSession:
         if self._started_at is not None:
             self.setup_ms = round((now - self._started_at) * 1000, 1)
         self._last_sample = StatsSample(at=now)
+        self._quality = asyncio.ensure_future(self._steer())
         self._move("connected")
         if not self._settled.done():
             self._settled.set_result(None)
 
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio" and self._consumer is None:
-            self._consumer = asyncio.ensure_future(self._consume(track))
+    def _write_sink(self, frame: AudioFrame) -> None:
+        try:
+            self.sink.write(frame)
+        except OSError as exc:
+            log.warning("call %s: sink failed, dropping audio from now on: %s", self.call_id, exc)
+            self.sink = DiscardSink()
 
-    async def _consume(self, track: MediaStreamTrack) -> None:
-        # Always read: aiortc queues decoded frames without bound until someone does.
-        while True:
+    async def _request(self, ssrc: int, seqs: list[int]) -> None:
+        await aiortc_internals.request_retransmission(self._pc, ssrc, seqs)
+
+    def _on_nack(self, seq: int) -> None:
+        if seq not in self._nacked:
+            self._nacked_total += 1
+            self._nacked[seq] = None
+            if len(self._nacked) > MAX_NACKED_REMEMBERED:
+                del self._nacked[next(iter(self._nacked))]
+
+    async def _steer(self) -> None:
+        """Once a second: the round trip to the jitter buffer, the peer's loss to FEC."""
+        while self.state is MediaState.CONNECTED:
+            await asyncio.sleep(QUALITY_PERIOD_S)
             try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            if self.on_hold or not isinstance(frame, AudioFrame):
+                sample = sample_report(await self._pc.getStats(), self._clock())
+            except Exception as exc:  # statistics must never end the call
+                log.debug("call %s: no statistics: %s", self.call_id, exc)
                 continue
-            try:
-                self.sink.write(frame)
-            except OSError as exc:
-                log.warning(
-                    "call %s: sink failed, dropping audio from now on: %s", self.call_id, exc
-                )
-                self.sink = DiscardSink()
+            if sample.rtt_s is not None:
+                self.player.buffer.rtt_s = sample.rtt_s
+            if self.encoder is not None and sample.remote_fraction_lost is not None:
+                self.encoder.expected_loss_pct = round(sample.remote_fraction_lost * 100)
 
     # -- hold, statistics, close ----------------------------------------------------------
 
@@ -312,6 +345,7 @@ class MediaSession:
         if self.encoder is None:
             raise LocalProtocolError("hold needs our encoder (aiortc_encoder=False)")
         self.on_hold = on_hold
+        self.player.muted = on_hold
         if on_hold:
             self.encoder.pause()
         else:
@@ -354,10 +388,20 @@ class MediaSession:
         out["remote_candidate"] = (
             None if pair is None else _describe(pair.remote_type, pair.remote_address)
         )
+        out |= self.player.stats()
+        sent = self.encoder.packets_encoded if self.encoder is not None else sample.rtp_packets_sent
+        out["loss_out"] = loss_out(sample, self._nacked_total, sent)
+        out["mos_estimate"] = mos_estimate(
+            rtt_ms=out["rtt_ms"],
+            jitter_buffer_ms=out["jitter_buffer_ms"],
+            packet_ms=self.config.opus.frame_ms,
+            concealed=out["concealed"],
+        )
         if self.encoder is not None:
             out["opus_target_kbps"] = self.encoder.settings.bitrate_bps / 1000
             out["opus_packets"] = self.encoder.packets_encoded
             out["opus_bytes"] = self.encoder.bytes_encoded
+            out["fec_expected_loss_pct"] = self.encoder.expected_loss_pct
         return out
 
     async def close(self) -> None:
@@ -369,10 +413,7 @@ class MediaSession:
         self._set_state(MediaState.CLOSED)
         if not self._settled.done():
             self._settled.set_result(None)
-        await self._pc.close()
-        if self._consumer is not None:
-            self._consumer.cancel()
-            await asyncio.gather(self._consumer, return_exceptions=True)
+        await self._stop_receiving()
         self.sink.close()
 
     async def _fail(self, reason: str) -> None:
@@ -384,8 +425,15 @@ class MediaSession:
         if not self._settled.done():
             self._settled.set_result(None)
         await self._keep_final_stats()
-        await self._pc.close()
+        await self._stop_receiving()
         self.sink.close()
+
+    async def _stop_receiving(self) -> None:
+        await self._pc.close()
+        await self.player.close()
+        if self._quality is not None:
+            self._quality.cancel()
+            await asyncio.gather(self._quality, return_exceptions=True)
 
     async def _keep_final_stats(self) -> None:
         try:

@@ -2,15 +2,15 @@
 
 aiortc's own Opus encoder (``aiortc/codecs/opus.py``) is hard-wired to 96 kbit/s stereo,
 about 133 kbit/s on the wire. Instead of patching it, `OpusEncoderTrack` encodes itself
-(PyAV's libopus, mono, 32 kbit/s by default) and hands aiortc finished ``av.Packet``s.
-aiortc's RTP sender passes packets through untouched (``Encoder.pack``: it only converts
-``pts`` to the 48 kHz RTP clock) — the same path its ``MediaPlayer(decode=False)`` uses to
-relay encoded media — so no private attribute and no global patch is involved. What the
-rest of the process does with aiortc is unchanged.
+(libopus through `peerphone.media.libopus`: mono, 24 kbit/s in 40 ms packets, in-band FEC
+sized to the loss the receiver reports) and hands aiortc finished ``av.Packet``s. aiortc's
+RTP sender passes packets through untouched (``Encoder.pack``: it only converts ``pts`` to
+the 48 kHz RTP clock) — the same path its ``MediaPlayer(decode=False)`` uses to relay
+encoded media — so no private attribute and no global patch is involved.
 
 tests/loopback/test_media.py checks that the RTP payload bytes aiortc reports as sent equal the
 bytes this encoder produced, so an aiortc release that re-encoded or dropped packets would
-fail the suite. See docs/decisions/0010-opus-bitrate.md for the numbers.
+fail the suite. See docs/decisions/0017-voice-under-loss.md for the numbers.
 """
 
 from __future__ import annotations
@@ -29,12 +29,15 @@ from av.audio.frame import AudioFrame
 from av.packet import Packet
 
 from peerphone.errors import LocalProtocolError
+from peerphone.media.libopus import OpusEncoder
 
 SAMPLE_RATE = 48_000  # Opus' RTP clock is always 48 kHz (RFC 7587)
 TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
-# 20 ms packets of 12 kbit/s Opus: <= 48 kbit/s per direction as whole IPv6 packets, the
-# worst case (decision 0016; 24 kbit/s was ~55 over IPv6)
-DEFAULT_BITRATE_BPS = 12_000
+# 40 ms packets of 24 kbit/s Opus: ~38 kbit/s per direction as whole IPv6 packets, the
+# worst case, with room for retransmissions under loss (decision 0017; 20 ms packets left
+# room only for 12 kbit/s, decision 0016, which PESQ scores ~0.8 lower)
+DEFAULT_BITRATE_BPS = 24_000
+DEFAULT_FRAME_MS = 40
 MIN_BITRATE_BPS = 6_000  # libopus' floor
 MAX_BITRATE_BPS = 128_000  # far above voice; 12-40 kbit/s is the intended band
 FRAME_DURATIONS_MS = (10, 20, 40, 60)  # what a packet may hold; 20 ms is WebRTC's norm
@@ -45,15 +48,16 @@ MAX_PENDING_PACKETS = 16  # encoded, not yet taken by the sender (one input fram
 class OpusSettings:
     """How calls encode voice: mono Opus, `bitrate_bps` on average, `frame_ms` per packet.
 
-    ``fec`` asks libopus for in-band forward error correction (it costs bitrate and only
-    helps a receiver that decodes it: aiortc's decoder, through PyAV, does not).
+    ``fec`` lets libopus add in-band forward error correction, sized to the loss the
+    receiver reports (`OpusEncoderTrack.expected_loss_pct`; none while nothing is lost).
+    Our receiver and browsers decode it.
     """
 
     bitrate_bps: int = DEFAULT_BITRATE_BPS
-    frame_ms: int = 20
-    complexity: int = 10  # libopus 0..10; 10 costs ~0.25 ms of CPU per 20 ms frame
-    fec: bool = False
-    expected_loss_pct: int = 0  # libopus tunes its FEC to this; used only with fec
+    frame_ms: int = DEFAULT_FRAME_MS
+    complexity: int = 10  # libopus 0..10; 10 costs ~0.3 ms of CPU per 40 ms packet
+    fec: bool = True
+    expected_loss_pct: int = 0  # the starting point; the receiver's reports move it
 
     def __post_init__(self) -> None:
         if not MIN_BITRATE_BPS <= self.bitrate_bps <= MAX_BITRATE_BPS:
@@ -75,7 +79,7 @@ class OpusSettings:
         """The Opus format parameters (RFC 7587 §6.1) that describe what we send and want.
 
         aiortc ignores a peer's fmtp for Opus; they are for peers that honour them.
-        ``useinbandfec`` says whether *we* can use FEC when decoding: aiortc cannot.
+        ``useinbandfec=1``: our receive path decodes FEC (media/playout.py).
         """
         return {
             "minptime": "10",
@@ -83,32 +87,16 @@ class OpusSettings:
             "stereo": "0",
             "sprop-stereo": "0",
             "maxaveragebitrate": str(self.bitrate_bps),
-            "useinbandfec": "0",
+            "useinbandfec": "1",
         }
 
 
-def make_encoder(settings: OpusSettings) -> av.AudioCodecContext:
+def make_encoder(settings: OpusSettings) -> OpusEncoder:
     """A libopus encoder for 48 kHz mono s16 frames of ``settings.samples_per_packet``."""
-    codec = av.CodecContext.create("libopus", "w")
-    assert isinstance(codec, av.AudioCodecContext)
-    codec.bit_rate = settings.bitrate_bps
-    codec.format = "s16"
-    codec.layout = "mono"
-    codec.sample_rate = SAMPLE_RATE
-    codec.time_base = TIME_BASE
-    options = {
-        "application": "voip",
-        "frame_duration": str(settings.frame_ms),
-        # Constrained VBR: unconstrained VBR spent 46 kbit/s on a 32 kbit/s target for a
-        # pitch-hopping tone; calls need a rate the relays' caps can count on.
-        "vbr": "constrained",
-        "compression_level": str(settings.complexity),
-    }
+    encoder = OpusEncoder(settings.bitrate_bps, settings.complexity, settings.fec)
     if settings.fec:
-        options["fec"] = "1"
-        options["packet_loss"] = str(settings.expected_loss_pct)
-    codec.options = options
-    return codec
+        encoder.expected_loss_pct = settings.expected_loss_pct
+    return encoder
 
 
 def make_mono_resampler(frame_samples: int) -> av.AudioResampler:
@@ -171,15 +159,22 @@ class OpusEncoderTrack(MediaStreamTrack):
                 self._samples_read += mono.samples
                 if self.paused:
                     continue
-                mono.pts = start
-                mono.time_base = TIME_BASE
-                for packet in self._encoder.encode(mono):
-                    self._queue_packet(packet, start)
+                pcm = bytes(mono.planes[0])[: mono.samples * 2]
+                self._queue_packet(Packet(self._encoder.encode(pcm, mono.samples)), start)
         return self._pending.popleft()
 
+    @property
+    def expected_loss_pct(self) -> int:
+        return self._encoder.expected_loss_pct
+
+    @expected_loss_pct.setter
+    def expected_loss_pct(self, pct: int) -> None:
+        """The loss the receiver reports: libopus sizes its FEC to it (if `settings.fec`)."""
+        if self.settings.fec:
+            self._encoder.expected_loss_pct = pct
+
     def _queue_packet(self, packet: Packet[Any], pts: int) -> None:
-        # libopus reports negative, pre-skip-shifted pts; the RTP clock wants sample time
-        packet.pts = pts
+        packet.pts = pts  # sample time: aiortc turns it into the RTP timestamp
         packet.time_base = TIME_BASE
         self.packets_encoded += 1
         self.bytes_encoded += packet.size

@@ -105,3 +105,40 @@ def call_stats(previous: StatsSample | None, current: StatsSample) -> dict[str, 
         "rtp_payload_bytes_sent": current.rtp_payload_bytes_sent,
         "rtp_packets_received": current.rtp_packets_received,
     }
+
+
+def loss_out(sample: StatsSample, asked_again: int, packets_sent: int) -> float | None:
+    """Share of our packets lost on the way to the peer, whole call; None before it reports.
+
+    The peer's RTCP receiver reports count a packet that came on the second try as
+    received, so with retransmission they show only what it did not repair; the
+    packets the peer asked for again (NACK) show what the link lost. A peer that does not
+    ask (a browser) is judged by its reports alone.
+    """
+    if sample.remote_packets_lost is None or packets_sent <= 0:
+        return None
+    return round(min(1.0, max(sample.remote_packets_lost, asked_again) / packets_sent), 4)
+
+
+# E-model (ITU-T G.107), simplified: the codec's own impairment and its robustness to loss
+# with concealment, as commonly used for Opus in voice monitoring. An estimate for the
+# call view, not a measurement: benchmarks/bench_voice.py prints it beside PESQ.
+E_MODEL_R0 = 93.2
+OPUS_IE = 10.0
+OPUS_BPL = 20.0
+CODEC_DELAY_MS = 6.5  # Opus' look-ahead
+
+
+def mos_estimate(
+    rtt_ms: float | None, jitter_buffer_ms: float | None, packet_ms: float, concealed: float
+) -> float:
+    """Estimated MOS (1..4.5) from mouth-to-ear delay and the share of concealed audio."""
+    delay = (rtt_ms or 0.0) / 2 + (jitter_buffer_ms or 0.0) + packet_ms + CODEC_DELAY_MS
+    delay_impairment = 0.024 * delay + (0.11 * (delay - 177.3) if delay > 177.3 else 0.0)
+    loss_pct = max(0.0, min(100.0, concealed * 100))
+    loss_impairment = OPUS_IE + (95 - OPUS_IE) * loss_pct / (loss_pct + OPUS_BPL)
+    r = E_MODEL_R0 - delay_impairment - loss_impairment
+    if r <= 0:
+        return 1.0
+    mos = 1 + 0.035 * r + 7e-6 * r * (r - 60) * (100 - r)
+    return round(max(1.0, min(4.5, mos)), 2)

@@ -1,0 +1,336 @@
+"""An adaptive jitter buffer for one incoming Opus stream: what to play at each tick (no I/O).
+
+The player asks `JitterBuffer.pull` for the next piece of audio whenever the previous one
+has been played; the answer is never "wait" once playout has begun, so the output never
+stalls on a gap (aiortc's buffer holds everything back until 16 packets queue):
+
+* the next packet is here: decode it;
+* it is missing but the one after it is here: decode the missing one from that packet's
+  in-band FEC (libopus conceals if the packet carries none);
+* nothing newer has arrived (a jitter spike, a burst, a peer that stopped sending):
+  conceal without moving on, which also stretches the delay so the late packet plays
+  when it comes; after `max_expand_ms` of that, play silence (the peer is on hold or gone);
+* a gap with newer packets behind it: conceal it and move on.
+
+Depth, in the spirit of WebRTC's NetEQ: each played packet's *slack* (play time minus
+arrival time) is remembered for `window_s`. When even the least slack in the window
+exceeds what is needed by more than a packet, one packet is dropped (decoded but not
+played, so the decoder's state stays right); when a late packet or a retransmission needs
+more, the buffer grows by concealing. What is needed: `margin_ms`, plus, while the link
+loses packets and retransmission is on and the round trip is short enough, the time a
+retransmission takes (1.5 RTT + 10 ms): then a lost packet is asked for again (RTCP NACK,
+`nacks_due`) and usually arrives before its turn.
+
+Counting (all per call): `received`, `late` (arrived after its turn), `discarded`
+(duplicates, and packets dropped to shrink the delay), `lost` (the link lost the first
+copy: never came, or came only after we asked again), `retransmitted` (came after a NACK,
+in time), and what was played: decoded, FEC, concealed, silence.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+
+RTP_HZ = 48_000
+SEQ_MOD = 1 << 16
+MAX_GAP_TRACKED = 100  # a jump beyond this is a new stream, not a burst of losses
+MAX_NACK_TRIES = 3
+MAX_NACKS_PER_CALL = 64  # sequence numbers per NACK batch
+MAX_BUFFERED = 250  # packets (10 s of 40 ms audio): a flood beyond this is dropped
+
+
+class Action(enum.Enum):
+    DECODE = "decode"
+    FEC = "fec"
+    CONCEAL = "conceal"
+    SILENCE = "silence"
+
+
+@dataclass(frozen=True, slots=True)
+class Playout:
+    """One piece of audio to produce: `samples` at 48 kHz by `action` from `packet`.
+
+    `drop_first` is a packet to decode and throw away before (the buffer shrinking).
+    """
+
+    action: Action
+    samples: int
+    packet: bytes = b""
+    drop_first: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class JitterConfig:
+    margin_ms: float = 10.0  # slack kept beyond what late packets needed
+    start_delay_ms: float = 40.0  # wait this long after the first packet before playing
+    max_delay_ms: float = 400.0  # never more slack than this (drop packets instead)
+    max_expand_ms: float = 120.0  # conceal at most this long with nothing to play
+    window_s: float = 2.0  # slack history for shrinking decisions
+    retransmit: bool = True  # ask for lost packets again (RTCP NACK)
+    max_nack_rtt_ms: float = 150.0  # beyond this, waiting for a retransmission costs too much
+    loss_memory_s: float = 10.0  # keep the retransmission slack this long after a loss
+
+
+@dataclass(slots=True)
+class JitterCounts:
+    received: int = 0
+    late: int = 0
+    discarded: int = 0
+    lost: int = 0
+    retransmitted: int = 0
+    reordered: int = 0
+    nacks_sent: int = 0
+    decoded: int = 0
+    fec: int = 0
+    concealed: int = 0  # pieces of audio
+    concealed_samples: int = 0
+    played_samples: int = 0  # decoded + FEC + concealed (not silence)
+    silence_samples: int = 0
+
+
+@dataclass(slots=True)
+class _Packet:
+    timestamp: int
+    payload: bytes
+    samples: int
+    arrival: float
+
+
+@dataclass(slots=True)
+class _Missing:
+    detected_at: float
+    nacks: int = 0
+    last_nack: float = float("-inf")
+
+
+@dataclass(slots=True)
+class JitterBuffer:
+    config: JitterConfig = field(default_factory=JitterConfig)
+    counts: JitterCounts = field(default_factory=JitterCounts)
+    rtt_s: float | None = None
+    _packets: dict[int, _Packet] = field(default_factory=dict)  # by extended seq
+    _missing: dict[int, _Missing] = field(default_factory=dict)
+    _first_seq: int | None = None
+    _highest: int | None = None  # extended sequence number
+    _first_arrival: float | None = None
+    _next: int | None = None  # next extended seq to play; None before playout starts
+    _last_samples: int = 960
+    _expanded_ms: float = 0.0
+    _slack: deque[tuple[float, float]] = field(default_factory=deque)  # (when, slack s)
+    _last_loss_at: float = float("-inf")
+
+    # -- arrivals -------------------------------------------------------------------------
+
+    def insert(self, seq: int, timestamp: int, payload: bytes, samples: int, now: float) -> None:
+        """A packet arrived (`samples` it holds, from its TOC; timestamp is unused yet)."""
+        ext = self._extend(seq)
+        self.counts.received += 1
+        if self._highest is None or self._first_seq is None:
+            self._first_seq = self._highest = ext
+            self._first_arrival = now
+        elif ext - self._highest > MAX_GAP_TRACKED:
+            self._resync(ext, now)
+        elif ext > self._highest:
+            if ext > self._highest + 1:
+                self._last_loss_at = now
+            for gap in range(self._highest + 1, ext):
+                self._missing[gap] = _Missing(now)
+            self._highest = ext
+        missing = self._missing.pop(ext, None)
+        if missing is not None:
+            if missing.nacks:
+                self.counts.retransmitted += 1
+                self.counts.lost += 1  # the first copy was lost on the way
+            else:
+                self.counts.reordered += 1
+        if (self._next is not None and ext < self._next) or ext < self._first_seq:
+            self.counts.late += 1
+            return
+        if ext in self._packets or len(self._packets) >= MAX_BUFFERED:
+            self.counts.discarded += 1
+            return
+        self._packets[ext] = _Packet(timestamp, payload, samples, now)
+
+    def _extend(self, seq: int) -> int:
+        if self._highest is None:
+            return seq % SEQ_MOD
+        base = self._highest - (self._highest % SEQ_MOD)
+        candidates = (base - SEQ_MOD + seq, base + seq, base + SEQ_MOD + seq)
+        return min(candidates, key=lambda c: abs(c - self._highest))  # type: ignore[operator]
+
+    def _resync(self, ext: int, now: float) -> None:
+        """The stream jumped (a new sender, or hours of silence): start over from `ext`."""
+        self._packets.clear()
+        self._expire_missing(self._highest + 1 if self._highest is not None else ext)
+        self._missing.clear()
+        self._highest = self._first_seq = ext
+        self._first_arrival = now
+        self._next = None
+
+    # -- playout --------------------------------------------------------------------------
+
+    def pull(self, now: float) -> Playout | None:
+        """What to play now; None only before playout has begun (keep asking)."""
+        if self._next is None:
+            if not self._packets or self._first_arrival is None:
+                return None
+            if now < self._first_arrival + self.config.start_delay_ms / 1000:
+                return None
+            self._next = min(self._packets)
+        self._expire_missing(self._next)
+        packet = self._packets.pop(self._next, None)
+        if packet is not None:
+            return self._play(packet, now)
+        if self._packets:  # a gap with newer packets behind it
+            self._expanded_ms = 0.0
+            return self._cover_gap()
+        return self._underrun()
+
+    def _play(self, packet: _Packet, now: float) -> Playout:
+        assert self._next is not None
+        self._next += 1
+        self._last_samples = packet.samples
+        self._expanded_ms = 0.0
+        self.counts.decoded += 1
+        self.counts.played_samples += packet.samples
+        self._remember_slack(now, now - packet.arrival)
+        drop = b""
+        if self._should_shrink(packet.samples):
+            following = self._packets.pop(self._next, None)
+            if following is not None:
+                self._next += 1
+                self.counts.discarded += 1
+                drop, packet = packet.payload, following
+                self._slack.clear()
+        return Playout(Action.DECODE, packet.samples, packet.payload, drop)
+
+    def _cover_gap(self) -> Playout:
+        assert self._next is not None
+        self._next += 1  # past the lost one
+        self._expire_missing(self._next)
+        following = self._packets.get(self._next)
+        samples = self._last_samples
+        self.counts.played_samples += samples
+        if following is not None:
+            self.counts.fec += 1
+            return Playout(Action.FEC, samples, following.payload)
+        self.counts.concealed += 1
+        self.counts.concealed_samples += samples
+        return Playout(Action.CONCEAL, samples)
+
+    def _underrun(self) -> Playout:
+        samples = self._last_samples
+        if self._expanded_ms >= self.config.max_expand_ms:
+            self.counts.silence_samples += samples
+            return Playout(Action.SILENCE, samples)
+        self._expanded_ms += samples * 1000 / RTP_HZ
+        self._slack.clear()  # the delay just grew: judge it afresh
+        self.counts.concealed += 1
+        self.counts.concealed_samples += samples
+        self.counts.played_samples += samples
+        return Playout(Action.CONCEAL, samples)
+
+    def _expire_missing(self, before: int) -> None:
+        """Gaps the playout has passed for good: the packet was lost on the way."""
+        for seq in [s for s in self._missing if s < before]:
+            del self._missing[seq]
+            self.counts.lost += 1
+
+    # -- depth ----------------------------------------------------------------------------
+
+    def needed_slack_s(self, now: float) -> float:
+        """The slack the buffer aims for: margin, plus retransmission time while lossy."""
+        needed = self.config.margin_ms / 1000
+        if self._retransmission_pays(now):
+            assert self.rtt_s is not None
+            needed += 1.5 * self.rtt_s + 0.010
+        return needed
+
+    def _retransmission_pays(self, now: float) -> bool:
+        return (
+            self.config.retransmit
+            and self.rtt_s is not None
+            and self.rtt_s * 1000 <= self.config.max_nack_rtt_ms
+            and now - self._last_loss_at <= self.config.loss_memory_s
+        )
+
+    def _remember_slack(self, now: float, slack: float) -> None:
+        self._slack.append((now, slack))
+        while self._slack and self._slack[0][0] < now - self.config.window_s:
+            self._slack.popleft()
+
+    def _should_shrink(self, samples: int) -> bool:
+        if not self._slack or self._slack[-1][0] - self._slack[0][0] < self.config.window_s / 2:
+            return False
+        least = min(s for _, s in self._slack)
+        packet_s = samples / RTP_HZ
+        now = self._slack[-1][0]
+        too_much = least - self.needed_slack_s(now) > packet_s
+        return too_much or least > self.config.max_delay_ms / 1000
+
+    def should_grow(self, now: float) -> bool:
+        """Whether the slack is short of what retransmissions need (the player expands)."""
+        if not self._slack or not self._retransmission_pays(now):
+            return False
+        least = min(s for _, s in self._slack)
+        return least < self.needed_slack_s(now) - 0.005
+
+    def grow(self) -> Playout:
+        """Conceal one piece without moving on: the delay grows by it."""
+        self._slack.clear()
+        samples = self._last_samples
+        self.counts.concealed += 1
+        self.counts.concealed_samples += samples
+        self.counts.played_samples += samples
+        return Playout(Action.CONCEAL, samples)
+
+    # -- retransmission -------------------------------------------------------------------
+
+    def nacks_due(self, now: float) -> list[int]:
+        """Sequence numbers (16-bit) to ask for again now; empty when it would not pay."""
+        if not self.config.retransmit or self.rtt_s is None:
+            return []
+        if self.rtt_s * 1000 > self.config.max_nack_rtt_ms:
+            return []
+        wait = 1.5 * self.rtt_s + 0.010
+        due: list[int] = []
+        for ext, missing in self._missing.items():
+            if self._next is not None and ext < self._next:
+                continue
+            if missing.nacks >= MAX_NACK_TRIES or now - missing.last_nack < wait:
+                continue
+            missing.nacks += 1
+            missing.last_nack = now
+            due.append(ext % SEQ_MOD)
+            if len(due) >= MAX_NACKS_PER_CALL:
+                break
+        self.counts.nacks_sent += len(due)
+        return due
+
+    # -- what a user sees -----------------------------------------------------------------
+
+    @property
+    def expected(self) -> int:
+        if self._first_seq is None or self._highest is None:
+            return 0
+        return self._highest - self._first_seq + 1
+
+    def loss(self, now: float) -> float:
+        """Share of the peer's packets whose first copy never reached us (whole call)."""
+        expected = self.expected
+        if not expected:
+            return 0.0
+        pending = sum(1 for m in self._missing.values() if now - m.detected_at > 1.0)
+        return min(1.0, (self.counts.lost + pending) / expected)
+
+    def delay_ms(self) -> float | None:
+        """The slack of the packets played lately: the delay the buffer adds, on average."""
+        if not self._slack:
+            return None
+        return round(sum(s for _, s in self._slack) / len(self._slack) * 1000, 1)
+
+    def concealed_share(self) -> float:
+        played = self.counts.played_samples
+        return round(self.counts.concealed_samples / played, 4) if played else 0.0
