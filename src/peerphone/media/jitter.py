@@ -66,7 +66,7 @@ class JitterConfig:
     margin_ms: float = 10.0  # slack kept beyond what late packets needed
     start_delay_ms: float = 40.0  # wait this long after the first packet before playing
     max_delay_ms: float = 400.0  # never more slack than this (drop packets instead)
-    max_expand_ms: float = 120.0  # conceal at most this long with nothing to play
+    max_expand_ms: float = 300.0  # conceal at most this long with nothing to play
     window_s: float = 2.0  # slack history for shrinking decisions
     retransmit: bool = True  # ask for lost packets again (RTCP NACK)
     max_nack_rtt_ms: float = 150.0  # beyond this, waiting for a retransmission costs too much

@@ -1,0 +1,230 @@
+"""The jitter buffer's decisions on virtual time: what plays, what is asked for again, counts."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from peerphone.media.jitter import (
+    SEQ_MOD,
+    Action,
+    JitterBuffer,
+    JitterConfig,
+    Playout,
+)
+
+PACKET = 1920  # 40 ms at 48 kHz
+STEP = PACKET / 48_000
+
+
+def payload(seq: int) -> bytes:
+    return seq.to_bytes(4, "big")
+
+
+class Stream:
+    """A sender of 40 ms packets and a player pulling on time, on one virtual clock."""
+
+    def __init__(self, buffer: JitterBuffer, first_seq: int = 1000) -> None:
+        self.buffer = buffer
+        self.seq = first_seq
+        self.now = 0.0
+        self.played: list[Playout] = []
+
+    def send(self, *, lose: bool = False, delay: float = 0.0) -> int:
+        seq = self.seq % SEQ_MOD
+        if not lose:
+            self.buffer.insert(seq, seq * PACKET, payload(seq), PACKET, self.now + delay)
+        self.seq += 1
+        return seq
+
+    def tick(self) -> Playout | None:
+        out = self.buffer.pull(self.now)
+        if out is not None:
+            self.played.append(out)
+        self.now += STEP
+        return out
+
+    def run(self, packets: int, lose: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+        for i in range(packets):
+            self.send(lose=i in lose)
+            self.tick()
+
+
+def actions(played: list[Playout]) -> list[str]:
+    return [p.action.value for p in played]
+
+
+def test_a_clean_stream_plays_every_packet_in_order_after_the_start_delay() -> None:
+    stream = Stream(JitterBuffer(JitterConfig(start_delay_ms=40)))
+    stream.run(50)
+    assert stream.played[0].packet == payload(1000)
+    decoded = [p.packet for p in stream.played]
+    assert decoded == [payload(s) for s in range(1000, 1000 + len(decoded))]
+    assert set(actions(stream.played)) == {"decode"}
+    counts = stream.buffer.counts
+    assert counts.lost == counts.late == counts.discarded == counts.concealed == 0
+    assert stream.buffer.loss(stream.now) == 0.0
+    delay = stream.buffer.delay_ms()
+    assert delay is not None and 35 <= delay <= 45
+
+
+def test_one_lost_packet_is_rebuilt_from_the_next_ones_fec() -> None:
+    stream = Stream(JitterBuffer(JitterConfig(retransmit=False)))
+    stream.run(30, lose={10})
+    fec = [p for p in stream.played if p.action is Action.FEC]
+    assert len(fec) == 1 and fec[0].packet == payload(1011)  # decoded from its successor
+    assert stream.buffer.counts.fec == 1 and stream.buffer.counts.lost == 1
+    assert stream.buffer.loss(stream.now) == pytest.approx(1 / 30)
+
+
+def test_a_burst_is_concealed_then_fec_and_nothing_waits() -> None:
+    stream = Stream(JitterBuffer(JitterConfig(retransmit=False)))
+    stream.run(40, lose={10, 11, 12})
+    kinds = actions(stream.played)
+    assert "silence" not in kinds
+    first = kinds.index("conceal")
+    gap = kinds[first : kinds.index("fec") + 1]
+    # two ticks find nothing newer (stretch: the delay grows), then the gap is covered:
+    # the first two lost packets concealed, the third rebuilt from the packet after it
+    assert gap == ["conceal"] * 4 + ["fec"]
+    assert stream.buffer.counts.lost == 3
+    # every tick after the start produced audio
+    assert len(stream.played) >= 38
+
+
+def test_an_underrun_stretches_with_concealment_then_silence_and_resumes() -> None:
+    buffer = JitterBuffer(JitterConfig(max_expand_ms=120, retransmit=False))
+    stream = Stream(buffer)
+    stream.run(10)
+    for _ in range(8):  # the peer goes quiet (hold, or a long outage)
+        stream.tick()
+    tail = actions(stream.played[-8:])
+    # the packet already here plays, then 120 ms of concealment, then silence
+    assert tail[:4] == ["decode"] + ["conceal"] * 3 and set(tail[4:]) == {"silence"}
+    stream.run(5)  # it comes back, in sequence: played, nothing counted lost
+    assert stream.played[-1].action is Action.DECODE
+    assert buffer.counts.lost == 0 and buffer.counts.late == 0
+
+
+def test_a_packet_after_its_turn_is_late_and_not_played() -> None:
+    buffer = JitterBuffer(JitterConfig(retransmit=False))
+    stream = Stream(buffer)
+    stream.run(10)
+    late = stream.send(lose=True)
+    stream.send()
+    stream.tick()  # the packet before it
+    assert stream.tick() == Playout(Action.FEC, PACKET, payload(late + 1))
+    buffer.insert(late, late * PACKET, payload(late), PACKET, stream.now)
+    stream.run(3)
+    assert buffer.counts.late == 1
+    assert payload(late) not in [p.packet for p in stream.played if p.action is Action.DECODE]
+
+
+def test_duplicates_are_discarded() -> None:
+    buffer = JitterBuffer()
+    buffer.insert(5, 0, payload(5), PACKET, 0.0)
+    buffer.insert(5, 0, payload(5), PACKET, 0.001)
+    assert buffer.counts.discarded == 1 and buffer.counts.received == 2
+
+
+def test_a_gap_is_asked_for_again_and_a_retransmission_in_time_plays() -> None:
+    buffer = JitterBuffer(JitterConfig(retransmit=True))
+    buffer.rtt_s = 0.02
+    stream = Stream(buffer)
+    stream.run(10)
+    lost = stream.send(lose=True)
+    stream.send()
+    assert buffer.nacks_due(stream.now) == [lost]
+    assert buffer.nacks_due(stream.now) == []  # not again before 1.5 RTT + 10 ms
+    assert buffer.nacks_due(stream.now + 0.041) == [lost]
+    buffer.insert(lost, lost * PACKET, payload(lost), PACKET, stream.now + 0.045)
+    stream.now += 0.05
+    stream.run(4)
+    decoded = [p.packet for p in stream.played if p.action is Action.DECODE]
+    assert payload(lost) in decoded
+    counts = buffer.counts
+    assert counts.retransmitted == 1 and counts.lost == 1 and counts.fec == 0
+    assert counts.nacks_sent == 2
+
+
+def test_nacks_give_up_after_three_tries_and_not_at_a_long_round_trip() -> None:
+    buffer = JitterBuffer(JitterConfig(max_nack_rtt_ms=150))
+    buffer.rtt_s = 0.01
+    buffer.insert(1, 0, payload(1), PACKET, 0.0)
+    buffer.insert(3, 0, payload(3), PACKET, 0.0)
+    tries = [buffer.nacks_due(t) for t in (0.0, 0.1, 0.2, 0.3, 0.4)]
+    assert tries == [[2], [2], [2], [], []]
+    far = JitterBuffer()
+    far.rtt_s = 0.3  # waiting 1.5 RTT would cost more than it saves
+    far.insert(1, 0, payload(1), PACKET, 0.0)
+    far.insert(3, 0, payload(3), PACKET, 0.0)
+    assert far.nacks_due(0.0) == []
+    off = JitterBuffer(JitterConfig(retransmit=False))
+    off.rtt_s = 0.01
+    off.insert(1, 0, payload(1), PACKET, 0.0)
+    off.insert(3, 0, payload(3), PACKET, 0.0)
+    assert off.nacks_due(0.0) == []
+
+
+def test_sequence_numbers_wrap() -> None:
+    stream = Stream(JitterBuffer(JitterConfig(retransmit=False)), first_seq=SEQ_MOD - 5)
+    stream.run(12, lose={7})
+    decoded = [int.from_bytes(p.packet, "big") for p in stream.played if p.action is Action.DECODE]
+    assert decoded[:4] == [SEQ_MOD - 5, SEQ_MOD - 4, SEQ_MOD - 3, SEQ_MOD - 2]
+    assert 0 in decoded and 1 in decoded
+    assert stream.buffer.counts.lost == 1 and stream.buffer.counts.late == 0
+
+
+def test_too_much_delay_is_shed_one_packet_at_a_time() -> None:
+    buffer = JitterBuffer(JitterConfig(start_delay_ms=300, window_s=1.0, retransmit=False))
+    stream = Stream(buffer)
+    stream.run(150)
+    delay = buffer.delay_ms()
+    assert delay is not None and delay < 100  # from 300 ms down to about a packet
+    assert buffer.counts.discarded >= 4
+    drops = [p for p in stream.played if p.drop_first]
+    assert len(drops) == buffer.counts.discarded
+
+
+def test_a_jump_of_the_stream_starts_it_over() -> None:
+    buffer = JitterBuffer()
+    stream = Stream(buffer)
+    stream.run(5)
+    stream.seq += 5000
+    stream.run(5)
+    assert buffer.counts.lost == 0  # not 5000 losses
+    assert stream.played[-1].action is Action.DECODE
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("loss", [0.03, 0.10, 0.20])
+def test_random_loss_is_counted_as_applied_and_every_tick_plays(seed: int, loss: float) -> None:
+    rng = random.Random(seed)
+    stream = Stream(JitterBuffer(JitterConfig(retransmit=False)))
+    packets = 2000
+    lose = {i for i in range(1, packets) if rng.random() < loss}  # the first one starts it
+    lose.discard(packets - 1)
+    stream.run(packets, lose=lose)
+    # every tick plays once the first packet has waited the start delay
+    assert len(stream.played) >= packets - 3, f"seed {seed}"
+    assert "silence" not in actions(stream.played), f"seed {seed}"
+    reported = stream.buffer.loss(stream.now + 2)
+    assert reported == pytest.approx(len(lose) / packets, abs=0.002), f"seed {seed}"
+    counts = stream.buffer.counts
+    assert counts.fec <= counts.lost <= len(lose), f"seed {seed}"  # the last may be pending
+
+
+def test_jittery_arrivals_grow_the_delay_instead_of_dropping_packets() -> None:
+    rng = random.Random(7)
+    buffer = JitterBuffer(JitterConfig(start_delay_ms=20, retransmit=False))
+    stream = Stream(buffer)
+    for _ in range(300):
+        stream.send(delay=rng.uniform(0, 0.1))  # up to 100 ms late
+        stream.tick()
+    counts = buffer.counts
+    assert counts.lost == 0
+    # the first spikes cost concealment and a few late packets; then the delay covers them
+    assert counts.late <= 10
+    tail = actions(stream.played[-100:])
+    assert tail.count("decode") >= 95
