@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,6 +126,7 @@ def test_a_call_by_clicking_with_audio_both_ways_hold_resume_and_hang_up(
     print(f"alice hears {heard_by_alice}, bob hears {heard_by_bob}")
     assert abs(heard_by_alice["hz"] - BOB_HZ) <= HZ_TOLERANCE
     assert abs(heard_by_bob["hz"] - ALICE_HZ) <= HZ_TOLERANCE
+    alice.page.wait_for_function(SHOWS_MOS, timeout=STEP_TIMEOUT_MS)  # the quality block
     alice.page.screenshot(path=str(SCREENSHOTS / "in-call.png"))
 
     # what the node signed and passed on keeps the voice budget: whole packets, headers
@@ -137,6 +139,7 @@ def test_a_call_by_clicking_with_audio_both_ways_hold_resume_and_hang_up(
     for direction in ("sent", "received"):
         assert wire[direction]["packets_per_s"] > 40  # audio flowed (20 ms packets)
         assert wire[direction]["ip"] <= wire[direction]["ipv6"] <= WIRE_LIMIT_KBPS
+    check_quality(alice)
 
     alice.page.click(tid("hold"))
     for person in (alice, bob):
@@ -160,6 +163,65 @@ def test_a_call_by_clicking_with_audio_both_ways_hold_resume_and_hang_up(
     alice.page.wait_for_selector("#history li")
     ended = [c for c in alice.node.control.request("GET", "/v1/calls") if c["state"] == "ended"]
     assert ended and ended[-1]["path"] == "direct"
+    # the time on hold is no concealment of loss (nothing arrived, and nothing was lost)
+    print(f"the call's quality at its end: { ({key: ended[-1][key] for key in QUALITY_KEYS}) }")
+    assert ended[-1]["concealed"] < 0.1 and ended[-1]["mos_estimate"] >= 3.5
+
+
+SHOWS_MOS = "() => /^[1-4][.][0-9]$/.test(document.getElementById('q-mos').textContent)"
+
+
+def e_model_mos(rtt_ms: float, jitter_buffer_ms: float, concealed: float) -> float:
+    """The simple E-model of issue 11 (what the page's mosEstimate must compute)."""
+    d = rtt_ms / 2 + jitter_buffer_ms + 40
+    delay = 0.024 * d + (0.11 * (d - 177.3) if d > 177.3 else 0.0)
+    ppl = concealed * 100
+    r = 93.2 - delay - (10 + (95 - 10) * ppl / (ppl + 20))
+    mos = 1 + 0.035 * r + 7e-6 * r * (r - 60) * (100 - r) if r > 0 else 1.0
+    return min(4.5, max(1.0, mos))
+
+
+def check_quality(person: Person) -> None:
+    """The page's quality numbers of a clean loopback call: on the page, and in the node's
+    view of the call (what the page reported); the page's E-model is the issue's."""
+    page = person.page
+    for args in ((1, 40, 0), (100, 60, 0.03), (38, 61.4, 0.042), (400, 200, 0.1), (600, 300, 0.5)):
+        got = page.evaluate("([r, j, c]) => mosEstimate(r, j, c)", list(args))
+        assert got == pytest.approx(e_model_mos(*args), abs=0.006), args
+    shown = page.inner_text(tid("call-quality"))
+    print(f"the call's quality on the page: {shown!r}")
+    for label in ("loss in/out", "concealed", "jitter buffer", "MOS est."):
+        assert label in shown
+
+    def reported() -> dict[str, Any] | None:
+        (view,) = [
+            c for c in person.node.control.request("GET", "/v1/calls") if c["state"] == "active"
+        ]
+        return view if view["loss_out"] is not None and view["mos_estimate"] is not None else None
+
+    view = wait_for("the page's quality numbers at the node", reported, 15.0)
+    print({key: view[key] for key in QUALITY_KEYS})
+    assert view["loss"] == pytest.approx(0, abs=0.01)  # loopback loses nothing
+    assert view["loss_out"] == pytest.approx(0, abs=0.01)
+    assert 0 <= view["concealed"] < 0.1
+    assert 0 < view["jitter_buffer_ms"] < 300
+    assert 3.5 <= view["mos_estimate"] <= 4.5
+    for key in ("fec_recovered", "discarded_packets"):
+        assert isinstance(view[key], int) and view[key] >= 0
+    assert view["retransmitted"] is None and view["late_packets"] is None  # not measured
+
+
+QUALITY_KEYS = (
+    "loss",
+    "loss_out",
+    "concealed",
+    "fec_recovered",
+    "discarded_packets",
+    "jitter_buffer_ms",
+    "mos_estimate",
+    "retransmitted",
+    "late_packets",
+)
 
 
 def test_the_sharing_panel_shows_what_a_supernode_serves_live(

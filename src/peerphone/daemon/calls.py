@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from peerphone.daemon.browser_sdp import browser_sdp
 from peerphone.daemon.config import NodeConfig
@@ -64,12 +65,25 @@ log = logging.getLogger("peerphone.calls")
 
 TURN_REFRESH_MARGIN_S = 60.0  # ask for new relay credentials this long before expiry
 MAX_ENDED_KEPT = 50  # ended calls still listed by `calls`
+# a call's statistics in `calls --json` and the API's call view (None: not known or not
+# measured); the quality numbers are the whole call's: `loss` (the peer's packets lost on
+# the way to us) and `loss_out` (ours, from the peer's reports), 0..1; `concealed`, the
+# share of played audio that was loss concealment; packets rebuilt from Opus FEC or by
+# retransmission, late and discarded ones; the jitter buffer's delay now; an E-model MOS.
 STATS_KEYS = (
     "path",
     "setup_ms",
     "rtt_ms",
     "jitter_ms",
     "loss",
+    "loss_out",
+    "concealed",
+    "fec_recovered",
+    "retransmitted",
+    "late_packets",
+    "discarded_packets",
+    "jitter_buffer_ms",
+    "mos_estimate",
     "bitrate_kbps",
     "bytes_sent",
     "bytes_received",
@@ -118,19 +132,50 @@ class CallRecord:
     browser_stats: dict[str, Any] = field(default_factory=dict)
 
 
-# what the page may report about a browser call's media (numbers, or a path name)
-BROWSER_STATS_KEYS = (
-    "path",
-    "setup_ms",
-    "rtt_ms",
-    "jitter_ms",
-    "loss",
-    "bytes_sent",
-    "bytes_received",
-    "local_candidate",
-    "remote_candidate",
-)
+# what the page may report about a browser call's media: text (a path name, candidates)...
+BROWSER_TEXT_KEYS = ("path", "local_candidate", "remote_candidate")
+# ...and numbers, each within its range (no upper bound: None); counts are whole numbers
+BROWSER_NUMBER_RANGES: dict[str, tuple[float, float | None]] = {
+    "setup_ms": (0, None),
+    "rtt_ms": (0, None),
+    "jitter_ms": (0, None),
+    "loss": (0, 1),
+    "loss_out": (0, 1),
+    "concealed": (0, 1),
+    "jitter_buffer_ms": (0, None),
+    "mos_estimate": (1, 4.5),
+}
+BROWSER_COUNT_KEYS = ("bytes_sent", "bytes_received", "fec_recovered", "discarded_packets")
+BROWSER_STATS_KEYS = BROWSER_TEXT_KEYS + tuple(BROWSER_NUMBER_RANGES) + BROWSER_COUNT_KEYS
 MAX_BROWSER_STAT_CHARS = 80
+PATHS = ("direct", "relay")
+
+
+def checked_browser_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """What the page reported, kept only where it is what `BROWSER_STATS_KEYS` allow: text
+    where text is due (a path is "direct" or "relay"), finite numbers within their range,
+    whole non-negative counts. Anything else (a wrong type, NaN, loss 1.5) is left out."""
+    kept: dict[str, Any] = {}
+    for key in BROWSER_TEXT_KEYS:
+        text = stats.get(key)
+        if isinstance(text, str) and (key != "path" or text in PATHS):
+            kept[key] = text[:MAX_BROWSER_STAT_CHARS]
+    for key, (low, high) in BROWSER_NUMBER_RANGES.items():
+        value = stats.get(key)
+        if _is_number(value) and low <= value and (high is None or value <= high):
+            kept[key] = value
+    for key in BROWSER_COUNT_KEYS:
+        value = stats.get(key)
+        if _is_number(value) and value >= 0 and (isinstance(value, int) or value.is_integer()):
+            kept[key] = int(value)
+    return kept
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    """A JSON number: not a bool, nor NaN or infinite (Python's json reads those too)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 class CallManager:
@@ -265,18 +310,7 @@ class CallManager:
         record = self._get(call_id)
         if not record.browser:
             raise LocalProtocolError("not a call of the softphone page")
-        kept: dict[str, Any] = {}
-        for key in BROWSER_STATS_KEYS:
-            value = stats.get(key)
-            if isinstance(value, bool) or value is None:
-                continue
-            if isinstance(value, int | float):
-                kept[key] = value
-            elif isinstance(value, str):
-                kept[key] = value[:MAX_BROWSER_STAT_CHARS]
-        if kept.get("path") not in (None, "direct", "relay"):
-            kept.pop("path")
-        record.browser_stats = kept
+        record.browser_stats = checked_browser_stats(stats)
 
     async def answer(self, call_id: bytes, media: Media) -> None:
         record = self._get(call_id)

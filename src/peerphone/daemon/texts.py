@@ -215,9 +215,27 @@ def call_text(c: dict[str, Any]) -> str:
         f"call {c['call_id'][:8]} {c['direction']} {c['peer']}: {state}"
         + f", path {c.get('path') or '-'}, setup {num('setup_ms', '.0f')} ms, "
         f"rtt {num('rtt_ms', '.1f')} ms, jitter {num('jitter_ms', '.1f')} ms, "
-        f"loss {num('loss', '.3f')}, {rate}, "
+        f"{quality_text(c)}, {rate}, "
         f"{c.get('bytes_sent') or 0} B sent, {c.get('bytes_received') or 0} B received"
     )
+
+
+def _percent(value: object) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value * 100:.1f} %"
+    return "-"
+
+
+def quality_text(c: dict[str, Any]) -> str:
+    """A call's loss both ways (in: the peer's packets lost on the way to us, out: ours),
+    and, when measured, the share of audio concealed and the estimated MOS."""
+    parts = [f"loss in/out {_percent(c.get('loss'))}/{_percent(c.get('loss_out'))}"]
+    if c.get("concealed") is not None:
+        parts.append(f"concealed {_percent(c['concealed'])}")
+    mos = c.get("mos_estimate")
+    if isinstance(mos, int | float) and not isinstance(mos, bool):
+        parts.append(f"MOS est. {mos:.1f}")
+    return ", ".join(parts)
 
 
 def event_text(e: dict[str, Any]) -> str | None:

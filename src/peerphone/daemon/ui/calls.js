@@ -9,6 +9,10 @@ function newCall(fields) {
       id: null, peer: "", outgoing: true, pc: null, heldLocal: false, heldRemote: false,
       muted: false, ended: false, connected: false, startedAt: null, lastStats: null,
       sender: null, statsTimer: null, phase: "ringing", path: "",
+      quality: {}, // loss both ways, concealed, jitter buffer, MOS (as the node's call view names them)
+      lastBuffer: null, // the jitter buffer's counters at the previous sample
+      lastSamples: null, // the audio samples played and concealed, at the previous sample
+      played: { concealed: 0, total: 0 }, // those samples, summed while not on hold
       setupFrom: performance.now(), // the click on Call or Answer
       setupMs: null, // from that click until the media path connected
     },
@@ -249,6 +253,16 @@ function renderCall() {
   $("call-timer").textContent = call.ended
     ? call.endReason || ""
     : call.startedAt ? Math.round((Date.now() - call.startedAt) / 1000) + " s" : "";
+  renderQuality(call.quality);
+}
+
+function renderQuality(q) {
+  // `q` has the keys of the node's call view (loss, loss_out, concealed, jitter_buffer_ms,
+  // mos_estimate): a browser call's are the ones this page measured (qualityStats)
+  $("q-loss").textContent = lossText(q.loss, q.loss_out);
+  $("q-concealed").textContent = percent(q.concealed);
+  $("q-buffer").textContent = isNumber(q.jitter_buffer_ms) ? Math.round(q.jitter_buffer_ms) + " ms" : "–";
+  $("q-mos").textContent = isNumber(q.mos_estimate) ? q.mos_estimate.toFixed(1) : "–";
 }
 
 // -- statistics of the call, measured here ------------------------------------------------
@@ -281,14 +295,7 @@ async function sampleStats(call) {
     stats.bytes_sent = pair.bytesSent;
     stats.bytes_received = pair.bytesReceived;
   }
-  report.forEach((s) => {
-    if (s.type === "inbound-rtp" && s.kind === "audio") {
-      stats.jitter_ms = Math.round((s.jitter || 0) * 1000 * 10) / 10;
-      const lost = Math.max(0, s.packetsLost || 0);
-      const total = lost + (s.packetsReceived || 0);
-      stats.loss = total > 0 ? Math.round((lost / total) * 10000) / 10000 : 0;
-    }
-  });
+  qualityStats(call, report, byId, stats);
   if (call.setupMs !== null) stats.setup_ms = call.setupMs;
   const now = performance.now();
   const last = call.lastStats;
@@ -302,7 +309,7 @@ async function sampleStats(call) {
   }
   $("st-rtt").textContent = stats.rtt_ms !== undefined ? stats.rtt_ms + " ms" : "–";
   $("st-jitter").textContent = stats.jitter_ms !== undefined ? stats.jitter_ms + " ms" : "–";
-  $("st-loss").textContent = stats.loss !== undefined ? (stats.loss * 100).toFixed(1) + " %" : "–";
+  call.quality = stats;
   if (stats.path && call.path !== stats.path) {
     call.path = stats.path;
   }
@@ -312,4 +319,77 @@ async function sampleStats(call) {
     call.reportedAt = now;
     api("POST", "/v1/ui/calls/" + call.id + "/stats", stats).catch(() => {});
   }
+}
+
+// -- call quality: the same numbers as the node's call view, from the page's getStats() -----
+
+const MOS_CODEC_DELAY_MS = 40; // Opus in 20 ms packets: coding and packetisation
+const MOS_IE = 10; // the E-model's equipment impairment of the codec with no loss (Ie)
+const MOS_BPL = 20; // and its robustness to packet loss (Bpl)
+
+function qualityStats(call, report, byId, stats) {
+  // Whole-call shares: loss (the peer's packets lost on the way to us), loss_out (ours, as
+  // the peer's receiver reports count them), concealed (played audio that was concealment).
+  report.forEach((s) => {
+    if (s.kind !== "audio") return;
+    if (s.type === "inbound-rtp") {
+      stats.jitter_ms = Math.round((s.jitter || 0) * 1000 * 10) / 10;
+      const lost = Math.max(0, s.packetsLost || 0);
+      stats.loss = share(lost, lost + (s.packetsReceived || 0)) || 0;
+      if (isNumber(s.totalSamplesReceived)) {
+        stats.concealed = playedConcealed(call, s.concealedSamples || 0, s.totalSamplesReceived);
+      }
+      if (isNumber(s.fecPacketsReceived)) stats.fec_recovered = s.fecPacketsReceived;
+      if (isNumber(s.packetsDiscarded)) stats.discarded_packets = s.packetsDiscarded;
+      const buffer = jitterBufferMs(call, s.jitterBufferDelay, s.jitterBufferEmittedCount);
+      if (buffer !== undefined) stats.jitter_buffer_ms = buffer;
+    } else if (s.type === "remote-inbound-rtp") {
+      const sent = (byId.get(s.localId) || {}).packetsSent;
+      if (isNumber(s.packetsLost) && sent > 0) stats.loss_out = share(Math.max(0, s.packetsLost), sent);
+      else if (isNumber(s.fractionLost)) stats.loss_out = share(s.fractionLost, 1);
+      if (stats.rtt_ms === undefined && isNumber(s.roundTripTime)) stats.rtt_ms = Math.round(s.roundTripTime * 1000);
+    }
+  });
+  if (stats.concealed !== undefined) {
+    stats.mos_estimate = mosEstimate(stats.rtt_ms, stats.jitter_buffer_ms, stats.concealed);
+  }
+}
+
+function playedConcealed(call, concealed, total) {
+  // The share of the audio played that was concealment, leaving out the time on hold:
+  // nothing arrives then, and what the page plays is concealment of no loss at all.
+  const held = call.heldLocal || call.heldRemote;
+  const last = call.lastSamples;
+  call.lastSamples = { concealed, total, held };
+  if (!last) {
+    call.played = { concealed, total }; // from the start of the call
+  } else if (!held && !last.held && total >= last.total) {
+    call.played.concealed += Math.max(0, concealed - last.concealed);
+    call.played.total += total - last.total;
+  }
+  return share(call.played.concealed, call.played.total);
+}
+
+function jitterBufferMs(call, delay, emitted) {
+  // the playout delay now: over the samples played since the previous sample (the whole
+  // call's average while none were, e.g. on hold)
+  if (!isNumber(delay) || !(emitted > 0)) return undefined;
+  const last = call.lastBuffer;
+  call.lastBuffer = { delay, emitted };
+  const fresh = last && emitted > last.emitted;
+  const ms = fresh ? ((delay - last.delay) / (emitted - last.emitted)) * 1000 : (delay / emitted) * 1000;
+  return Math.round(Math.max(0, ms) * 10) / 10;
+}
+
+function mosEstimate(rttMs, jitterBufferMs, concealed) {
+  // The E-model (ITU-T G.107) as the node estimates it: delay impairment Id from the one-way
+  // delay, loss impairment Ie_eff from the share of audio concealed; R to MOS, 1..4.5.
+  const d = (rttMs || 0) / 2 + (jitterBufferMs || 0) + MOS_CODEC_DELAY_MS;
+  const id = 0.024 * d + (d > 177.3 ? 0.11 * (d - 177.3) : 0);
+  const ppl = Math.max(0, concealed || 0) * 100;
+  const ie = MOS_IE + ((95 - MOS_IE) * ppl) / (ppl + MOS_BPL);
+  const r = 93.2 - id - ie;
+  if (r <= 0) return 1;
+  const mos = 1 + 0.035 * r + 7e-6 * r * (r - 60) * (100 - r);
+  return Math.round(Math.min(4.5, Math.max(1, mos)) * 100) / 100;
 }

@@ -82,3 +82,23 @@ function presenceOf(view) {
 function kbps(bytes, seconds) {
   return seconds > 0 ? ((bytes * 8) / 1000 / seconds).toFixed(1) + " kbit/s" : "–";
 }
+
+function isNumber(value) {
+  return typeof value === "number" && Number.isFinite(value);
+}
+
+function share(part, whole) {
+  // part / whole as a share 0..1, four decimals; undefined without a whole
+  return whole > 0 ? Math.round(Math.min(1, Math.max(0, part / whole)) * 10000) / 10000 : undefined;
+}
+
+function percent(value) {
+  return isNumber(value) ? (value * 100).toFixed(1) + " %" : "–";
+}
+
+function lossText(lossIn, lossOut) {
+  // "1.2 / 0.4 %": the peer's packets lost on the way to us / ours on the way to the peer
+  if (!isNumber(lossIn) && !isNumber(lossOut)) return "–";
+  const part = (value) => (isNumber(value) ? (value * 100).toFixed(1) : "–");
+  return part(lossIn) + " / " + part(lossOut) + " %";
+}

@@ -196,10 +196,16 @@ async function loadHistory() {
   for (const c of ended) {
     const arrow = c.direction === "outgoing" ? "→ " : "← ";
     const length = c.connected_s ? Math.round(c.connected_s) + " s" : "not connected";
+    // the node's view of the call's quality (a browser call's: what its page reported)
+    const quality = isNumber(c.mos_estimate)
+      ? ", loss " + lossText(c.loss, c.loss_out) + ", MOS est. " + c.mos_estimate.toFixed(1)
+      : "";
     ul.append(
       el("li", {},
         el("span", { class: "name", text: arrow + c.peer }),
-        el("span", { class: "muted", text: " " + length + (c.path ? ", " + c.path : "") + " — " + (c.end_reason || "") }),
+        el("span", {
+          class: "muted", text: " " + length + (c.path ? ", " + c.path : "") + quality + " — " + (c.end_reason || ""),
+        }),
       ),
     );
   }
