@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from peerphone.media.stats import mos_estimate
 from tests.support.browser import HZ_TOLERANCE, dominant_hz, wire_rates, write_tone
 from tests.support.node_procs import NodeProcs, wait_for
 from tests.support.softphone import (
@@ -35,6 +36,7 @@ WIRE_LIMIT_KBPS = 48.0  # the issue's voice budget per direction, as whole IP pa
 # markup that runs script if a page ever treats it as HTML (a device name is free text,
 # carried in bob's signed presence record to everyone who watches him)
 HOSTILE_DEVICE = "<img src=x onerror=pwned()>"
+BROWSER_PACKET_MS = 20  # Chromium's Opus packets (the page's E-model counts them in)
 
 
 @pytest.fixture(scope="module")
@@ -171,23 +173,15 @@ def test_a_call_by_clicking_with_audio_both_ways_hold_resume_and_hang_up(
 SHOWS_MOS = "() => /^[1-4][.][0-9]$/.test(document.getElementById('q-mos').textContent)"
 
 
-def e_model_mos(rtt_ms: float, jitter_buffer_ms: float, concealed: float) -> float:
-    """The simple E-model of issue 11 (what the page's mosEstimate must compute)."""
-    d = rtt_ms / 2 + jitter_buffer_ms + 40
-    delay = 0.024 * d + (0.11 * (d - 177.3) if d > 177.3 else 0.0)
-    ppl = concealed * 100
-    r = 93.2 - delay - (10 + (95 - 10) * ppl / (ppl + 20))
-    mos = 1 + 0.035 * r + 7e-6 * r * (r - 60) * (100 - r) if r > 0 else 1.0
-    return min(4.5, max(1.0, mos))
-
-
 def check_quality(person: Person) -> None:
     """The page's quality numbers of a clean loopback call: on the page, and in the node's
-    view of the call (what the page reported); the page's E-model is the issue's."""
+    view of the call (what the page reported); the page's E-model is the node's."""
     page = person.page
     for args in ((1, 40, 0), (100, 60, 0.03), (38, 61.4, 0.042), (400, 200, 0.1), (600, 300, 0.5)):
         got = page.evaluate("([r, j, c]) => mosEstimate(r, j, c)", list(args))
-        assert got == pytest.approx(e_model_mos(*args), abs=0.006), args
+        rtt, buffer, concealed = args
+        want = mos_estimate(rtt, buffer, BROWSER_PACKET_MS, concealed)
+        assert got == pytest.approx(want, abs=0.01), args  # both round to 0.01
     shown = page.inner_text(tid("call-quality"))
     print(f"the call's quality on the page: {shown!r}")
     for label in ("loss in/out", "concealed", "jitter buffer", "MOS est."):

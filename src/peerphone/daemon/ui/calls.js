@@ -323,7 +323,9 @@ async function sampleStats(call) {
 
 // -- call quality: the same numbers as the node's call view, from the page's getStats() -----
 
-const MOS_CODEC_DELAY_MS = 40; // Opus in 20 ms packets: coding and packetisation
+// the node's E-model (media/stats.py mos_estimate), with this page's packets
+const MOS_PACKET_MS = 20; // the page's Opus packets (Chromium's ptime; browser_sdp keeps it)
+const MOS_CODEC_DELAY_MS = 6.5; // Opus' look-ahead
 const MOS_IE = 10; // the E-model's equipment impairment of the codec with no loss (Ie)
 const MOS_BPL = 20; // and its robustness to packet loss (Bpl)
 
@@ -384,9 +386,9 @@ function jitterBufferMs(call, delay, emitted) {
 function mosEstimate(rttMs, jitterBufferMs, concealed) {
   // The E-model (ITU-T G.107) as the node estimates it: delay impairment Id from the one-way
   // delay, loss impairment Ie_eff from the share of audio concealed; R to MOS, 1..4.5.
-  const d = (rttMs || 0) / 2 + (jitterBufferMs || 0) + MOS_CODEC_DELAY_MS;
+  const d = (rttMs || 0) / 2 + (jitterBufferMs || 0) + MOS_PACKET_MS + MOS_CODEC_DELAY_MS;
   const id = 0.024 * d + (d > 177.3 ? 0.11 * (d - 177.3) : 0);
-  const ppl = Math.max(0, concealed || 0) * 100;
+  const ppl = Math.min(100, Math.max(0, concealed || 0) * 100);
   const ie = MOS_IE + ((95 - MOS_IE) * ppl) / (ppl + MOS_BPL);
   const r = 93.2 - id - ie;
   if (r <= 0) return 1;
