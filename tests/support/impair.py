@@ -114,7 +114,7 @@ def _check_percent(percent: float) -> None:
         raise ValueError(f"loss {percent} % outside 0..100")
 
 
-def _ranges(drops: Sequence[bool]) -> list[str]:
+def set_elements(drops: Sequence[bool]) -> list[str]:
     """Set elements for the dropped indices: "i" or "i-j" for runs."""
     out: list[str] = []
     i = 0
@@ -296,7 +296,7 @@ class Impairment:
                 threshold = round(model.percent / 100 * PERMYRIAD)
                 decide = f"numgen random mod {PERMYRIAD} < {threshold}"
             else:
-                elements = _ranges(model.pattern())
+                elements = set_elements(model.pattern())
                 decide = f"numgen inc mod {PATTERN_PACKETS} {{ {', '.join(elements)} }}"
             lines.append(f"add rule inet {t} {d} {decide} jump {d}_drop")
         lines.append(f'add rule inet {t} {d} counter name "{d}_passed"')
@@ -306,8 +306,11 @@ class Impairment:
     def _nft(self, script: str) -> None:
         self.lab.exec(self.router, ["nft", "-f", "-"], input=script, timeout=10.0)
 
-    def set_loss(self, up: LossModel | None = None, down: LossModel | None = None) -> None:
-        """Switch loss per direction (None: leave that direction as it is)."""
+    def set_loss(
+        self, up: LossModel | None = None, down: LossModel | None = None, *, quiet: bool = False
+    ) -> None:
+        """Switch loss per direction (None: leave that direction as it is); logs the models
+        and their seeds unless `quiet`."""
         script = ""
         changes: list[tuple[Direction, LossModel | None]] = [("up", up), ("down", down)]
         for d, model in changes:
@@ -316,12 +319,12 @@ class Impairment:
                 self.models[d] = model
         if script:
             self._nft(script)
-            if self.log is not None:
+            if self.log is not None and not quiet:
                 self.log(f"impair: {self.describe()}")
 
     def clear(self) -> None:
         """No loss either way (the counters go on)."""
-        self.set_loss(NO_LOSS, NO_LOSS)
+        self.set_loss(NO_LOSS, NO_LOSS, quiet=True)
 
     def counts(self, at: float | None = None) -> Counts:
         """The counters now (`at`: the time to stamp them with, default time.monotonic())."""

@@ -171,9 +171,12 @@ def resample(samples: Samples, rate: int, to_rate: int) -> Samples:
 # -- the speech ----------------------------------------------------------------------------
 
 
-def load_speech(lead_in_s: float = 0.0, text: str = TEXT) -> Speech:
-    """The cached test speech (rendered on first use); `lead_in_s` of silence before it
-    in the file to play."""
+def load_speech(
+    lead_in_s: float = 0.0, max_seconds: float | None = None, text: str = TEXT
+) -> Speech:
+    """The cached test speech (rendered on first use). `lead_in_s`: silence before it in
+    the file to play; `max_seconds`: keep only the speech up to the last pause (a silent
+    20-ms frame) before that time."""
     version = _espeak_version() if shutil.which(ESPEAK) else ""
     if not version:
         raise SpeechUnavailable(espeak_available()[1])
@@ -184,6 +187,16 @@ def load_speech(lead_in_s: float = 0.0, text: str = TEXT) -> Speech:
     speech_wav = root / f"speech-{key}-48k.wav"
     if not (reference_wav.exists() and speech_wav.exists()):
         _render(text, speech_wav, reference_wav)
+    _, reference = read_wav(reference_wav)
+    if max_seconds is not None and max_seconds * PESQ_RATE < len(reference):
+        cut = _pause_before(reference, max_seconds)
+        key += f"-cut{cut}"
+        cut_reference, cut_speech = root / f"speech-{key}-16k.wav", root / f"speech-{key}-48k.wav"
+        if not (cut_reference.exists() and cut_speech.exists()):
+            write_wav(cut_reference, reference[:cut], PESQ_RATE)
+            cut_48k = read_wav(speech_wav)[1][: cut * (PLAY_RATE // PESQ_RATE)]
+            write_wav(cut_speech, cut_48k, PLAY_RATE)
+        reference, reference_wav, speech_wav = reference[:cut], cut_reference, cut_speech
     play_wav = speech_wav
     if lead_in_s > 0:
         play_wav = root / f"speech-{key}-48k-lead{round(lead_in_s * 1000)}ms.wav"
@@ -191,8 +204,21 @@ def load_speech(lead_in_s: float = 0.0, text: str = TEXT) -> Speech:
             _, speech = read_wav(speech_wav)
             silence = np.zeros(round(lead_in_s * PLAY_RATE), np.int16)
             write_wav(play_wav, np.concatenate([silence, speech]), PLAY_RATE)
-    _, reference = read_wav(reference_wav)
     return Speech(play_wav, reference_wav, reference, lead_in_s, len(reference) / PESQ_RATE)
+
+
+def _pause_before(reference: Samples, seconds: float) -> int:
+    """The end (a sample index at 16 kHz) of the last silent 20-ms frame before `seconds`
+    that follows some speech."""
+    frame = PESQ_RATE * FRAME_MS // 1000
+    levels = frame_levels_dbfs(reference[: round(seconds * PESQ_RATE)], PESQ_RATE)
+    spoken = np.flatnonzero(levels > SILENT_DBFS)
+    if len(spoken) == 0:
+        raise ValueError(f"no speech in the first {seconds} s")
+    silent = [i for i in np.flatnonzero(levels <= SILENT_DBFS) if i > spoken[0]]
+    if not silent:
+        raise ValueError(f"no pause in the first {seconds} s of the speech")
+    return (int(silent[-1]) + 1) * frame
 
 
 def _render(text: str, play_path: Path, reference_path: Path) -> None:
