@@ -131,7 +131,7 @@ SAMPLE_SDP = (
 
 
 def test_opus_settings_are_checked() -> None:
-    assert OpusSettings().bitrate_bps == 24_000
+    assert OpusSettings().bitrate_bps == 28_000
     assert OpusSettings().samples_per_packet == 1920  # 40 ms packets (decision 0017)
     assert OpusSettings(frame_ms=20).samples_per_packet == 960
     for bad in (
@@ -156,7 +156,7 @@ def test_fmtp_replaces_the_opus_line_only() -> None:
     assert lines.index(fmtp[0]) == lines.index("a=rtpmap:96 opus/48000/2") + 1
     assert "a=rtpmap:0 PCMU/8000" in lines
     lf = with_opus_fmtp(SAMPLE_SDP.replace("\r\n", "\n"), OpusSettings())
-    assert "\r" not in lf and "maxaveragebitrate=24000;useinbandfec=1" in lf and "ptime=40" in lf
+    assert "\r" not in lf and "maxaveragebitrate=28000;useinbandfec=1" in lf and "ptime=40" in lf
 
 
 def test_rtp_header_extensions_are_left_out_of_our_descriptions() -> None:

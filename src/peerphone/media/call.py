@@ -317,7 +317,9 @@ class MediaSession:
                 del self._nacked[next(iter(self._nacked))]
 
     async def _steer(self) -> None:
-        """Once a second: the round trip to the jitter buffer, the peer's loss to FEC."""
+        """Once a second: the round trip to the jitter buffer, the peer's loss to FEC, and
+        the share of packets it asks for again to the bitrate (the wire budget holds)."""
+        asked, sent = self._nacked_total, 0
         while self.state is MediaState.CONNECTED:
             await asyncio.sleep(QUALITY_PERIOD_S)
             try:
@@ -327,8 +329,14 @@ class MediaSession:
                 continue
             if sample.rtt_s is not None:
                 self.player.buffer.rtt_s = sample.rtt_s
-            if self.encoder is not None and sample.remote_fraction_lost is not None:
+            if self.encoder is None:
+                continue
+            if sample.remote_fraction_lost is not None:
                 self.encoder.expected_loss_pct = round(sample.remote_fraction_lost * 100)
+            packets = self.encoder.packets_encoded - sent
+            if packets > 0:
+                self.encoder.retransmission_share((self._nacked_total - asked) / packets)
+            asked, sent = self._nacked_total, self.encoder.packets_encoded
 
     # -- hold, statistics, close ----------------------------------------------------------
 
@@ -398,7 +406,7 @@ class MediaSession:
             concealed=out["concealed"],
         )
         if self.encoder is not None:
-            out["opus_target_kbps"] = self.encoder.settings.bitrate_bps / 1000
+            out["opus_target_kbps"] = self.encoder.bitrate_bps / 1000
             out["opus_packets"] = self.encoder.packets_encoded
             out["opus_bytes"] = self.encoder.bytes_encoded
             out["fec_expected_loss_pct"] = self.encoder.expected_loss_pct

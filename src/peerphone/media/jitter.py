@@ -13,13 +13,15 @@ stalls on a gap (aiortc's buffer holds everything back until 16 packets queue):
 * a gap with newer packets behind it: conceal it and move on.
 
 Depth, in the spirit of WebRTC's NetEQ: each played packet's *slack* (play time minus
-arrival time) is remembered for `window_s`. When even the least slack in the window
+arrival time) is remembered for `window_s` (10 s: a delay spike keeps its depth that
+long). When even the least slack in the window
 exceeds what is needed by more than a packet, one packet is dropped (decoded but not
 played, so the decoder's state stays right); when a late packet or a retransmission needs
 more, the buffer grows by concealing. What is needed: `margin_ms`, plus, while the link
 loses packets and retransmission is on and the round trip is short enough, the time a
-retransmission takes (1.5 RTT + 10 ms): then a lost packet is asked for again (RTCP NACK,
-`nacks_due`) and usually arrives before its turn.
+retransmission takes (a loss shows when the next packet comes, one packet later, then
+1.5 RTT + 10 ms): then a lost packet is asked for again (RTCP NACK, `nacks_due`) and
+usually arrives before its turn.
 
 Counting (all per call): `received`, `late` (arrived after its turn), `discarded`
 (duplicates, and packets dropped to shrink the delay), `lost` (the link lost the first
@@ -63,11 +65,11 @@ class Playout:
 
 @dataclass(frozen=True, slots=True)
 class JitterConfig:
-    margin_ms: float = 10.0  # slack kept beyond what late packets needed
+    margin_ms: float = 20.0  # slack kept beyond what late packets needed
     start_delay_ms: float = 40.0  # wait this long after the first packet before playing
     max_delay_ms: float = 400.0  # never more slack than this (drop packets instead)
     max_expand_ms: float = 300.0  # conceal at most this long with nothing to play
-    window_s: float = 2.0  # slack history for shrinking decisions
+    window_s: float = 10.0  # slack history: a delay spike keeps its depth this long
     retransmit: bool = True  # ask for lost packets again (RTCP NACK)
     max_nack_rtt_ms: float = 150.0  # beyond this, waiting for a retransmission costs too much
     loss_memory_s: float = 10.0  # keep the retransmission slack this long after a loss
@@ -245,7 +247,9 @@ class JitterBuffer:
         needed = self.config.margin_ms / 1000
         if self._retransmission_pays(now):
             assert self.rtt_s is not None
-            needed += 1.5 * self.rtt_s + 0.010
+            # a loss shows only when the next packet arrives: one packet later, then the
+            # NACK's round trip
+            needed += self._last_samples / RTP_HZ + 1.5 * self.rtt_s + 0.010
         return needed
 
     def _retransmission_pays(self, now: float) -> bool:
@@ -262,7 +266,7 @@ class JitterBuffer:
             self._slack.popleft()
 
     def _should_shrink(self, samples: int) -> bool:
-        if not self._slack or self._slack[-1][0] - self._slack[0][0] < self.config.window_s / 2:
+        if not self._slack or self._slack[-1][0] - self._slack[0][0] < self.config.window_s * 0.9:
             return False
         least = min(s for _, s in self._slack)
         packet_s = samples / RTP_HZ

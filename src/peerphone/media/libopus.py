@@ -75,6 +75,10 @@ class OpusEncoder:
     def bitrate_bps(self) -> int:
         return int(self._encoder.bitrate)
 
+    @bitrate_bps.setter
+    def bitrate_bps(self, bps: int) -> None:
+        self._encoder.bitrate = int(bps)
+
     def encode(self, pcm: bytes, samples: int) -> bytes:
         """One packet from exactly `samples` 16-bit mono samples (2.5 to 60 ms of them)."""
         if len(pcm) != samples * 2:

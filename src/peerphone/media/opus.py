@@ -33,10 +33,12 @@ from peerphone.media.libopus import OpusEncoder
 
 SAMPLE_RATE = 48_000  # Opus' RTP clock is always 48 kHz (RFC 7587)
 TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
-# 40 ms packets of 24 kbit/s Opus: ~38 kbit/s per direction as whole IPv6 packets, the
-# worst case, with room for retransmissions under loss (decision 0017; 20 ms packets left
-# room only for 12 kbit/s, decision 0016, which PESQ scores ~0.8 lower)
-DEFAULT_BITRATE_BPS = 24_000
+# 40 ms packets of 28 kbit/s Opus: ~46 kbit/s per direction as whole IPv6 packets, the
+# worst case (decision 0017; 20 ms packets left room only for 12 kbit/s, decision 0016,
+# which PESQ scores ~0.8 lower). Retransmissions under loss are paid for by lowering the
+# rate (`OpusEncoderTrack.retransmission_share`).
+DEFAULT_BITRATE_BPS = 28_000
+MAX_RETRANSMISSION_CUT = 0.4  # never below 60 % of the rate to pay for retransmissions
 DEFAULT_FRAME_MS = 40
 MIN_BITRATE_BPS = 6_000  # libopus' floor
 MAX_BITRATE_BPS = 128_000  # far above voice; 12-40 kbit/s is the intended band
@@ -172,6 +174,17 @@ class OpusEncoderTrack(MediaStreamTrack):
         """The loss the receiver reports: libopus sizes its FEC to it (if `settings.fec`)."""
         if self.settings.fec:
             self._encoder.expected_loss_pct = pct
+
+    def retransmission_share(self, share: float) -> None:
+        """The peer asks for this share of our packets again: cut the rate to pay for it."""
+        cut = min(MAX_RETRANSMISSION_CUT, max(0.0, share) * 1.2)
+        target = max(MIN_BITRATE_BPS, round(self.settings.bitrate_bps * (1 - cut)))
+        if target != self._encoder.bitrate_bps:
+            self._encoder.bitrate_bps = target
+
+    @property
+    def bitrate_bps(self) -> int:
+        return self._encoder.bitrate_bps
 
     def _queue_packet(self, packet: Packet[Any], pts: int) -> None:
         packet.pts = pts  # sample time: aiortc turns it into the RTP timestamp
