@@ -304,6 +304,7 @@ class NodePair:
         imp, alice, bob = self.impairment, self.alice, self.bob
         known = {c["call_id"] for c in self.calls_of(bob)}
         imp.clear()
+        imp.new_call()
         start, host_start = imp.counts(), self.wire.packets()
         code, call, err = alice.cli(
             "call", "bob", "--play", str(self.speech.play_wav), "--record", str(heard),
@@ -517,9 +518,13 @@ def print_table(result: dict[str, Any]) -> None:
             fields = ", ".join(f"{k}={json.dumps(v)}" for k, v in row["reported"].items())
             print(f"{pair} {row['case']}: {fields}")
             a = row["applied"]
-            rtp = [(a.get(d) or {}).get("rtp_loss") for d in ("up", "down")]
-            print(f"    applied {a['up_model']} / {a['down_model']}; RTP alone {_pct(rtp[0])}/"
-                  f"{_pct(rtp[1])} %; counting check {json.dumps(row['check'])}")  # fmt: skip
+            up, down = a.get("up") or {}, a.get("down") or {}
+            print(
+                f"    applied {a['up_model']} / {a['down_model']}: RTP first transmissions"
+                f" {_pct(up.get('first_loss'))}/{_pct(down.get('first_loss'))} %, resent"
+                f" {up.get('resent')}/{down.get('resent')} packets;"
+                f" counting check {json.dumps(row['check'])}"
+            )
             for error in row["errors"]:
                 print(f"    error: {error}")
 

@@ -7,7 +7,9 @@ tests/support/impair.py), counted exactly by nftables. alice's `peerphone calls 
 view of the call must report ``loss`` (the whole call's incoming loss, 0..1) within one
 percentage point of what the router dropped toward her, and ``loss_out`` (her outgoing
 loss as bob reports it) within one point of what it dropped from her — compared with the
-RTP packets alone (RTCP, STUN and DTLS datagrams are dropped too, but are not RTP loss).
+first transmissions of RTP packets alone: RTCP, STUN and DTLS datagrams are dropped too but
+are not RTP loss, and a retransmission (a NACKed packet sent again, dropped or not) does
+not change whether its packet was lost on the way.
 """
 
 from __future__ import annotations
@@ -69,14 +71,20 @@ def rtp_loss(count: DirectionCount) -> float:
     return count.rtp_loss
 
 
+def first_loss(count: DirectionCount) -> float:
+    assert count.first_loss is not None, count
+    return count.first_loss
+
+
 def check_reported(view: dict[str, Any] | None, up: DirectionCount, down: DirectionCount) -> None:
     fields = quality_fields(view)
-    applied_in, applied_out = rtp_loss(down), rtp_loss(up)
+    applied_in, applied_out = first_loss(down), first_loss(up)
     print(
-        f"applied: in {100 * applied_in:.2f} % ({down.rtp_dropped} of"
-        f" {down.rtp_dropped + down.rtp_passed} RTP), out {100 * applied_out:.2f} %"
-        f" ({up.rtp_dropped} of {up.rtp_dropped + up.rtp_passed}); reported: loss"
-        f" {fields['loss']}, loss_out {fields['loss_out']}"
+        f"applied to RTP first transmissions: in {100 * applied_in:.2f} % ({down.first_dropped}"
+        f" of {down.first_dropped + down.first_passed}), out {100 * applied_out:.2f} %"
+        f" ({up.first_dropped} of {up.first_dropped + up.first_passed}); resent in"
+        f" {down.resent}, out {up.resent}; reported: loss {fields['loss']}, loss_out"
+        f" {fields['loss_out']}"
     )
     for key, applied in (("loss", applied_in), ("loss_out", applied_out)):
         reported = fields[key]
@@ -91,7 +99,7 @@ def test_the_link_dropped_about_what_was_asked_and_counted_both_ways(
 ) -> None:
     assert lossy_call.applied is not None
     for count in (lossy_call.applied.up, lossy_call.applied.down):
-        assert count.rtp_passed > 500, count  # ~50 packets/s for ~16 s
+        assert count.rtp_passed > 300, count  # ~25 packets/s (40 ms) for ~16 s
         assert 0.02 < rtp_loss(count) < 0.09, count
     assert lossy_call.check["exact"], lossy_call.check  # host and router agree per direction
 

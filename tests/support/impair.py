@@ -22,12 +22,16 @@ it receives (wan0 -> lan0). Loss models (`LossModel`):
   so that the stationary loss is p), precomputed from the seed into the same kind of
   index pattern — so bursts are exact per packet, with no timing controller at all.
 
-The pattern repeats after PATTERN_PACKETS packets of a direction (4 min of 20-ms frames).
+The pattern repeats after PATTERN_PACKETS packets of a direction (4 min of 20-ms packets).
 Loss is switched on, changed or off while traffic flows (`set_loss`, one nftables
 transaction; a new pattern starts at its index 0). Named counters (packets and IP bytes)
 of what passed and what was dropped, per direction, also of RTP alone (RTP version 2, a
 payload type outside 64-95, which RTCP uses under rtcp-mux), tell the applied loss
-exactly: `counts()`; subtract two counts for an interval. The table is deleted by
+exactly: `counts()`; subtract two counts for an interval. RTP *first transmissions* are
+counted apart: a set per direction remembers the sequence numbers seen (one RTP stream a
+direction; `new_call()` forgets them), and a packet whose number is known is a
+retransmission (a NACKed packet sent again) — the loss of first transmissions is what a
+receiver's statistics count as lost before any recovery. The table is deleted by
 `remove()` (or leaving the ``with`` block); the lab's teardown deletes the namespace anyway.
 """
 
@@ -51,7 +55,12 @@ TABLE = "impair"
 # RTP (version 2) and not RTCP: the first byte of the UDP payload is 10xxxxxx, the second's
 # low seven bits (the payload type) are outside 64-95 (RFC 5761: RTCP's range under mux)
 RTP_MATCH = "@th,64,2 2 @th,73,7 != 64-95"
-_COUNTERS = ("passed", "dropped", "rtp_passed", "rtp_dropped")
+RTP_SEQUENCE = "@th,80,16"  # the RTP header's sequence number
+# a packet mark for "this RTP sequence number was seen before in this call": a
+# retransmission (or a duplicate); nothing else in the lab marks packets
+RESENT_MARK = "0x1"
+FIRST = f"{RTP_MATCH} meta mark != {RESENT_MARK}"
+_COUNTERS = ("passed", "dropped", "rtp_passed", "rtp_dropped", "first_passed", "first_dropped")
 
 
 @dataclass(frozen=True)
@@ -141,6 +150,8 @@ class DirectionCount:
     dropped_bytes: int = 0
     rtp_passed: int = 0
     rtp_dropped: int = 0
+    first_passed: int = 0  # RTP first transmissions (a sequence number new in the call)
+    first_dropped: int = 0
 
     @property
     def packets(self) -> int:
@@ -161,6 +172,18 @@ class DirectionCount:
         seen = self.rtp_passed + self.rtp_dropped
         return self.rtp_dropped / seen if seen else None
 
+    @property
+    def first_loss(self) -> float | None:
+        """Dropped share of the first transmissions of RTP packets: the loss a receiver
+        sees before any retransmission (what RTCP's cumulative loss counts)."""
+        seen = self.first_passed + self.first_dropped
+        return self.first_dropped / seen if seen else None
+
+    @property
+    def resent(self) -> int:
+        """RTP packets with a sequence number seen before (retransmissions)."""
+        return self.rtp_passed + self.rtp_dropped - self.first_passed - self.first_dropped
+
     def __sub__(self, other: DirectionCount) -> DirectionCount:
         return DirectionCount(
             self.passed - other.passed,
@@ -169,6 +192,8 @@ class DirectionCount:
             self.dropped_bytes - other.dropped_bytes,
             self.rtp_passed - other.rtp_passed,
             self.rtp_dropped - other.rtp_dropped,
+            self.first_passed - other.first_passed,
+            self.first_dropped - other.first_dropped,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -181,6 +206,10 @@ class DirectionCount:
             "rtp_passed": self.rtp_passed,
             "rtp_dropped": self.rtp_dropped,
             "rtp_loss": None if self.rtp_loss is None else round(self.rtp_loss, 5),
+            "first_passed": self.first_passed,
+            "first_dropped": self.first_dropped,
+            "first_loss": None if self.first_loss is None else round(self.first_loss, 5),
+            "resent": self.resent,
         }
 
 
@@ -266,6 +295,10 @@ class Impairment:
     def _table_rules(self) -> str:
         t = self.table
         counters = "".join(f"    counter {d}_{c} {{}}\n" for d in DIRECTIONS for c in _COUNTERS)
+        counters += "".join(
+            f"    set {d}_sequences {{ typeof {RTP_SEQUENCE}; size 65536; flags dynamic; }}\n"
+            for d in DIRECTIONS
+        )
         chains = ""
         for d in DIRECTIONS:
             chains += (
@@ -274,6 +307,7 @@ class Impairment:
                 f"    chain {d}_drop {{\n"
                 f'        counter name "{d}_dropped"\n'
                 f'        {RTP_MATCH} counter name "{d}_rtp_dropped"\n'
+                f'        {FIRST} counter name "{d}_first_dropped"\n'
                 f"        drop\n"
                 f"    }}\n"
             )
@@ -290,7 +324,12 @@ class Impairment:
     def _chain_rules(self, d: Direction, model: LossModel) -> str:
         """Replace the chain of direction `d` (one nftables transaction with the rest)."""
         t = self.table
-        lines = [f"flush chain inet {t} {d}"]
+        seen = f"@{d}_sequences"
+        lines = [
+            f"flush chain inet {t} {d}",
+            f"add rule inet {t} {d} {RTP_MATCH} {RTP_SEQUENCE} {seen} meta mark set {RESENT_MARK}",
+            f"add rule inet {t} {d} {FIRST} add {seen} {{ {RTP_SEQUENCE} }}",
+        ]
         if model.kind != "none" and model.percent > 0:
             if model.seed is None:
                 threshold = round(model.percent / 100 * PERMYRIAD)
@@ -301,6 +340,7 @@ class Impairment:
             lines.append(f"add rule inet {t} {d} {decide} jump {d}_drop")
         lines.append(f'add rule inet {t} {d} counter name "{d}_passed"')
         lines.append(f'add rule inet {t} {d} {RTP_MATCH} counter name "{d}_rtp_passed"')
+        lines.append(f'add rule inet {t} {d} {FIRST} counter name "{d}_first_passed"')
         return "\n".join(lines) + "\n"
 
     def _nft(self, script: str) -> None:
@@ -321,6 +361,12 @@ class Impairment:
             self._nft(script)
             if self.log is not None and not quiet:
                 self.log(f"impair: {self.describe()}")
+
+    def new_call(self) -> None:
+        """Forget the RTP sequence numbers seen (call it before each call), so that the
+        next call's first transmissions count as such."""
+        flush = "".join(f"flush set inet {self.table} {d}_sequences\n" for d in DIRECTIONS)
+        self._nft(flush)
 
     def clear(self) -> None:
         """No loss either way (the counters go on)."""
@@ -349,6 +395,8 @@ class Impairment:
                 get("dropped", "bytes"),
                 get("rtp_passed"),
                 get("rtp_dropped"),
+                get("first_passed"),
+                get("first_dropped"),
             )
 
         return Counts(stamp, one("up"), one("down"))
