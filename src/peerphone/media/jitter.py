@@ -98,6 +98,7 @@ class _Packet:
     payload: bytes
     samples: int
     arrival: float
+    retransmitted: bool = False  # its lateness is the NACK's round trip, not jitter
 
 
 @dataclass(slots=True)
@@ -141,6 +142,7 @@ class JitterBuffer:
                 self._missing[gap] = _Missing(now)
             self._highest = ext
         missing = self._missing.pop(ext, None)
+        retransmitted = missing is not None and missing.nacks > 0
         if missing is not None:
             if missing.nacks:
                 self.counts.retransmitted += 1
@@ -153,7 +155,7 @@ class JitterBuffer:
         if ext in self._packets or len(self._packets) >= MAX_BUFFERED:
             self.counts.discarded += 1
             return
-        self._packets[ext] = _Packet(timestamp, payload, samples, now)
+        self._packets[ext] = _Packet(timestamp, payload, samples, now, retransmitted)
 
     def _extend(self, seq: int) -> int:
         if self._highest is None:
@@ -197,7 +199,8 @@ class JitterBuffer:
         self._expanded_ms = 0.0
         self.counts.decoded += 1
         self.counts.played_samples += packet.samples
-        self._remember_slack(now, now - packet.arrival)
+        if not packet.retransmitted:
+            self._remember_slack(now, now - packet.arrival)
         drop = b""
         if self._should_shrink(packet.samples):
             following = self._packets.pop(self._next, None)
