@@ -22,10 +22,10 @@ IPv4 packets (what each side sent, counted on the router before any drop) over t
 A second nftables table in alice's own namespace counts the same UDP as she sends and
 receives it, a check that the router's counters separate the directions (printed).
 
-`chromium_rows` is the place for the Chromium ↔ Chromium column (the same cases through
-the same lab, tests/support/browser_voice.py): it takes the lab, the speech and a way to
-impair a host, and returns rows like `node_rows`; while it returns None the table has
-the node column alone.
+Then `chromium_rows` (tests/support/browser_voice.py): the same cases, two more users
+behind cone NATs with a Chromium each, the callee's fake microphone looping the speech, the
+caller's page recording one loop of it (MOS down: NetEQ at the browsers' Opus bitrate; MOS
+up is not recorded; "reported" is what the caller's page told its node).
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from typing import Any
 
 import av
 import numpy as np
+from tests.support.browser import missing as browser_missing
+from tests.support.browser_voice import BrowserPhones, start_browser_nodes
 from tests.support.impair import Counts, Impairment, LossModel, bursty_loss, random_loss
 from tests.support.netlab import INTERNET_NET, Host, NetLab, NetLabError
 from tests.support.netns_nodes import (
@@ -382,16 +384,58 @@ def chromium_rows(
     bootstrap: Sequence[str],
     talk_s: float,
 ) -> list[Row] | None:
-    """Chromium ↔ Chromium calls through the same lab, one per case: the anchor column.
+    """Chromium ↔ Chromium calls through the same lab, one per case: the anchor column (None
+    without Chromium or Playwright). A call records one loop of the speech, not `talk_s`."""
+    del talk_s
+    if (lacking := browser_missing()) is not None:
+        print(f"no Chromium column: it needs {lacking}")
+        return None
+    caller, callee = start_browser_nodes(lab, root, bootstrap)
+    imp = impair(caller.host, callee.host.public_addr)
+    rows = []
+    with BrowserPhones(lab, caller, callee, speech.play_wav, root, caller_speaks=True) as phones:
+        for case in cases:
+            print(f"chromium <-> chromium: {case.label} ...", flush=True)
+            rows.append(score_call("chromium", speech, case, chromium_call(phones, imp, case)))
+    imp.remove()
+    return rows
 
-    To be filled in with tests/support/browser_voice.py: start the two browser nodes from
-    `bootstrap`, and for each case place a call in which the callee's page plays
-    `speech.play_wav` and the caller's page records; `impair(caller_host, callee_public)`
-    gives an `Impairment` to `set_loss(case.up, case.down)` on once the media is connected
-    (and `counts()` for the applied loss and the wire); `score_call("chromium", speech,
-    case, CallOutcome(...))` makes the row. None: no Chromium column (yet)."""
-    del lab, speech, impair, cases, root, bootstrap, talk_s
-    return None
+
+def chromium_call(phones: BrowserPhones, imp: Impairment, case: LossCase) -> CallOutcome:
+    """One browser call with `case` on from connected to the end of the recording."""
+    marks: dict[str, Any] = {}
+
+    def switch_on(router: Host) -> Callable[[], None]:
+        imp.set_loss(case.up, case.down)
+        marks["on"] = imp.counts()
+
+        def recorded() -> None:
+            marks["off"] = imp.counts()
+            call_id = phones.caller_page.evaluate("() => state.call && state.call.id")
+            calls = phones.caller.cli("calls")[1] or []
+            marks["view"] = next((c for c in calls if c["call_id"] == call_id), None)
+
+        return recorded
+
+    imp.clear()
+    start = imp.counts()
+    try:
+        result = phones.call(impair=switch_on)
+    except Exception as exc:  # Playwright's errors too: the row says what went wrong
+        return CallOutcome(None, None, error=f"browser call: {type(exc).__name__}: {exc}")
+    time.sleep(0.3)  # the last datagrams in flight
+    end = imp.counts()
+    imp.clear()
+    page = {k: result.stats[k] for k in ("loss_pct", "concealed_pct", "jitter_buffer_ms")}
+    return CallOutcome(
+        result.recording,
+        None,
+        applied=end - start,
+        talk=marks["off"] - marks["on"],
+        view=marks.get("view"),
+        at_view=marks["off"] - start,
+        check={"page": page, "page_kbps": result.wire_kbps, "notes": result.notes},
+    )
 
 
 # -- the codec alone ---------------------------------------------------------------------
@@ -543,7 +587,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="seeds of the loss patterns")
     parser.add_argument(
         "--chromium", action=argparse.BooleanOptionalAction, default=True,
-        help="the Chromium ↔ Chromium column (when chromium_rows is implemented)",
+        help="the Chromium ↔ Chromium column (needs Chromium and Playwright)",
     )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
