@@ -386,7 +386,6 @@ def chromium_rows(
 ) -> list[Row] | None:
     """Chromium ↔ Chromium calls through the same lab, one per case: the anchor column (None
     without Chromium or Playwright). A call records one loop of the speech, not `talk_s`."""
-    del talk_s
     if (lacking := browser_missing()) is not None:
         print(f"no Chromium column: it needs {lacking}")
         return None
@@ -418,6 +417,7 @@ def chromium_call(phones: BrowserPhones, imp: Impairment, case: LossCase) -> Cal
         return recorded
 
     imp.clear()
+    imp.new_call()
     start = imp.counts()
     try:
         result = phones.call(impair=switch_on)
@@ -427,15 +427,10 @@ def chromium_call(phones: BrowserPhones, imp: Impairment, case: LossCase) -> Cal
     end = imp.counts()
     imp.clear()
     page = {k: result.stats[k] for k in ("loss_pct", "concealed_pct", "jitter_buffer_ms")}
-    return CallOutcome(
-        result.recording,
-        None,
-        applied=end - start,
-        talk=marks["off"] - marks["on"],
-        view=marks.get("view"),
-        at_view=marks["off"] - start,
-        check={"page": page, "page_kbps": result.wire_kbps, "notes": result.notes},
-    )
+    outcome = CallOutcome(result.recording, None, end - start, marks["off"] - marks["on"])
+    outcome.view, outcome.at_view = marks.get("view"), marks["off"] - start
+    outcome.check = {"page": page, "page_kbps": result.wire_kbps, "notes": result.notes}
+    return outcome
 
 
 # -- the codec alone ---------------------------------------------------------------------
