@@ -75,14 +75,8 @@ POLL_S = 0.2
 IPV6_EXTRA_HEADER_BYTES = 20
 SUPERNODE_OPTIONS = ("--turn-port", "3478", "--relay-allow", f"{INTERNET_NET}.0/24")
 QUALITY_KEYS = (
-    "loss",
-    "loss_out",
-    "concealed",
-    "fec_recovered",
-    "jitter_buffer_ms",
-    "late_packets",
-    "discarded_packets",
-    "mos_estimate",
+    *("loss", "loss_out", "concealed", "fec_recovered", "jitter_buffer_ms"),
+    *("late_packets", "discarded_packets", "mos_estimate"),
 )
 HOST_TABLE = "voice_wire"
 CEILING_KBPS = (12, 16, 24, 32)  # Opus bitrates whose score without a network is printed
@@ -102,12 +96,8 @@ def loss_cases(
 ) -> list[LossCase]:
     """The cases of a run; each direction of each case has a seed of its own."""
     cases = [
-        LossCase(
-            f"random {rate:g} %",
-            random_loss(rate, seed + 2 * i),
-            random_loss(rate, seed + 2 * i + 1),
-        )
-        for i, rate in enumerate(rates)
+        LossCase(f"random {r:g} %", random_loss(r, seed + 2 * i), random_loss(r, seed + 2 * i + 1))
+        for i, r in enumerate(rates)
     ]
     if bursty:
         i = len(cases)
@@ -204,6 +194,11 @@ def score_call(pair: str, speech: Speech, case: LossCase, outcome: CallOutcome) 
     if outcome.applied is not None:
         applied["up"] = outcome.applied.up.as_dict()
         applied["down"] = outcome.applied.down.as_dict()
+    if outcome.at_view is not None:  # what the reported numbers compare with
+        applied["first_loss_at_view"] = {
+            "up": outcome.at_view.up.first_loss,
+            "down": outcome.at_view.down.first_loss,
+        }
     return Row(
         pair,
         case.label,
@@ -558,9 +553,11 @@ def print_table(result: dict[str, Any]) -> None:
             print(f"{pair} {row['case']}: {fields}")
             a = row["applied"]
             up, down = a.get("up") or {}, a.get("down") or {}
+            at_view = a.get("first_loss_at_view") or {}
             print(
                 f"    applied {a['up_model']} / {a['down_model']}: RTP first transmissions"
-                f" {_pct(up.get('first_loss'))}/{_pct(down.get('first_loss'))} %, resent"
+                f" {_pct(up.get('first_loss'))}/{_pct(down.get('first_loss'))} % (until the"
+                f" view: {_pct(at_view.get('up'))}/{_pct(at_view.get('down'))} %), resent"
                 f" {up.get('resent')}/{down.get('resent')} packets;"
                 f" counting check {json.dumps(row['check'])}"
             )
