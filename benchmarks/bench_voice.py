@@ -36,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,8 @@ from tests.support.speech import (
     read_wav,
     score,
 )
+
+from peerphone.media.opus import OpusSettings
 
 DEFAULT_RATES = "0,1,3,5,10,20"
 BURSTY_PERCENT = 5.0
@@ -387,7 +390,8 @@ def chromium_rows(
     caller, callee = start_browser_nodes(lab, root, bootstrap)
     imp = impair(caller.host, callee.host.public_addr)
     rows = []
-    with BrowserPhones(lab, caller, callee, speech.play_wav, root, caller_speaks=True) as phones:
+    phones_at = partial(BrowserPhones, opus_bitrate_bps=OpusSettings().bitrate_bps)  # node's
+    with phones_at(lab, caller, callee, speech.play_wav, root, caller_speaks=True) as phones:
         for case in cases:
             print(f"chromium <-> chromium: {case.label} ...", flush=True)
             rows.append(score_call("chromium", speech, case, chromium_call(phones, imp, case)))
