@@ -228,3 +228,56 @@ def test_jittery_arrivals_grow_the_delay_instead_of_dropping_packets() -> None:
     assert counts.late <= 10
     tail = actions(stream.played[-100:])
     assert tail.count("decode") >= 95
+
+
+def test_an_overdue_packet_is_asked_for_before_the_next_one_shows_the_gap() -> None:
+    buffer = JitterBuffer(JitterConfig(retransmit=True))
+    buffer.rtt_s = 0.002
+    stream = Stream(buffer)
+    stream.run(20)  # regular: transit spread 0, overdue after 20 ms
+    lost = stream.send(lose=True)
+    due_at = (lost - 1000) * STEP  # when it should have come
+    buffer.mark_overdue(due_at + 0.015)
+    assert buffer.nacks_due(due_at + 0.015) == []  # not overdue yet
+    buffer.mark_overdue(due_at + 0.025)
+    assert buffer.nacks_due(due_at + 0.025) == [lost]
+    # the retransmission comes before the next packet would have shown the gap
+    buffer.insert(lost, lost * PACKET, payload(lost), PACKET, due_at + 0.028)
+    assert buffer.counts.retransmitted == 1 and buffer.counts.lost == 1
+    stream.run(5)
+    assert payload(lost) in [p.packet for p in stream.played if p.action is Action.DECODE]
+    assert buffer.counts.concealed == buffer.counts.fec == 0
+
+
+def test_a_sender_pause_is_not_counted_as_loss() -> None:
+    buffer = JitterBuffer(JitterConfig(retransmit=True))
+    buffer.rtt_s = 0.002
+    stream = Stream(buffer)
+    stream.run(20)
+    for _ in range(10):  # the peer holds: nothing is sent, the clock runs on
+        buffer.mark_overdue(stream.now)
+        buffer.nacks_due(stream.now)
+        stream.tick()
+    assert buffer.counts.nacks_sent > 0  # it did ask (it could not know)
+    assert buffer.loss(stream.now + 5) == 0.0  # but a pause is not a loss while it lasts
+    # resume: the next sequence numbers, timestamps 400 ms later
+    for _ in range(10):
+        seq = stream.seq % SEQ_MOD
+        buffer.insert(seq, seq * PACKET + 10 * PACKET, payload(seq), PACKET, stream.now)
+        stream.seq += 1
+        stream.tick()
+    assert buffer.counts.lost == 0 and buffer.loss(stream.now + 5) == 0.0
+    assert buffer.first_copies_missing == 0
+    assert stream.played[-1].action is Action.DECODE
+
+
+def test_jitter_widens_what_counts_as_overdue() -> None:
+    buffer = JitterBuffer()
+    calm = buffer.overdue_after_s()
+    rng = random.Random(3)
+    stream = Stream(buffer)
+    for _ in range(50):
+        stream.send(delay=rng.uniform(0, 0.03))
+        stream.tick()
+    assert calm == pytest.approx(0.02)
+    assert 0.03 < buffer.overdue_after_s() <= 0.05

@@ -16,7 +16,11 @@ Both are read-only. Two taps on the RTP path (one call's objects only, never glo
   object with its ``add`` that hands every packet to us and never returns a frame, so
   aiortc's own buffer (which stalls on a gap until 16 packets queue) and its PyAV decoder
   (no concealment, no FEC) stay idle. Everything before it in ``_handle_rtp_packet`` still
-  runs: the RTCP receiver statistics and reports, SSRC and payload-type checks.
+  runs: the RTCP receiver statistics and reports, SSRC and payload-type checks. Our RTCP
+  receiver reports then tell the link's loss: aiortc counts a retransmitted packet as
+  received (so its reports would show only what retransmission did not repair); the tap
+  sets the stream's received count (``RTCRtpReceiver.__remote_streams``) to the packets
+  whose first copy came.
 * `request_retransmission` sends an RTCP NACK through ``RTCRtpReceiver._send_rtcp_nack``;
   aiortc's sender answers any NACK from its 128-packet history (``_retransmit``), which
   `count_retransmissions` wraps to count what the peer asked for.
@@ -50,8 +54,10 @@ from cryptography import x509
 ICE_COMPONENT_RTP = 1  # rtcp-mux: everything runs on component 1
 _RECEIVER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
 
-# (sequence number, RTP timestamp, payload, SSRC) of each received RTP packet
-RtpHandler = Callable[[int, int, bytes, int], None]
+# (sequence number, RTP timestamp, payload, SSRC) of each received RTP packet -> how many
+# of that stream's packets have had no first copy so far (None: leave aiortc's count)
+RtpHandler = Callable[[int, int, bytes, int], int | None]
+_RECEIVER_STREAMS = "_RTCRtpReceiver__remote_streams"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,14 +144,19 @@ class _RtpTap:
 
     capacity = 16
 
-    def __init__(self, handler: RtpHandler) -> None:
+    def __init__(self, handler: RtpHandler, streams: dict[int, Any]) -> None:
         self._handler = handler
+        self._streams = streams  # aiortc's StreamStatistics by SSRC (its RTCP reports)
 
     def add(self, packet: RtpPacket) -> tuple[bool, None]:
-        if packet.payload:  # padding-only packets carry no audio
-            self._handler(
-                packet.sequence_number, packet.timestamp, bytes(packet.payload), packet.ssrc
-            )
+        if not packet.payload:  # padding-only packets carry no audio
+            return False, None
+        missing = self._handler(
+            packet.sequence_number, packet.timestamp, bytes(packet.payload), packet.ssrc
+        )
+        stream = self._streams.get(packet.ssrc)
+        if missing is not None and stream is not None:
+            stream.packets_received = max(0, stream.packets_expected - missing)
         return False, None
 
 
@@ -159,9 +170,10 @@ def _audio_receiver(pc: RTCPeerConnection) -> RTCRtpReceiver:
 def tap_incoming_rtp(pc: RTCPeerConnection, handler: RtpHandler) -> None:
     """Hand the audio receiver's RTP packets to `handler` instead of aiortc's decoder."""
     receiver = _audio_receiver(pc)
-    if not hasattr(receiver, _RECEIVER_BUFFER):
-        raise TypeError("RTCRtpReceiver has no jitter buffer to replace")
-    setattr(receiver, _RECEIVER_BUFFER, _RtpTap(handler))
+    streams = getattr(receiver, _RECEIVER_STREAMS, None)
+    if not hasattr(receiver, _RECEIVER_BUFFER) or not isinstance(streams, dict):
+        raise TypeError("RTCRtpReceiver has no jitter buffer or stream statistics to use")
+    setattr(receiver, _RECEIVER_BUFFER, _RtpTap(handler, streams))
 
 
 async def request_retransmission(pc: RTCPeerConnection, ssrc: int, seqs: list[int]) -> None:

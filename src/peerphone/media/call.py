@@ -10,8 +10,9 @@ the certificate again itself (`aiortc_internals.peer_certificate`).
 Received audio takes our own path (media/playout.py): jitter buffer, retransmission
 requests, Opus FEC and concealment through libopus; aiortc's decoder stays idle. Once a
 second the session reads aiortc's RTCP numbers: the round trip sets how long the jitter
-buffer may wait for a retransmission, and the loss the peer reports (what retransmission
-did not repair) sets how much FEC the encoder adds.
+buffer may wait for a retransmission; the share of packets the peer asks for again lowers
+the bitrate (the wire budget holds) and the loss it reports less that share (what
+retransmission does not repair) sets how much FEC the encoder adds.
 
 Hold: the encoder stops returning packets, so no RTP is sent at all (ICE consent checks
 and RTCP go on, so the path stays open), and received audio is dropped instead of
@@ -59,6 +60,7 @@ from peerphone.media.stats import (
     call_stats,
     loss_out,
     mos_estimate,
+    residual_loss,
     sample_report,
 )
 
@@ -331,11 +333,13 @@ class MediaSession:
                 self.player.buffer.rtt_s = sample.rtt_s
             if self.encoder is None:
                 continue
-            if sample.remote_fraction_lost is not None:
-                self.encoder.expected_loss_pct = round(sample.remote_fraction_lost * 100)
             packets = self.encoder.packets_encoded - sent
+            share = (self._nacked_total - asked) / packets if packets > 0 else 0.0
             if packets > 0:
-                self.encoder.retransmission_share((self._nacked_total - asked) / packets)
+                self.encoder.retransmission_share(share)
+            if sample.remote_fraction_lost is not None:  # FEC for what NACKs do not repair
+                residual = residual_loss(sample.remote_fraction_lost, share)
+                self.encoder.expected_loss_pct = round(residual * 100)
             asked, sent = self._nacked_total, self.encoder.packets_encoded
 
     # -- hold, statistics, close ----------------------------------------------------------
@@ -398,7 +402,7 @@ class MediaSession:
         )
         out |= self.player.stats()
         sent = self.encoder.packets_encoded if self.encoder is not None else sample.rtp_packets_sent
-        out["loss_out"] = loss_out(sample, self._nacked_total, sent)
+        out["loss_out"] = loss_out(sample, sent)
         out["mos_estimate"] = mos_estimate(
             rtt_ms=out["rtt_ms"],
             jitter_buffer_ms=out["jitter_buffer_ms"],

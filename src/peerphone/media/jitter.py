@@ -14,14 +14,16 @@ stalls on a gap (aiortc's buffer holds everything back until 16 packets queue):
 
 Depth, in the spirit of WebRTC's NetEQ: each played packet's *slack* (play time minus
 arrival time) is remembered for `window_s` (10 s: a delay spike keeps its depth that
-long). When even the least slack in the window
-exceeds what is needed by more than a packet, one packet is dropped (decoded but not
-played, so the decoder's state stays right); when a late packet or a retransmission needs
-more, the buffer grows by concealing. What is needed: `margin_ms`, plus, while the link
-loses packets and retransmission is on and the round trip is short enough, the time a
-retransmission takes (a loss shows when the next packet comes, one packet later, then
-1.5 RTT + 10 ms): then a lost packet is asked for again (RTCP NACK, `nacks_due`) and
-usually arrives before its turn.
+long). When even the least slack in the window exceeds what is needed by more than a
+packet, one packet is dropped (decoded but not played, so the decoder's state stays
+right); when a late packet or a retransmission needs more, the buffer grows by
+concealing. Both wait for a pause in the speech (`quiet`, set by the player) where they
+cannot be heard; growing waits at most `grow_wait_s`.
+
+What is needed: `margin_ms`, plus, while the link loses packets and retransmission is on
+and the round trip is short enough, the time a retransmission takes (a loss shows when
+the next packet comes, one packet later, then 1.5 RTT + 10 ms): then a lost packet is
+asked for again (RTCP NACK, `nacks_due`) and usually arrives before its turn.
 
 Counting (all per call): `received`, `late` (arrived after its turn), `discarded`
 (duplicates, and packets dropped to shrink the delay), `lost` (the link lost the first
@@ -41,6 +43,10 @@ MAX_GAP_TRACKED = 100  # a jump beyond this is a new stream, not a burst of loss
 MAX_NACK_TRIES = 3
 MAX_NACKS_PER_CALL = 64  # sequence numbers per NACK batch
 MAX_BUFFERED = 250  # packets (10 s of 40 ms audio): a flood beyond this is dropped
+MAX_OVERDUE = 5  # packets the clock may call missing ahead of the newest (then: a pause)
+OVERDUE_BASE_S = 0.020  # a packet is overdue this long after its time, plus recent jitter
+TRANSIT_WINDOW = 100  # packets whose transit time tells the jitter
+UNKNOWN_RTT_RETRY_S = 0.1  # before RTCP has measured the round trip
 
 
 class Action(enum.Enum):
@@ -73,6 +79,7 @@ class JitterConfig:
     retransmit: bool = True  # ask for lost packets again (RTCP NACK)
     max_nack_rtt_ms: float = 150.0  # beyond this, waiting for a retransmission costs too much
     loss_memory_s: float = 10.0  # keep the retransmission slack this long after a loss
+    grow_wait_s: float = 2.0  # grow in speech after all if no pause comes this soon
 
 
 @dataclass(slots=True)
@@ -106,6 +113,7 @@ class _Missing:
     detected_at: float
     nacks: int = 0
     last_nack: float = float("-inf")
+    expected_ts: int | None = None  # set when the clock, not a newer packet, found it due
 
 
 @dataclass(slots=True)
@@ -113,6 +121,7 @@ class JitterBuffer:
     config: JitterConfig = field(default_factory=JitterConfig)
     counts: JitterCounts = field(default_factory=JitterCounts)
     rtt_s: float | None = None
+    quiet: bool = True  # the player says whether what it just played was a pause
     _packets: dict[int, _Packet] = field(default_factory=dict)  # by extended seq
     _missing: dict[int, _Missing] = field(default_factory=dict)
     _first_seq: int | None = None
@@ -123,6 +132,8 @@ class JitterBuffer:
     _expanded_ms: float = 0.0
     _slack: deque[tuple[float, float]] = field(default_factory=deque)  # (when, slack s)
     _last_loss_at: float = float("-inf")
+    _ts_highest: int | None = None  # the newest packet's RTP timestamp, unwrapped
+    _transit: deque[float] = field(default_factory=deque)  # arrival - send time, recent
 
     # -- arrivals -------------------------------------------------------------------------
 
@@ -133,18 +144,23 @@ class JitterBuffer:
         if self._highest is None or self._first_seq is None:
             self._first_seq = self._highest = ext
             self._first_arrival = now
+            self._ts_highest = None
         elif ext - self._highest > MAX_GAP_TRACKED:
             self._resync(ext, now)
         elif ext > self._highest:
             if ext > self._highest + 1:
                 self._last_loss_at = now
             for gap in range(self._highest + 1, ext):
-                self._missing[gap] = _Missing(now)
-            self._highest = ext
+                self._missing.setdefault(gap, _Missing(now))
+        if self._highest is not None and ext >= self._highest:
+            self._note_newest(ext, timestamp, now)
         missing = self._missing.pop(ext, None)
+        if missing is not None and self._paused_before(missing, timestamp):
+            missing = None  # the clock called it due, but the sender had paused (hold)
         retransmitted = missing is not None and missing.nacks > 0
         if missing is not None:
             if missing.nacks:
+                self._last_loss_at = now
                 self.counts.retransmitted += 1
                 self.counts.lost += 1  # the first copy was lost on the way
             else:
@@ -156,6 +172,48 @@ class JitterBuffer:
             self.counts.discarded += 1
             return
         self._packets[ext] = _Packet(timestamp, payload, samples, now, retransmitted)
+
+    def _note_newest(self, ext: int, timestamp: int, now: float) -> None:
+        if self._ts_highest is None:
+            self._ts_highest = timestamp
+        else:
+            delta = (timestamp - self._ts_highest) % (1 << 32)
+            self._ts_highest += delta - (1 << 32) if delta >= 1 << 31 else delta
+        self._highest = ext
+        self._transit.append(now - self._ts_highest / RTP_HZ)
+        if len(self._transit) > TRANSIT_WINDOW:
+            self._transit.popleft()
+
+    def _paused_before(self, missing: _Missing, timestamp: int) -> bool:
+        if missing.expected_ts is None or self._ts_highest is None:
+            return False
+        late_by = (timestamp - missing.expected_ts) % (1 << 32)
+        return 2 * self._last_samples < late_by < 1 << 31
+
+    def overdue_after_s(self) -> float:
+        """How late a packet may be before the clock calls it missing: 20 ms beyond the
+        latest any of the last 100 packets came."""
+        if len(self._transit) < 2:
+            return OVERDUE_BASE_S
+        return OVERDUE_BASE_S + max(self._transit) - min(self._transit)
+
+    def mark_overdue(self, now: float) -> None:
+        """Call packets missing whose time has passed, before a newer one shows the gap:
+        a retransmission can then be asked for a packet earlier (40 ms, at 40 ms packets)."""
+        if not self.config.retransmit or self._highest is None or self._ts_highest is None:
+            return
+        if not self._transit:
+            return
+        on_time = self._ts_highest / RTP_HZ + min(self._transit)  # the newest's, at best
+        step = self._last_samples / RTP_HZ
+        late = self.overdue_after_s()
+        for k in range(1, MAX_OVERDUE + 1):
+            seq = self._highest + k
+            if now <= on_time + k * step + late:
+                break
+            if seq not in self._missing and seq not in self._packets:
+                expected = (self._ts_highest + k * self._last_samples) % (1 << 32)
+                self._missing[seq] = _Missing(now, expected_ts=expected)
 
     def _extend(self, seq: int) -> int:
         if self._highest is None:
@@ -172,6 +230,8 @@ class JitterBuffer:
         self._highest = self._first_seq = ext
         self._first_arrival = now
         self._next = None
+        self._ts_highest = None
+        self._transit.clear()
 
     # -- playout --------------------------------------------------------------------------
 
@@ -202,7 +262,7 @@ class JitterBuffer:
         if not packet.retransmitted:
             self._remember_slack(now, now - packet.arrival)
         drop = b""
-        if self._should_shrink(packet.samples):
+        if self.quiet and self._should_shrink(packet.samples):  # shed depth in a pause
             following = self._packets.pop(self._next, None)
             if following is not None:
                 self._next += 1
@@ -250,9 +310,8 @@ class JitterBuffer:
         needed = self.config.margin_ms / 1000
         if self._retransmission_pays(now):
             assert self.rtt_s is not None
-            # a loss shows only when the next packet arrives: one packet later, then the
-            # NACK's round trip
-            needed += self._last_samples / RTP_HZ + 1.5 * self.rtt_s + 0.010
+            # a loss shows when the packet is overdue, then the NACK's round trip
+            needed += self.overdue_after_s() + 1.5 * self.rtt_s + 0.010
         return needed
 
     def _retransmission_pays(self, now: float) -> bool:
@@ -297,11 +356,11 @@ class JitterBuffer:
 
     def nacks_due(self, now: float) -> list[int]:
         """Sequence numbers (16-bit) to ask for again now; empty when it would not pay."""
-        if not self.config.retransmit or self.rtt_s is None:
+        if not self.config.retransmit:
             return []
-        if self.rtt_s * 1000 > self.config.max_nack_rtt_ms:
+        if self.rtt_s is not None and self.rtt_s * 1000 > self.config.max_nack_rtt_ms:
             return []
-        wait = 1.5 * self.rtt_s + 0.010
+        wait = UNKNOWN_RTT_RETRY_S if self.rtt_s is None else 1.5 * self.rtt_s + 0.010
         due: list[int] = []
         for ext, missing in self._missing.items():
             if self._next is not None and ext < self._next:
@@ -319,6 +378,12 @@ class JitterBuffer:
     # -- what a user sees -----------------------------------------------------------------
 
     @property
+    def first_copies_missing(self) -> int:
+        """Packets whose first copy never came (lost, or still missing): what the link lost."""
+        highest = self._highest if self._highest is not None else -1
+        return self.counts.lost + sum(1 for seq in self._missing if seq <= highest)
+
+    @property
     def expected(self) -> int:
         if self._first_seq is None or self._highest is None:
             return 0
@@ -329,7 +394,10 @@ class JitterBuffer:
         expected = self.expected
         if not expected:
             return 0.0
-        pending = sum(1 for m in self._missing.values() if now - m.detected_at > 1.0)
+        highest = self._highest if self._highest is not None else -1
+        pending = sum(
+            1 for seq, m in self._missing.items() if seq <= highest and now - m.detected_at > 1.0
+        )
         return min(1.0, (self.counts.lost + pending) / expected)
 
     def delay_ms(self) -> float | None:

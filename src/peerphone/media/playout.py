@@ -10,6 +10,7 @@ recording is exactly what a listener heard, concealment included.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import fractions
 import logging
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 TIME_BASE = fractions.Fraction(1, RTP_HZ)
 IDLE_POLL_S = 0.01  # before the first packet, look again this often
 MAX_BEHIND_S = 0.2  # a player this far behind its clock (a stalled loop) skips ahead
+WATCH_S = 0.005  # how often the player looks for overdue packets between pieces
+QUIET_PEAK = 330  # s16 peak under which a piece counts as a pause (about -40 dBFS)
 
 
 class Player:
@@ -53,24 +56,28 @@ class Player:
         self._anchor: float | None = None  # clock time of output sample 0
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        self._grow_wanted_at: float | None = None
 
     # -- arrivals (called by aiortc's receive path, on the event loop) ---------------------
 
-    def on_rtp(self, seq: int, timestamp: int, payload: bytes, ssrc: int) -> None:
+    def on_rtp(self, seq: int, timestamp: int, payload: bytes, ssrc: int) -> int | None:
+        """File a packet; return how many of the stream's first copies are missing so far
+        (for our RTCP receiver reports: the link's loss, retransmissions or not)."""
         if self._ssrc is None:
             self._ssrc = ssrc
         elif ssrc != self._ssrc:
-            return  # one stream per call; another SSRC is not ours to play
+            return None  # one stream per call; another SSRC is not ours to play
         try:
             samples = self._decoder.packet_samples(payload)
         except DecodeError:
             self.decode_errors += 1
-            return
+            return None
         now = self._clock()
         self.buffer.insert(seq, timestamp, payload, samples, now)
         self._ask_again(now)
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
+        return self.buffer.first_copies_missing
 
     def _ask_again(self, now: float) -> None:
         if self._request is None or self._ssrc is None:
@@ -89,15 +96,17 @@ class Player:
                 now = self._clock()
                 if self._anchor is not None:
                     due = self._anchor + self._played / RTP_HZ
-                    if due > now:
-                        await asyncio.sleep(due - now)
+                    while due > now:  # meanwhile, watch for packets overdue
+                        await asyncio.sleep(min(WATCH_S, due - now))
                         now = self._clock()
-                    elif now - due > MAX_BEHIND_S:
+                        self.buffer.mark_overdue(now)
+                        self._ask_again(now)
+                    if now - due > MAX_BEHIND_S:
                         self._anchor = now - self._played / RTP_HZ
+                self.buffer.mark_overdue(now)
                 self._ask_again(now)
-                if self._anchor is not None and self.buffer.should_grow(now):
-                    playout: Playout | None = self.buffer.grow()
-                else:
+                playout = self._grow(now) if self._anchor is not None else None
+                if playout is None:
                     playout = self.buffer.pull(now)
                 if playout is None:
                     await asyncio.sleep(IDLE_POLL_S)
@@ -109,6 +118,19 @@ class Player:
             raise
         except Exception:  # a bug here must not take the node down; the call goes quiet
             log.exception("audio playout stopped")
+
+    def _grow(self, now: float) -> Playout | None:
+        """Deepen the buffer now if it is short of slack and this is a pause (or overdue)."""
+        if not self.buffer.should_grow(now):
+            self._grow_wanted_at = None
+            return None
+        if self._grow_wanted_at is None:
+            self._grow_wanted_at = now
+        waited = now - self._grow_wanted_at
+        if not self.buffer.quiet and waited < self.buffer.config.grow_wait_s:
+            return None
+        self._grow_wanted_at = None
+        return self.buffer.grow()
 
     def _render(self, playout: Playout) -> bytes:
         try:
@@ -127,6 +149,8 @@ class Player:
 
     def _emit(self, pcm: bytes) -> None:
         samples = len(pcm) // 2
+        pcm_samples = array.array("h", pcm[: samples * 2])
+        self.buffer.quiet = max(map(abs, pcm_samples[::4]), default=0) < QUIET_PEAK
         frame = AudioFrame(format="s16", layout="mono", samples=samples)
         frame.planes[0].update(pcm)
         frame.sample_rate = RTP_HZ

@@ -107,17 +107,21 @@ def call_stats(previous: StatsSample | None, current: StatsSample) -> dict[str, 
     }
 
 
-def loss_out(sample: StatsSample, asked_again: int, packets_sent: int) -> float | None:
+def loss_out(sample: StatsSample, packets_sent: int) -> float | None:
     """Share of our packets lost on the way to the peer, whole call; None before it reports.
 
-    The peer's RTCP receiver reports count a packet that came on the second try as
-    received, so with retransmission they show only what it did not repair; the
-    packets the peer asked for again (NACK) show what the link lost. A peer that does not
-    ask (a browser) is judged by its reports alone.
+    From the peer's RTCP receiver reports. A node peer counts a packet that came only
+    when asked for again as lost (media/aiortc_internals.py: the link lost it); a browser
+    does not ask, so its count is the link's too.
     """
     if sample.remote_packets_lost is None or packets_sent <= 0:
         return None
-    return round(min(1.0, max(sample.remote_packets_lost, asked_again) / packets_sent), 4)
+    return round(min(1.0, sample.remote_packets_lost / packets_sent), 4)
+
+
+def residual_loss(link_loss: float, asked_again: float) -> float:
+    """What retransmission did not repair: the link's loss less the share asked for again."""
+    return max(0.0, link_loss - asked_again)
 
 
 # E-model (ITU-T G.107), simplified: the codec's own impairment and its robustness to loss
