@@ -30,6 +30,7 @@ from peerphone.identity import NodeId
 from peerphone.nat.addrfilter import AddressFilter
 from peerphone.nat.credentials import CredentialIssuer
 from peerphone.nat.events import AllocationSnapshot
+from peerphone.nat.limits import WireCount
 from peerphone.nat.server import TurnService
 from peerphone.nat.turn import TurnServer
 from peerphone.runtime.node_runtime import NodeRuntime
@@ -53,6 +54,7 @@ class Relay:
         self.urls: list[str] = []
         self._issuer: CredentialIssuer | None = None
         self._stats: Counter[str] = Counter()
+        self.wire = WireCount()  # what its sockets moved, over every start (`sharing.py`)
         self.failure = ""  # why the relay could not start (shown by status), "" if it did
 
     @property
@@ -88,7 +90,7 @@ class Relay:
             if endpoint is not None:
                 core.own.add_host(endpoint[1][0])
         self._issuer = CredentialIssuer(secret, CREDENTIAL_TTL_S, stats=core.stats)
-        turn = TurnService(core, relay_host=bound[0], advertised_host=advertised)
+        turn = TurnService(core, bound[0], advertised, self.wire)
         try:
             udp = await turn.listen_udp(bound[0], cfg.turn_port)
         except OSError as exc:

@@ -122,3 +122,24 @@ class RateMeter:
             self._roll(second)
         since = second - self.window_s
         return sum(b for s, b in self.past.items() if s >= since) / self.window_s
+
+
+class WireCount:
+    """What the relay's sockets moved, as they saw it (for `peerphone sharing`): UDP
+    datagrams and their payload bytes, both ways (the IP and UDP headers are the reader's to
+    add), and TCP stream bytes (framing included; TCP/IP headers and ACKs not). Kept by the
+    node across relay restarts: it only grows. Every relayed packet passes here twice."""
+
+    __slots__ = ("tcp_in", "tcp_out", "udp_in", "udp_in_datagrams", "udp_out", "udp_out_datagrams")
+
+    def __init__(self) -> None:
+        self.udp_in = self.udp_in_datagrams = self.udp_out = self.udp_out_datagrams = 0
+        self.tcp_in = self.tcp_out = 0
+
+    def udp_received(self, size: int) -> None:
+        self.udp_in += size
+        self.udp_in_datagrams += 1
+
+    def udp_sent(self, size: int) -> None:
+        self.udp_out += size
+        self.udp_out_datagrams += 1

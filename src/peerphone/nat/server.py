@@ -14,6 +14,8 @@ again every `OWN_ADDRESSES_REFRESH_S`.
 
 Nothing read from the network escapes: the core turns garbage into counted drops, and a
 TCP stream that cannot be framed is closed (counted in `stats`, ``tcp_*`` keys).
+Every datagram and stream byte the sockets move, in or out, is counted in `wire`
+(`limits.WireCount`: what `peerphone sharing` reports as the relay's traffic).
 A stand-alone relay on this adapter: ``python -m peerphone.nat.cli --help`` (tests, benchmarks).
 """
 
@@ -43,7 +45,7 @@ from peerphone.nat.events import (
     ToPeer,
 )
 from peerphone.nat.framing import StreamFramer
-from peerphone.nat.limits import address_prefix
+from peerphone.nat.limits import WireCount, address_prefix
 from peerphone.nat.own import local_interface_addresses
 from peerphone.nat.turn import TurnServer
 from peerphone.timers import CoreTimer
@@ -87,6 +89,7 @@ class _ListenProtocol(asyncio.DatagramProtocol):
                 self.clients.clear()
             client = self.clients[addr] = Client(UDP, (addr[0], addr[1]))
         service = self.service
+        service.wire.udp_received(len(data))
         service._flush(service.core.receive(data, client, CLOCK()))
 
     def error_received(self, exc: Exception) -> None:  # ICMP errors: nothing to do
@@ -100,6 +103,7 @@ class _RelayProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         service = self.service
+        service.wire.udp_received(len(data))
         outputs = service.core.receive_from_peer(self.allocation, data, (addr[0], addr[1]), CLOCK())
         service._flush(outputs)
 
@@ -143,6 +147,7 @@ class _TcpConnection(asyncio.Protocol):
         if client is None:
             return
         self.last_rx = self.service.loop.time()
+        self.service.wire.tcp_in += len(data)
         try:
             frames = self.framer.feed(data)
         except DecodeError:
@@ -163,6 +168,7 @@ class _TcpConnection(asyncio.Protocol):
             self.service.stats["tcp_drop_write_buffer_full"] += 1
         else:
             transport.write(data)
+            self.service.wire.tcp_out += len(data)
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -200,7 +206,11 @@ class TurnService:
     """Runs a `TurnServer` core on asyncio sockets (see the module docstring)."""
 
     def __init__(
-        self, core: TurnServer, relay_host: str, advertised_host: str | None = None
+        self,
+        core: TurnServer,
+        relay_host: str,
+        advertised_host: str | None = None,
+        wire: WireCount | None = None,
     ) -> None:
         self.core = core
         self.relay_host = relay_host  # relayed sockets bind here
@@ -208,6 +218,7 @@ class TurnService:
         # IP; coturn's --external-ip); the port is the same on both sides
         self.advertised_host = advertised_host or relay_host
         self.stats = core.stats  # one set of counters for `status`
+        self.wire = wire or WireCount()  # what the sockets moved (the owner's may outlive us)
         self.loop = asyncio.get_running_loop()
         self._udp: asyncio.DatagramTransport | None = None
         self._servers: list[asyncio.Server] = []
@@ -298,11 +309,13 @@ class TurnService:
                     self.stats["drop_relay_socket_not_ready"] += 1
                 else:
                     relay.sendto(output.data, output.peer)
+                    self.wire.udp_sent(len(output.data))
             elif isinstance(output, ToClient):
                 client = output.client
                 if client.transport == UDP:
                     if self._udp is not None:
                         self._udp.sendto(output.data, client.address)
+                        self.wire.udp_sent(len(output.data))
                 else:
                     connection = self._connections.get(client.connection)
                     if connection is None:

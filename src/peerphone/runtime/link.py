@@ -13,6 +13,7 @@ A frame longer than the largest message is skipped as it arrives, never buffered
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -94,6 +95,17 @@ def keeps_current(me: NodeId, current: Link, new: Link) -> bool:
     assert opener_current is not None and opener_new is not None
     concurrent = new.started < current.up_since and opener_current != opener_new
     return concurrent and opener_current < opener_new
+
+
+def count_wire(stats: Counter[str], direction: str, datagram: bytes, addr: Address) -> None:
+    """Count one overlay datagram sent (`direction` "out") or received ("in"): in all
+    (`datagrams_in`), and by transport, `udp_` or `tcp_` + `datagrams_in` and `bytes_in`.
+    Bytes are the datagram's own: no IP/UDP header (`peerphone sharing` adds them), no TCP
+    carrier framing."""
+    kind = "tcp_" if is_tcp(addr) else "udp_"
+    stats["datagrams_" + direction] += 1
+    stats[kind + "datagrams_" + direction] += 1
+    stats[kind + "bytes_" + direction] += len(datagram)
 
 
 def encode_frame(payload: bytes) -> bytes:

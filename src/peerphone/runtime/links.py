@@ -41,6 +41,7 @@ from peerphone.runtime.link import (
     Link,
     LinkInfo,
     LinkStats,
+    count_wire,
     encode_frame,
     keeps_current,
     take_frames,
@@ -152,7 +153,7 @@ class LinkManager(asyncio.DatagramProtocol):
             log.exception("datagram from %s crashed the handler", addr)
 
     def _datagram(self, data: bytes, addr: Address) -> None:
-        self.stats["datagrams_in"] += 1
+        count_wire(self.stats, "in", data, addr)
         if self._closing:
             return
         if len(data) > MAX_DATAGRAM_BYTES:
@@ -355,10 +356,11 @@ class LinkManager(asyncio.DatagramProtocol):
     def _sendto(self, data: bytes, addr: NetworkAddress) -> None:
         if is_tcp(addr):
             self.tcp.send(data, (addr[0], addr[1]))
-            self.stats["datagrams_out"] += 1
         elif self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(data, addr)
-            self.stats["datagrams_out"] += 1
+        else:
+            return
+        count_wire(self.stats, "out", data, addr)
 
     def _flush(self) -> None:
         now = self._loop.time()
