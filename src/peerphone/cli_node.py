@@ -14,6 +14,7 @@ from typing import Any, TypeAlias
 from peerphone.daemon.client import ControlClient, ControlError
 from peerphone.daemon.config import ROLES, apply_options, load_config, save_config
 from peerphone.daemon.datadir import DataDir, DataDirError
+from peerphone.daemon.sharing_cli import cmd_sharing
 from peerphone.daemon.texts import (
     call_end_text,
     call_progress_text,
@@ -160,6 +161,13 @@ def _add_status(sub: SubParsers) -> None:
     status = sub.add_parser("status", help="the running node's status")
     _dir_option(status)
     status.add_argument("--json", action="store_true")
+
+
+def _add_sharing(sub: SubParsers) -> None:
+    sharing = sub.add_parser("sharing", help="what this node gives the network, exactly")
+    _dir_option(sharing)
+    sharing.add_argument("--watch", action="store_true", help="again every second until Ctrl-C")
+    sharing.add_argument("--json", action="store_true", help="as JSON (--watch: one line each)")
 
 
 def _add_lookup(sub: SubParsers) -> None:
@@ -567,6 +575,7 @@ COMMANDS: dict[str, tuple[Callable[[SubParsers], None], Callable[[argparse.Names
     "transfer": (_add_transfer, cmd_call_action),
     "hold": (_add_hold, cmd_call_action),
     "status": (_add_status, cmd_status),
+    "sharing": (_add_sharing, cmd_sharing),
     "lookup": (_add_lookup, cmd_lookup),
     "contacts": (_add_contacts, cmd_contacts),
     "demo": (_add_demo, cmd_demo),

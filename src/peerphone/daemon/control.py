@@ -12,6 +12,7 @@ its message; a timeout is a 504. Anything else, `LocalProtocolError` included, i
 bug: a 500 saying only that, and the traceback in the node's log.
 
     GET    /v1/status                  the node's status (views.status_view)
+    GET    /v1/sharing                 what it gives the network, exactly (sharing.py)
     GET    /v1/lookup/{name}           a verified lookup
     GET    /v1/contacts                buddy list with live presence
     POST   /v1/contacts   {"name"}     add a buddy (watched from now on)
@@ -182,6 +183,10 @@ def _string(body: dict[str, Any], key: str) -> str:
 
 async def get_status(request: web.Request) -> web.Response:
     return web.json_response(request.app[SERVICE_KEY].status())
+
+
+async def get_sharing(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SERVICE_KEY].sharing.view())
 
 
 def _username(name: str) -> str:
@@ -376,6 +381,7 @@ def make_app(service: NodeService, token: str) -> web.Application:
     app[SESSIONS_KEY] = UiSessions()
     SoftphoneRoutes(service, app[SESSIONS_KEY]).add_to(app)
     app.router.add_get("/v1/status", get_status)
+    app.router.add_get("/v1/sharing", get_sharing)
     app.router.add_get("/v1/lookup/{name}", get_lookup)
     app.router.add_get("/v1/contacts", get_contacts)
     app.router.add_post("/v1/contacts", post_contact)

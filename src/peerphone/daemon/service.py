@@ -25,6 +25,7 @@ from peerphone.daemon.logs import ErrorDigest
 from peerphone.daemon.pins import Pins
 from peerphone.daemon.policy import Policy
 from peerphone.daemon.relay import Relay
+from peerphone.daemon.sharing import Sharing
 from peerphone.daemon.views import error_counters, lookup_view, presence_view, status_view
 from peerphone.endpoints import (
     Endpoint,
@@ -124,6 +125,7 @@ class NodeService:
         self._digest = ErrorDigest(log)
         self.calls = CallManager(config, lambda: self.runtime)
         self.relay = Relay(config, lambda: self.runtime)
+        self.sharing = Sharing(self)  # what it gives the network: `peerphone sharing`
         self.pins = Pins(data.path)
         if policy is not None:  # calls to and from users outside its allow-list: refused
             self.calls.refusal = lambda name: policy.call_refusal(name, self.core.pins().get(name))
@@ -163,6 +165,7 @@ class NodeService:
         self._tasks = [
             asyncio.create_task(self._pump(), name="events"),
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
+            asyncio.create_task(self.sharing.run(), name="sharing"),
         ]
         log.info(
             "node %s (user %s) started as %s on %s",
@@ -373,6 +376,7 @@ class NodeService:
 
     def _on_role_changed(self, event: RoleChanged, out: dict[str, Any]) -> None:
         self.role_reason = event.reason
+        self.sharing.role_changed(event.supernode, event.reason)
         self._spawn(self.relay.start() if event.supernode else self.relay.stop())
         out.update(supernode=event.supernode, reason=event.reason)
         log.info("role: %s (%s)", "supernode" if event.supernode else "client", event.reason)

@@ -4,6 +4,7 @@ would not say whether it matters."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 # refused-input counters a person may meet, and what they mean (the others are named as is)
@@ -309,3 +310,115 @@ def call_end_text(call: dict[str, Any]) -> tuple[int, str]:
         if key in reason:
             return code, message.format(peer=call["peer"])
     return EXIT_FAILED, reason
+
+
+SHARING_TITLES = {
+    "directory_signaling": "directory+signaling (overlay traffic while a supernode)",
+    "relay": "relay (TURN)",
+}
+SHOWN_ROLE_CHANGES = 5
+
+
+def _kbits(bytes_per_s: float) -> str:
+    return f"{bytes_per_s * 8 / 1000:.1f} kbit/s"
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def _cap_text(cap: dict[str, Any] | None) -> str:
+    if cap is None:
+        return "no cap set"
+    limit = cap["bytes_per_s"]
+    used = cap["now_bytes_per_s"]
+    share = f" ({100 * used / limit:.0f} %)" if limit else ""
+    return f"cap {limit * 8 / 1000:g} kbit/s of {cap['counts']}: {_kbits(used)}{share}"
+
+
+def _period_cap(cap_bytes: int | None) -> str:
+    return "no cap set" if cap_bytes is None else f"cap {size(cap_bytes)}"
+
+
+def _role_line(role: str, reason: str) -> str:
+    reason = reason or "elected by the tier"
+    return reason if reason.startswith(role) else f"{role}: {reason}"
+
+
+def sharing_text(v: dict[str, Any]) -> str:
+    """`peerphone sharing` for a person: role and why, each category's bytes now, today and
+    this month against its cap, clients, records, relay sessions, CPU."""
+    rows = [("role", _role_line(v["role"], v["role_reason"]))]
+    for i, change in enumerate(v["role_changes"][:SHOWN_ROLE_CHANGES]):
+        line = f"{_utc(change['at'])}  {_role_line(change['role'], change['reason'])}"
+        rows.append(("changes" if i == 0 else "", line))
+    managed = v["managed"]
+    rows.append(
+        (
+            "managed",
+            f"managed by {managed['file']}: this node never serves and never relays for others"
+            if managed
+            else "no policy file: the owner's [share] settings decide (config.toml)",
+        )
+    )
+    for category, title in SHARING_TITLES.items():
+        c = v["categories"][category]
+        now, today, month = c["now"], c["today"], c["month"]
+        rows += [
+            (title, ""),
+            (
+                "  now",
+                f"{_kbits(now['up_bytes_per_s'])} up, {_kbits(now['down_bytes_per_s'])} down "
+                f"(last {v['window_s']} s); {_cap_text(c['cap'])}",
+            ),
+            (
+                "  today",
+                f"{size(today['up_bytes'])} up, {size(today['down_bytes'])} down "
+                f"({v['day']} UTC); {_period_cap(today['cap_bytes'])}",
+            ),
+            (
+                "  month",
+                f"{size(month['up_bytes'])} up, {size(month['down_bytes'])} down "
+                f"({v['month']} UTC); {_period_cap(month['cap_bytes'])}",
+            ),
+        ]
+    relay = v["relay"]
+    sessions = relay["sessions"]
+    if not relay["running"]:
+        state = f"not running: {relay['problem']}" if relay["problem"] else "not running"
+        rows.append(("  sessions", state))
+    else:
+        rows.append(("  sessions", amount(len(sessions), "relayed session") + " now"))
+    for s in sessions:
+        peers = ", ".join(s["peers"]) or "no peer yet"
+        rows.append(
+            (
+                "",
+                f"    for {s['client']} ({s['transport']}) to {peers}: "
+                f"{size(s['bytes_to_peers'])} out, {size(s['bytes_from_peers'])} in",
+            )
+        )
+    if v["role"] == "supernode":
+        rows += [
+            (
+                "clients",
+                f"{v['clients_served']} served (backup for {v['backup_for']}) of at most "
+                f"{v['max_clients']}",
+            ),
+            ("records", f"{amount(v['records_held'], 'directory record')} held"),
+        ]
+    else:
+        rows.append(("clients", "none: only a supernode serves clients and holds records"))
+    rows += [
+        ("cpu", _cpu_text(v["cpu"], v["window_s"])),
+        ("bytes", "whole IP packets (UDP headers included), as a firewall counts them"),
+    ]
+    width = max(len(k) for k, _ in rows if not k.startswith(("directory", "relay (")))
+    return "\n".join(f"{k.ljust(width)}  {t}".rstrip() if t else k for k, t in rows)
+
+
+def _cpu_text(cpu: dict[str, Any], window_s: int) -> str:
+    now = cpu["now_percent"]
+    measured = "measuring" if now is None else f"{now:.1f} % of one core (last {window_s} s)"
+    enforced = "" if cpu["cap_enforced"] else " (declared, not enforced yet)"
+    return f"{measured}, {cpu['process_s']:.1f} s since start; cap {cpu['cap_percent']} %{enforced}"
