@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from peerphone.media import reference_signal
-from tests.support.audio import correlation, read_wav, write_wav
+from tests.support.audio import read_wav, windowed_correlation, write_wav
 from tests.support.lab_probe import WireRate, rate_of
 from tests.support.netlab import INTERNET_NET, NatKind, NetLab, require_available
 from tests.support.netns_nodes import (
@@ -160,13 +160,14 @@ def wait_ended(node: Node, call_id: str, involved: list[Node]) -> dict[str, Any]
 
 
 def audio_score(played_seed: int, recording: Path) -> float:
-    """Correlation of a recording with the test signal of `played_seed` (0.0: no audio)."""
+    """Correlation of a recording with the test signal of `played_seed`, second by second
+    (0.0: no audio): the receiver's jitter buffer may move the timeline."""
     rate, heard = read_wav(recording)
     if rate != RATE or len(heard) < RATE // 2:
         print(f"{recording}: {len(heard)} samples at {rate} Hz")
         return 0.0
     played = np.array(reference_signal(played_seed, SIGNAL_S), dtype=np.float64)
-    return correlation(played, heard)
+    return windowed_correlation(played, heard)
 
 
 def expect(condition: bool, what: str, nodes: list[Node]) -> None:
@@ -370,7 +371,7 @@ def test_direct_call_uses_at_most_48_kbits_per_direction_on_the_wire(
         f" {final['bitrate_kbps']}"
     )
     for rate in (sent, received):
-        assert rate.packets_per_s > 40, rate  # the call did flow (50 packets/s of 20 ms)
+        assert rate.packets_per_s > 20, rate  # the call did flow (25 packets/s of 40 ms)
         assert rate.ip_kbps <= rate.ipv6_kbps <= WIRE_LIMIT_KBPS, rate  # worst case: IPv6
     for key in ("sent", "received"):
         assert 0 < final["bitrate_kbps"][key] <= WIRE_LIMIT_KBPS, final

@@ -35,6 +35,23 @@ def correlation(played: npt.NDArray[np.float64], heard: npt.NDArray[np.float64])
     return float(np.dot(a, b)) / denominator if denominator else 0.0
 
 
+def windowed_correlation(
+    played: npt.NDArray[np.float64], heard: npt.NDArray[np.float64], window: int = 48_000
+) -> float:
+    """Median over `window`-long pieces of `heard` of each piece's `correlation` with
+    `played`.
+
+    An adaptive jitter buffer moves the timeline when it stretches or sheds delay, so one
+    lag for a whole call undervalues audio that arrived intact; each piece finds its own.
+    A silent piece (a hold, the end after the signal) scores 0; the median says whether
+    most of the call carried the signal.
+    """
+    pieces = [heard[i : i + window] for i in range(0, len(heard) - window + 1, window)]
+    if not pieces:
+        return correlation(played, heard)
+    return float(np.median([correlation(played, piece) for piece in pieces]))
+
+
 def read_wav(path: Path) -> tuple[int, npt.NDArray[np.float64]]:
     with wave.open(str(path), "rb") as f:
         assert f.getsampwidth() == 2

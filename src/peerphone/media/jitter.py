@@ -60,13 +60,19 @@ class Action(enum.Enum):
 class Playout:
     """One piece of audio to produce: `samples` at 48 kHz by `action` from `packet`.
 
-    `drop_first` is a packet to decode and throw away before (the buffer shrinking).
+    `drop_first` is a packet to decode and throw away before (the buffer shrinking), of
+    `dropped_samples`. `timestamp` is the RTP timestamp of a decoded packet. `covers` says
+    whether the piece stands for a packet of the sender's (FEC or concealment of a lost
+    one) or is extra (stretching, silence while nothing comes).
     """
 
     action: Action
     samples: int
     packet: bytes = b""
     drop_first: bytes = b""
+    timestamp: int | None = None
+    dropped_samples: int = 0
+    covers: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,15 +267,17 @@ class JitterBuffer:
         self.counts.played_samples += packet.samples
         if not packet.retransmitted:
             self._remember_slack(now, now - packet.arrival)
-        drop = b""
+        drop, dropped = b"", 0
         if self.quiet and self._should_shrink(packet.samples):  # shed depth in a pause
             following = self._packets.pop(self._next, None)
             if following is not None:
                 self._next += 1
                 self.counts.discarded += 1
-                drop, packet = packet.payload, following
+                drop, dropped, packet = packet.payload, packet.samples, following
                 self._slack.clear()
-        return Playout(Action.DECODE, packet.samples, packet.payload, drop)
+        return Playout(
+            Action.DECODE, packet.samples, packet.payload, drop, packet.timestamp, dropped
+        )
 
     def _cover_gap(self) -> Playout:
         assert self._next is not None
@@ -289,13 +297,13 @@ class JitterBuffer:
         samples = self._last_samples
         if self._expanded_ms >= self.config.max_expand_ms:
             self.counts.silence_samples += samples
-            return Playout(Action.SILENCE, samples)
+            return Playout(Action.SILENCE, samples, covers=False)
         self._expanded_ms += samples * 1000 / RTP_HZ
         self._slack.clear()  # the delay just grew: judge it afresh
         self.counts.concealed += 1
         self.counts.concealed_samples += samples
         self.counts.played_samples += samples
-        return Playout(Action.CONCEAL, samples)
+        return Playout(Action.CONCEAL, samples, covers=False)
 
     def _expire_missing(self, before: int) -> None:
         """Gaps the playout has passed for good: the packet was lost on the way."""
@@ -350,7 +358,7 @@ class JitterBuffer:
         self.counts.concealed += 1
         self.counts.concealed_samples += samples
         self.counts.played_samples += samples
-        return Playout(Action.CONCEAL, samples)
+        return Playout(Action.CONCEAL, samples, covers=False)
 
     # -- retransmission -------------------------------------------------------------------
 
