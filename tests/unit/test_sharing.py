@@ -319,7 +319,8 @@ def test_a_managed_node_says_so(tmp_path: Path) -> None:
     view = sharing.view()
     assert view["managed"]["file"] == str(policy_path) and view["consented"] is False
     text = sharing_text(view)
-    assert f"managed by {policy_path}: this node never serves" in text
+    assert f"managed by {policy_path}: fixed role client (never a supernode" in text
+    assert "supernodes only abababab at 192.0.2.10:4433" in text
     assert "none: only a supernode serves clients" in text
 
 

@@ -89,8 +89,12 @@ def _managed(st: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _role(st: dict[str, Any]) -> str:
-    reason = st["role_reason"] or "elected by the tier"
-    return reason if reason.startswith(st["role"]) else f"{st['role']}: {reason}"
+    return _role_line(st["role"], st["role_reason"])
+
+
+def _role_line(role: str, reason: str) -> str:
+    reason = reason or "elected by the tier"
+    return reason if reason.startswith(role) else f"{role}: {reason}"
 
 
 def _network(st: dict[str, Any]) -> str:
@@ -128,7 +132,7 @@ def _sharing(st: dict[str, Any]) -> list[tuple[str, str]]:
             f"{amount(sn['records_held'], 'directory record')}; "
             f"{amount(sn['membership_size'], 'supernode')} in the tier",
         ),
-        ("caps", cap_text),
+        ("caps", cap_text + "; bytes shared now, today, this month: peerphone sharing"),
     ]
     relay = sharing.get("relay")
     if relay is None:
@@ -340,11 +344,6 @@ def _period_cap(cap_bytes: int | None) -> str:
     return "no cap set" if cap_bytes is None else f"cap {size(cap_bytes)}"
 
 
-def _role_line(role: str, reason: str) -> str:
-    reason = reason or "elected by the tier"
-    return reason if reason.startswith(role) else f"{role}: {reason}"
-
-
 def sharing_text(v: dict[str, Any]) -> str:
     """`peerphone sharing` for a person: role and why, each category's bytes now, today and
     this month against its cap, clients, records, relay sessions, CPU."""
@@ -352,15 +351,8 @@ def sharing_text(v: dict[str, Any]) -> str:
     for i, change in enumerate(v["role_changes"][:SHOWN_ROLE_CHANGES]):
         line = f"{_utc(change['at'])}  {_role_line(change['role'], change['reason'])}"
         rows.append(("changes" if i == 0 else "", line))
-    managed = v["managed"]
-    rows.append(
-        (
-            "managed",
-            f"managed by {managed['file']}: this node never serves and never relays for others"
-            if managed
-            else "no policy file: the owner's [share] settings decide (config.toml)",
-        )
-    )
+    managed = _managed(v)  # "managed by FILE" and what it fixed, as status says it
+    rows += managed or [("managed", "no: the owner's [share] settings decide (config.toml)")]
     for category, title in SHARING_TITLES.items():
         c = v["categories"][category]
         now, today, month = c["now"], c["today"], c["month"]
