@@ -43,12 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from peerphone.daemon.config import NodeConfig
 from peerphone.daemon.datadir import DataDir, write_atomic
-from peerphone.daemon.policy import Policy
-from peerphone.daemon.relay import Relay
+from peerphone.daemon.views import StatusSource
 from peerphone.nat.limits import RATE_WINDOW_S, RateMeter
-from peerphone.runtime.node_runtime import NodeRuntime
 
 log = logging.getLogger("peerphone.sharing")
 
@@ -248,21 +245,12 @@ class SharingMeter:
         return up_meter.rate(now), down_meter.rate(now)
 
 
-class SharingSource(Protocol):
-    """What the sharing view reads of the node's service (the daemon's NodeService)."""
+class SharingSource(StatusSource, Protocol):
+    """What the sharing view reads of the node's service (the daemon's NodeService): what
+    status reads, its data directory and its event stream's listeners."""
 
     @property
-    def runtime(self) -> NodeRuntime: ...
-    @property
-    def relay(self) -> Relay: ...
-    @property
-    def config(self) -> NodeConfig: ...
-    @property
     def data(self) -> DataDir: ...
-    @property
-    def policy(self) -> Policy | None: ...
-    @property
-    def role_reason(self) -> str: ...
     @property
     def listeners(self) -> set[asyncio.Queue[dict[str, Any]]]: ...
     def broadcast(self, event: dict[str, Any]) -> None: ...
