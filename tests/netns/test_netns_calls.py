@@ -486,7 +486,8 @@ def test_hold_resume_and_transfer_with_three_users(users: Users) -> None:
     print(f"bob -> carol correlation {carol_heard:.4f}, carol -> bob {bob_heard:.4f}")
     expect(carol_heard >= MIN_CORRELATION, f"carol heard bob: {carol_heard}", involved)
     expect(bob_heard >= MIN_CORRELATION, f"bob heard carol: {bob_heard}", involved)
-    # alice's signal with a hole where the call was held (~0.85); carol's would be ~0.0
+    # alice's signal around a hole where the call was held (silence is left out); carol's
+    # would be ~0.0
     first = audio_score(SEEDS["alice"] + CALLER_SEED_OFFSET, bob_dir / f"call-{bob_call_id}.wav")
     print(f"bob's recording of alice's (held, resumed, transferred) call: correlation {first:.4f}")
     expect(first >= HELD_CALL_MIN_CORRELATION, f"bob's recording of alice: {first}", involved)

@@ -36,20 +36,23 @@ def correlation(played: npt.NDArray[np.float64], heard: npt.NDArray[np.float64])
 
 
 def windowed_correlation(
-    played: npt.NDArray[np.float64], heard: npt.NDArray[np.float64], window: int = 48_000
+    played: npt.NDArray[np.float64], heard: npt.NDArray[np.float64], window: int = 12_000
 ) -> float:
-    """Median over `window`-long pieces of `heard` of each piece's `correlation` with
-    `played`.
+    """Median, over the `window`-long pieces of `heard` that carry sound, of each piece's
+    `correlation` with `played` (0.0 when nothing was heard).
 
     An adaptive jitter buffer moves the timeline when it stretches or sheds delay, so one
     lag for a whole call undervalues audio that arrived intact; each piece finds its own.
-    A silent piece (a hold, the end after the signal) scores 0; the median says whether
-    most of the call carried the signal.
+    Pieces under 1 % of the recording's RMS (after the signal ended, a hold) are left out.
     """
     pieces = [heard[i : i + window] for i in range(0, len(heard) - window + 1, window)]
     if not pieces:
         return correlation(played, heard)
-    return float(np.median([correlation(played, piece) for piece in pieces]))
+    level = float(np.sqrt(np.mean(heard * heard)))
+    if level == 0.0:
+        return 0.0
+    sounding = [p for p in pieces if float(np.sqrt(np.mean(p * p))) >= 0.01 * level]
+    return float(np.median([correlation(played, piece) for piece in sounding]))
 
 
 def read_wav(path: Path) -> tuple[int, npt.NDArray[np.float64]]:
