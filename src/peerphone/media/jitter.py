@@ -144,7 +144,7 @@ class JitterBuffer:
     # -- arrivals -------------------------------------------------------------------------
 
     def insert(self, seq: int, timestamp: int, payload: bytes, samples: int, now: float) -> None:
-        """A packet arrived (`samples` it holds, from its TOC; timestamp is unused yet)."""
+        """A packet arrived: `samples` it holds (from its TOC), its RTP `timestamp`."""
         ext = self._extend(seq)
         self.counts.received += 1
         if self._highest is None or self._first_seq is None:
