@@ -79,7 +79,7 @@ def test_one_lost_packet_is_rebuilt_from_the_next_ones_fec() -> None:
 
 
 def test_a_burst_is_concealed_then_fec_and_nothing_waits() -> None:
-    stream = Stream(JitterBuffer(JitterConfig(retransmit=False)))
+    stream = Stream(JitterBuffer(JitterConfig(retransmit=False, start_delay_ms=40)))
     stream.run(40, lose={10, 11, 12})
     kinds = actions(stream.played)
     assert "silence" not in kinds
@@ -94,7 +94,7 @@ def test_a_burst_is_concealed_then_fec_and_nothing_waits() -> None:
 
 
 def test_an_underrun_stretches_with_concealment_then_silence_and_resumes() -> None:
-    buffer = JitterBuffer(JitterConfig(max_expand_ms=120, retransmit=False))
+    buffer = JitterBuffer(JitterConfig(max_expand_ms=120, retransmit=False, start_delay_ms=40))
     stream = Stream(buffer)
     stream.run(10)
     for _ in range(8):  # the peer goes quiet (hold, or a long outage)
@@ -108,7 +108,7 @@ def test_an_underrun_stretches_with_concealment_then_silence_and_resumes() -> No
 
 
 def test_a_packet_after_its_turn_is_late_and_not_played() -> None:
-    buffer = JitterBuffer(JitterConfig(retransmit=False))
+    buffer = JitterBuffer(JitterConfig(retransmit=False, start_delay_ms=40))
     stream = Stream(buffer)
     stream.run(10)
     late = stream.send(lose=True)
@@ -281,3 +281,58 @@ def test_jitter_widens_what_counts_as_overdue() -> None:
         stream.tick()
     assert calm == pytest.approx(0.02)
     assert 0.03 < buffer.overdue_after_s() <= 0.05
+
+
+def test_a_needless_nack_is_undone_when_the_second_copy_comes() -> None:
+    """The clock calls a merely late packet overdue (a busy machine); both copies come."""
+    buffer = JitterBuffer(JitterConfig(retransmit=True, keep_retransmission_ms=0))
+    buffer.rtt_s = 0.002
+    stream = Stream(buffer)
+    stream.run(20)
+    late = stream.seq % SEQ_MOD
+    stream.seq += 1  # sent, but held up on the way
+    due_at = (late - 1000) * STEP
+    calm = buffer.overdue_after_s()
+    buffer.mark_overdue(due_at + 0.025)
+    assert buffer.nacks_due(due_at + 0.025) == [late]
+    buffer.insert(late, late * PACKET, payload(late), PACKET, due_at + 0.026)  # the first copy
+    assert buffer.counts.lost == 1 and buffer.needed_slack_s(due_at + 0.03) > 0.03  # so it seems
+    buffer.insert(late, late * PACKET, payload(late), PACKET, due_at + 0.029)  # the answer
+    counts = buffer.counts
+    assert (counts.lost, counts.retransmitted, counts.spurious_nacks) == (0, 0, 1)
+    assert counts.discarded == counts.late == 0
+    assert buffer.needed_slack_s(due_at + 0.03) == pytest.approx(0.02)  # no loss: margin only
+    assert buffer.overdue_after_s() == pytest.approx(calm + 0.010)
+    stream.run(5)
+    assert buffer.first_copies_missing == 0 and buffer.loss(stream.now + 5) == 0.0
+    decoded = [p.packet for p in stream.played if p.action is Action.DECODE]
+    assert decoded.count(payload(late)) == 1
+
+
+def test_a_real_loss_retried_twice_is_not_taken_for_a_needless_nack() -> None:
+    buffer = JitterBuffer(JitterConfig(retransmit=True))
+    buffer.rtt_s = 0.002
+    stream = Stream(buffer)
+    stream.run(20)
+    lost = stream.send(lose=True)
+    due_at = (lost - 1000) * STEP
+    buffer.mark_overdue(due_at + 0.025)
+    assert buffer.nacks_due(due_at + 0.025) == [lost]
+    assert buffer.nacks_due(due_at + 0.040) == [lost]  # no answer yet: asked again
+    buffer.insert(lost, lost * PACKET, payload(lost), PACKET, due_at + 0.041)
+    buffer.insert(lost, lost * PACKET, payload(lost), PACKET, due_at + 0.042)  # both answers
+    assert (buffer.counts.lost, buffer.counts.spurious_nacks) == (1, 0)
+    assert buffer.counts.discarded == 1
+
+
+def test_a_short_round_trip_keeps_the_retransmission_slack_without_loss() -> None:
+    """Loss that comes and goes then never grows or shrinks the delay; a long one does."""
+    short = JitterBuffer(JitterConfig(retransmit=True))
+    short.rtt_s = 0.002
+    assert short.needed_slack_s(0.0) == pytest.approx(0.02 + 0.02 + 0.003 + 0.010)
+    long = JitterBuffer(JitterConfig(retransmit=True))
+    long.rtt_s = 0.060  # 20 + 90 + 10 ms of retransmission slack: only after a loss
+    assert long.needed_slack_s(0.0) == pytest.approx(0.02)
+    stream = Stream(long)
+    stream.run(20, lose={5})
+    assert long.needed_slack_s(stream.now) == pytest.approx(0.02 + 0.02 + 0.09 + 0.010)

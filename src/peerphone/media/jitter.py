@@ -29,6 +29,12 @@ Counting (all per call): `received`, `late` (arrived after its turn), `discarded
 (duplicates, and packets dropped to shrink the delay), `lost` (the link lost the first
 copy: never came, or came only after we asked again), `retransmitted` (came after a NACK,
 in time), and what was played: decoded, FEC, concealed, silence.
+
+A NACK can be needless: the clock called a packet overdue that was only late (a busy
+machine's scheduler, a jitter spike beyond the last 100 packets'), and both the first copy
+and the retransmission arrive. The second copy shows it (`spurious_nacks`): the packet is
+not counted lost, the loss it suggested no longer deepens the buffer, and "overdue" waits
+10 ms longer for the rest of the call (at most 40 ms).
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ MAX_BUFFERED = 250  # packets (10 s of 40 ms audio): a flood beyond this is drop
 MAX_OVERDUE = 5  # packets the clock may call missing ahead of the newest (then: a pause)
 OVERDUE_BASE_S = 0.020  # a packet is overdue this long after its time, plus recent jitter
 TRANSIT_WINDOW = 100  # packets whose transit time tells the jitter
+SPURIOUS_STEP_S = 0.010  # each NACK that proves needless widens "overdue" by this ...
+SPURIOUS_MAX_S = 0.040  # ... up to this much
+SUSPECT_MEMORY_S = 2.0  # how long a NACKed packet's arrival is remembered (its copy may come)
 UNKNOWN_RTT_RETRY_S = 0.1  # before RTCP has measured the round trip
 
 
@@ -78,13 +87,16 @@ class Playout:
 @dataclass(frozen=True, slots=True)
 class JitterConfig:
     margin_ms: float = 20.0  # slack kept beyond what late packets needed
-    start_delay_ms: float = 40.0  # wait this long after the first packet before playing
+    start_delay_ms: float = 80.0  # wait this long after the first packet before playing
     max_delay_ms: float = 400.0  # never more slack than this (drop packets instead)
     max_expand_ms: float = 300.0  # conceal at most this long with nothing to play
     window_s: float = 10.0  # slack history: a delay spike keeps its depth this long
     retransmit: bool = True  # ask for lost packets again (RTCP NACK)
     max_nack_rtt_ms: float = 150.0  # beyond this, waiting for a retransmission costs too much
     loss_memory_s: float = 10.0  # keep the retransmission slack this long after a loss
+    # ... and always while it is this small (a short round trip): then loss that comes and
+    # goes does not grow and shrink the delay, which a listener hears (and PESQ scores)
+    keep_retransmission_ms: float = 60.0
     grow_wait_s: float = 2.0  # grow in speech after all if no pause comes this soon
 
 
@@ -97,6 +109,7 @@ class JitterCounts:
     retransmitted: int = 0
     reordered: int = 0
     nacks_sent: int = 0
+    spurious_nacks: int = 0  # the first copy came after all (a second copy showed it)
     decoded: int = 0
     fec: int = 0
     concealed: int = 0  # pieces of audio
@@ -112,6 +125,14 @@ class _Packet:
     samples: int
     arrival: float
     retransmitted: bool = False  # its lateness is the NACK's round trip, not jitter
+
+
+@dataclass(slots=True)
+class _Suspect:
+    """A packet that came after one NACK: the retransmission, or the first copy, late."""
+
+    arrival: float
+    loss_at_before: float  # `_last_loss_at` before this arrival counted as a loss
 
 
 @dataclass(slots=True)
@@ -140,6 +161,8 @@ class JitterBuffer:
     _last_loss_at: float = float("-inf")
     _ts_highest: int | None = None  # the newest packet's RTP timestamp, unwrapped
     _transit: deque[float] = field(default_factory=deque)  # arrival - send time, recent
+    _suspects: dict[int, _Suspect] = field(default_factory=dict)  # by extended seq
+    _overdue_extra_s: float = 0.0  # grown by needless NACKs
 
     # -- arrivals -------------------------------------------------------------------------
 
@@ -147,6 +170,8 @@ class JitterBuffer:
         """A packet arrived: `samples` it holds (from its TOC), its RTP `timestamp`."""
         ext = self._extend(seq)
         self.counts.received += 1
+        if self._second_copy(ext, now):
+            return
         if self._highest is None or self._first_seq is None:
             self._first_seq = self._highest = ext
             self._first_arrival = now
@@ -158,14 +183,17 @@ class JitterBuffer:
                 self._last_loss_at = now
             for gap in range(self._highest + 1, ext):
                 self._missing.setdefault(gap, _Missing(now))
-        if self._highest is not None and ext >= self._highest:
-            self._note_newest(ext, timestamp, now)
         missing = self._missing.pop(ext, None)
+        if self._highest is not None and ext >= self._highest:
+            # a NACKed packet's lateness is mostly the NACK's round trip, not jitter
+            self._note_newest(ext, timestamp, now, jitter=missing is None or not missing.nacks)
         if missing is not None and self._paused_before(missing, timestamp):
             missing = None  # the clock called it due, but the sender had paused (hold)
         retransmitted = missing is not None and missing.nacks > 0
         if missing is not None:
             if missing.nacks:
+                if missing.nacks == 1:  # a second copy would prove the NACK needless
+                    self._suspects[ext] = _Suspect(now, self._last_loss_at)
                 self._last_loss_at = now
                 self.counts.retransmitted += 1
                 self.counts.lost += 1  # the first copy was lost on the way
@@ -179,13 +207,34 @@ class JitterBuffer:
             return
         self._packets[ext] = _Packet(timestamp, payload, samples, now, retransmitted)
 
-    def _note_newest(self, ext: int, timestamp: int, now: float) -> None:
+    def _second_copy(self, ext: int, now: float) -> bool:
+        """Whether this is the second copy of a packet NACKed once: then the first was only
+        late, so undo what its arrival counted (see the module doc)."""
+        for seq in [s for s, v in self._suspects.items() if now - v.arrival > SUSPECT_MEMORY_S]:
+            del self._suspects[seq]
+        suspect = self._suspects.pop(ext, None)
+        if suspect is None:
+            return False
+        self.counts.spurious_nacks += 1
+        self.counts.lost -= 1
+        self.counts.retransmitted -= 1
+        if self._last_loss_at == suspect.arrival:  # no real loss since
+            self._last_loss_at = suspect.loss_at_before
+        self._overdue_extra_s = min(SPURIOUS_MAX_S, self._overdue_extra_s + SPURIOUS_STEP_S)
+        packet = self._packets.get(ext)
+        if packet is not None:  # still waiting for its turn: its slack counts after all
+            packet.retransmitted = False
+        return True
+
+    def _note_newest(self, ext: int, timestamp: int, now: float, jitter: bool) -> None:
         if self._ts_highest is None:
             self._ts_highest = timestamp
         else:
             delta = (timestamp - self._ts_highest) % (1 << 32)
             self._ts_highest += delta - (1 << 32) if delta >= 1 << 31 else delta
         self._highest = ext
+        if not jitter:
+            return
         self._transit.append(now - self._ts_highest / RTP_HZ)
         if len(self._transit) > TRANSIT_WINDOW:
             self._transit.popleft()
@@ -197,11 +246,12 @@ class JitterBuffer:
         return 2 * self._last_samples < late_by < 1 << 31
 
     def overdue_after_s(self) -> float:
-        """How late a packet may be before the clock calls it missing: 20 ms beyond the
-        latest any of the last 100 packets came."""
+        """How late a packet may be before the clock calls it missing: 20 ms (more after
+        needless NACKs) beyond the latest any of the last 100 packets came."""
+        base = OVERDUE_BASE_S + self._overdue_extra_s
         if len(self._transit) < 2:
-            return OVERDUE_BASE_S
-        return OVERDUE_BASE_S + max(self._transit) - min(self._transit)
+            return base
+        return base + max(self._transit) - min(self._transit)
 
     def mark_overdue(self, now: float) -> None:
         """Call packets missing whose time has passed, before a newer one shows the gap:
@@ -238,6 +288,7 @@ class JitterBuffer:
         self._next = None
         self._ts_highest = None
         self._transit.clear()
+        self._suspects.clear()
 
     # -- playout --------------------------------------------------------------------------
 
@@ -323,12 +374,16 @@ class JitterBuffer:
         return needed
 
     def _retransmission_pays(self, now: float) -> bool:
-        return (
-            self.config.retransmit
-            and self.rtt_s is not None
-            and self.rtt_s * 1000 <= self.config.max_nack_rtt_ms
-            and now - self._last_loss_at <= self.config.loss_memory_s
-        )
+        if (
+            not self.config.retransmit
+            or self.rtt_s is None
+            or self.rtt_s * 1000 > self.config.max_nack_rtt_ms
+        ):
+            return False
+        if now - self._last_loss_at <= self.config.loss_memory_s:
+            return True
+        cost_s = self.overdue_after_s() + 1.5 * self.rtt_s + 0.010
+        return cost_s * 1000 <= self.config.keep_retransmission_ms
 
     def _remember_slack(self, now: float, slack: float) -> None:
         self._slack.append((now, slack))

@@ -202,6 +202,7 @@ class Player:
             "packets_expected": self.buffer.expected,
             "packets_lost": counts.lost,
             "nacks_sent": counts.nacks_sent,
+            "spurious_nacks": counts.spurious_nacks,
             "played_s": round(counts.played_samples / RTP_HZ, 2),
         }
 
