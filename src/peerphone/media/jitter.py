@@ -113,7 +113,8 @@ class JitterCounts:
     decoded: int = 0
     fec: int = 0
     concealed: int = 0  # pieces of audio
-    concealed_samples: int = 0
+    concealed_samples: int = 0  # standing for audio that was lost or late
+    pause_samples: int = 0  # stretching a pause: the sender paused too (DTX, hold)
     played_samples: int = 0  # decoded + FEC + concealed (not silence)
     silence_samples: int = 0
 
@@ -183,10 +184,9 @@ class JitterBuffer:
                 self._last_loss_at = now
             for gap in range(self._highest + 1, ext):
                 self._missing.setdefault(gap, _Missing(now))
-        missing = self._missing.pop(ext, None)
         if self._highest is not None and ext >= self._highest:
-            # a NACKed packet's lateness is mostly the NACK's round trip, not jitter
-            self._note_newest(ext, timestamp, now, jitter=missing is None or not missing.nacks)
+            self._note_newest(ext, timestamp, now)
+        missing = self._missing.pop(ext, None)
         if missing is not None and self._paused_before(missing, timestamp):
             missing = None  # the clock called it due, but the sender had paused (hold)
         retransmitted = missing is not None and missing.nacks > 0
@@ -226,15 +226,13 @@ class JitterBuffer:
             packet.retransmitted = False
         return True
 
-    def _note_newest(self, ext: int, timestamp: int, now: float, jitter: bool) -> None:
+    def _note_newest(self, ext: int, timestamp: int, now: float) -> None:
         if self._ts_highest is None:
             self._ts_highest = timestamp
         else:
             delta = (timestamp - self._ts_highest) % (1 << 32)
             self._ts_highest += delta - (1 << 32) if delta >= 1 << 31 else delta
         self._highest = ext
-        if not jitter:
-            return
         self._transit.append(now - self._ts_highest / RTP_HZ)
         if len(self._transit) > TRANSIT_WINDOW:
             self._transit.popleft()
@@ -257,6 +255,8 @@ class JitterBuffer:
         """Call packets missing whose time has passed, before a newer one shows the gap:
         a retransmission can then be asked for a packet earlier (40 ms, at 40 ms packets)."""
         if not self.config.retransmit or self._highest is None or self._ts_highest is None:
+            return
+        if self.quiet:  # a pause: the sender may be silent (DTX); a gap will show a loss
             return
         if not self._transit:
             return
@@ -351,9 +351,12 @@ class JitterBuffer:
             return Playout(Action.SILENCE, samples, covers=False)
         self._expanded_ms += samples * 1000 / RTP_HZ
         self._slack.clear()  # the delay just grew: judge it afresh
-        self.counts.concealed += 1
-        self.counts.concealed_samples += samples
         self.counts.played_samples += samples
+        if self.quiet:  # in a pause nothing is missed: the sender paused too (DTX), most likely
+            self.counts.pause_samples += samples
+        else:
+            self.counts.concealed += 1
+            self.counts.concealed_samples += samples
         return Playout(Action.CONCEAL, samples, covers=False)
 
     def _expire_missing(self, before: int) -> None:
