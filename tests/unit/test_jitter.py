@@ -363,3 +363,38 @@ def test_in_a_pause_nothing_is_called_overdue_and_stretching_is_not_concealment(
     assert counts.nacks_sent == 0 and counts.lost == 0 and buffer.loss(stream.now + 5) == 0.0
     assert counts.concealed_samples == 0 and counts.pause_samples > 0
     assert buffer.concealed_share() == 0.0
+
+
+def test_the_senders_timeline_survives_its_pauses_and_the_delay_with_it() -> None:
+    """DTX: two pauses of 440 ms with one comfort-noise packet each; the audio of each
+    packet starts at its timestamp's place, and the delay after a pause is what it was."""
+    buffer = JitterBuffer(JitterConfig(retransmit=True))
+    buffer.rtt_s = 0.002
+    buffer.quiet = False
+    stream = Stream(buffer)
+    sent: list[tuple[int, int]] = []  # (timestamp, seq) of what the sender sent
+    frame = 0  # the sender's 40 ms frames, sent or not
+    for talk, pause in ((20, 11), (20, 11), (20, 0)):
+        for i in range(talk + pause):
+            if i < talk or i == talk + 5:  # in the pause, one update halfway
+                seq = stream.seq % SEQ_MOD
+                buffer.insert(seq, frame * PACKET, payload(seq), PACKET, stream.now)
+                sent.append((frame * PACKET, seq))
+                stream.seq += 1
+            # what is played is a pause from about then (the talk spurt's last frames,
+            # played 80 ms later, are the encoder's quiet hang-over before DTX)
+            buffer.quiet = talk - 3 <= i
+            frame += 1
+            stream.tick()
+    for _ in range(5):
+        stream.tick()
+    at, starts = 0, {}
+    for piece in stream.played:
+        if piece.action is Action.DECODE and piece.timestamp is not None:
+            starts[piece.timestamp] = at
+        at += piece.samples
+    first = sent[0][0]
+    offsets = {ts: starts[ts] - (ts - first) for ts, _ in sent}
+    assert set(offsets.values()) == {0}, offsets  # every packet exactly at its place
+    assert buffer.counts.concealed_samples == 0 and buffer.counts.lost == 0
+    assert buffer.counts.nacks_sent == 0

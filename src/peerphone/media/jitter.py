@@ -56,6 +56,8 @@ SPURIOUS_STEP_S = 0.010  # each NACK that proves needless widens "overdue" by th
 SPURIOUS_MAX_S = 0.040  # ... up to this much
 SUSPECT_MEMORY_S = 2.0  # how long a NACKed packet's arrival is remembered (its copy may come)
 UNKNOWN_RTT_RETRY_S = 0.1  # before RTCP has measured the round trip
+TS_MOD = 1 << 32
+MAX_REALIGN_SAMPLES = 9_600  # 200 ms: after a sender's pause, silence to restore the delay
 
 
 class Action(enum.Enum):
@@ -163,6 +165,8 @@ class JitterBuffer:
     _ts_highest: int | None = None  # the newest packet's RTP timestamp, unwrapped
     _transit: deque[float] = field(default_factory=deque)  # arrival - send time, recent
     _suspects: dict[int, _Suspect] = field(default_factory=dict)  # by extended seq
+    _expect_ts: int | None = None  # RTP timestamp the next packet should carry
+    _extra: int = 0  # samples played since the last decode that stood for none of the sender's
     _overdue_extra_s: float = 0.0  # grown by needless NACKs
 
     # -- arrivals -------------------------------------------------------------------------
@@ -289,11 +293,47 @@ class JitterBuffer:
         self._ts_highest = None
         self._transit.clear()
         self._suspects.clear()
+        self._expect_ts, self._extra = None, 0
 
     # -- playout --------------------------------------------------------------------------
 
     def pull(self, now: float) -> Playout | None:
-        """What to play now; None only before playout has begun (keep asking)."""
+        """What to play now; None only before playout has begun (keep asking).
+
+        The sender's timeline is kept across its pauses (DTX, hold): when the next packet's
+        timestamp shows it paused longer than what was played meanwhile, the difference is
+        played as silence first, so the delay after the pause is what it was before (and
+        the packet's slack is measured when it really plays)."""
+        if self._next is not None:
+            waiting = self._packets.get(self._next)
+            if waiting is not None and (left := self._pause_left(waiting.timestamp)) > 0:
+                self._extra += left
+                self.counts.silence_samples += left
+                return Playout(Action.SILENCE, left, covers=False)
+        out = self._pull(now)
+        if out is not None:
+            self._follow(out)
+        return out
+
+    def _pause_left(self, timestamp: int) -> int:
+        if self._expect_ts is None:
+            return 0
+        pause = (timestamp - self._expect_ts) % TS_MOD
+        missing = pause - self._extra if pause < TS_MOD // 2 else 0
+        return missing if 0 < missing <= MAX_REALIGN_SAMPLES else 0
+
+    def _follow(self, out: Playout) -> None:
+        """Where the sender's timeline is after `out`."""
+        if out.action is Action.DECODE and out.timestamp is not None:
+            self._expect_ts = (out.timestamp + out.samples) % TS_MOD
+            self._extra = 0
+        elif out.covers:
+            if self._expect_ts is not None:
+                self._expect_ts = (self._expect_ts + out.samples) % TS_MOD
+        else:
+            self._extra += out.samples
+
+    def _pull(self, now: float) -> Playout | None:
         if self._next is None:
             if not self._packets or self._first_arrival is None:
                 return None
@@ -413,6 +453,7 @@ class JitterBuffer:
         """Conceal one piece without moving on: the delay grows by it."""
         self._slack.clear()
         samples = self._last_samples
+        self._extra += samples
         self.counts.concealed += 1
         self.counts.concealed_samples += samples
         self.counts.played_samples += samples
