@@ -21,6 +21,7 @@ from peerphone.daemon.config import NodeConfig
 from peerphone.daemon.datadir import DataDir
 from peerphone.daemon.policy import parse_policy
 from peerphone.daemon.sharing import (
+    CAP_COUNTS,
     DIRECTORY,
     IPV4_UDP_HEADER_BYTES,
     IPV6_UDP_HEADER_BYTES,
@@ -282,24 +283,37 @@ def test_the_view_and_its_text_for_a_supernode(tmp_path: Path) -> None:
     core.is_supernode = True
     core.supernode = argparse.Namespace(clients_served=3, backup_for=1, records_held=12)
     service.relay.running = relay_running()
+    service.config.share.up_kbps = 200
     sharing = make_sharing(service, clock)
     sharing.role_changed(True, "configured: --role supernode")
+    service.relay.wire.udp_sent(7 * 1000 - IPV4_UDP_HEADER_BYTES)  # 7000 B in this second
+    sharing.sample()
+    clock.now += 1
     view = sharing.view()
     assert view["role"] == "supernode" and view["managed"] is None
     relay = view["categories"][RELAY]
     assert relay["cap"] == {
         "bytes_per_s": 25000.0,
-        "counts": "relayed payload, both ways together",
-        "now_bytes_per_s": 7000.0,
+        "counts": CAP_COUNTS[RELAY],
+        "now_bytes_per_s": 1400.0,  # 7000 B over the last 5 s
     }
-    assert relay["today"]["cap_bytes"] is None and view["categories"][DIRECTORY]["cap"] is None
+    assert view["categories"][DIRECTORY]["cap"]["bytes_per_s"] == 125_000.0  # 1000 kbit/s
+    assert relay["today"]["cap_bytes"] is None  # the volume caps: both categories together
+    assert view["volume"] == {
+        "today_bytes": 7000,
+        "today_cap_bytes": 5_000_000_000,
+        "month_bytes": 7000,
+        "month_cap_bytes": 50_000_000_000,
+    }
     assert view["relay"]["sessions"][0]["peers"] == ["10.99.0.8"]
     assert (view["clients_served"], view["records_held"]) == (3, 12)
     assert view["cpu"]["process_s"] == 12.5 and view["cpu"]["cap_percent"] == 50
     json.dumps(view)  # the API's body
     text = sharing_text(view)
     assert "role        supernode: configured: --role supernode" in text
-    assert "cap 200 kbit/s of relayed payload, both ways together: 56.0 kbit/s (28 %)" in text
+    assert "cap 200 kbit/s of what the relay sends (packets over it dropped; new calls" in text
+    assert "refused at 80 %): 11.2 kbit/s (6 %)" in text
+    assert "volume      today 7000 B of 5000 MB (0 %), this month 7000 B of 50000 MB" in text
     assert "for 10.99.0.7:5000 (udp) to 10.99.0.8: 4000 B out, 5000 B in" in text
     assert "3 served (backup for 1) of at most 600" in text
 

@@ -54,6 +54,7 @@ from tests.support.turn_client import (
 )
 
 PEER2 = ("5.6.7.8", 6000)
+BINDING_REQUEST = stun.encode(stun.BINDING, stun.REQUEST, TID, {})
 
 
 # -- Binding --------------------------------------------------------------------------------
@@ -607,19 +608,49 @@ def test_byte_quota_per_allocation() -> None:
 
 
 def test_bandwidth_cap_is_one_bucket_for_all_allocations() -> None:
-    server = make_server(bandwidth_bytes_per_s=2000.0)  # burst: max(0.5 s, 1500 B) = 1500
+    # burst: max(0.2 s, 1500 B) = 1500; each 200-byte payload leaves as a 228-byte packet
+    server = make_server(bandwidth_bytes_per_s=2000.0)
     alice = TurnClient(server)
     bob = TurnClient(server, Client(UDP, ("198.51.100.8", 1)), who="bob")
     for who in (alice, bob):
         who.allocate()
         who.bind(0x4000, PEER)
-    sent = [alice.send(channel_data(0x4000, b"a" * 200)) != [] for _ in range(4)]
-    sent += [bob.send(channel_data(0x4000, b"b" * 200)) != [] for _ in range(4)]
-    assert sent == [True] * 7 + [False]  # 7 x 200 = 1400 of the 1500 burst
-    assert server.stats["drop_bandwidth_cap"] == 1
-    assert bob.send(channel_data(0x4000, b"b" * 200), NOW + 0.0625) != []  # +125 B
-    assert bob.send(channel_data(0x4000, b"b" * 200), NOW + 0.0625) == []  # 25 B left
-    assert alice.send(channel_data(0x4000, b"a" * 200), NOW + 0.25) != []  # +375 B
+    later = NOW + 10  # the answers above are paid for, the bucket is full again
+    sent = [alice.send(channel_data(0x4000, b"a" * 200), later) != [] for _ in range(4)]
+    sent += [bob.send(channel_data(0x4000, b"b" * 200), later) != [] for _ in range(4)]
+    assert sent == [True] * 6 + [False] * 2  # 6 x 228 = 1368 of the 1500 burst
+    assert server.stats["drop_bandwidth_cap"] == 2
+    assert bob.send(channel_data(0x4000, b"b" * 200), later + 0.0625) != []  # 132 + 125 B
+    assert bob.send(channel_data(0x4000, b"b" * 200), later + 0.0625) == []  # 29 B left
+    assert alice.send(channel_data(0x4000, b"a" * 200), later + 0.25) != []  # +375 B
+
+
+def test_answers_count_against_the_cap_and_relayed_packets_wait_them_out() -> None:
+    server = make_server(bandwidth_bytes_per_s=2000.0)
+    alice = TurnClient(server)
+    alice.allocate()
+    alice.bind(0x4000, PEER)
+    bucket = server.data.bucket
+    for _ in range(20):  # Binding answers go out whatever the cap (and run it into debt)
+        assert server.receive(BINDING_REQUEST, CLIENT, NOW) != []
+    assert bucket.tokens < 0
+    assert alice.send(channel_data(0x4000, b"a" * 200), NOW) == []
+    debt_paid_s = (228 - bucket.tokens) / 2000
+    assert alice.send(channel_data(0x4000, b"a" * 200), NOW + debt_paid_s - 0.01) == []
+    assert alice.send(channel_data(0x4000, b"a" * 200), NOW + debt_paid_s + 0.01) != []
+
+
+def test_refusing_allocations_keeps_the_granted_ones_relaying() -> None:
+    server = make_server()
+    alice = TurnClient(server)
+    alice.allocate()
+    alice.bind(0x4000, PEER)
+    server.refusing_allocations = True
+    bob = TurnClient(server, Client(UDP, ("198.51.100.8", 1)), who="bob")
+    response, _ = bob.request(Method.ALLOCATE, {"REQUESTED-TRANSPORT": 17 << 24})
+    assert response.error_code == 508
+    assert server.stats["refused_allocation_shedding"] == 1
+    assert alice.send(channel_data(0x4000, b"a" * 200)) != []  # a call in progress goes on
 
 
 def test_snapshot_is_exact() -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from peerphone.daemon.calls import CallManager
 from peerphone.daemon.config import ConfigError, NodeConfig, checked_endpoint, resolve_bootstrap
 from peerphone.daemon.datadir import Contact, DataDir
+from peerphone.daemon.duty_keeper import DutyKeeper, client_reason, consents
 from peerphone.daemon.logs import ErrorDigest
 from peerphone.daemon.pins import Pins
 from peerphone.daemon.policy import Policy
@@ -126,6 +127,8 @@ class NodeService:
         self.calls = CallManager(config, lambda: self.runtime)
         self.relay = Relay(config, lambda: self.runtime)
         self.sharing = Sharing(self)  # what it gives the network: `peerphone sharing`
+        self.duty = DutyKeeper(self)  # the owner's caps on it (daemon/duty.py)
+        self.sharing.after_sample, self.sharing.duty_view = self.duty.tick, self.duty.view
         self.pins = Pins(data.path)
         if policy is not None:  # calls to and from users outside its allow-list: refused
             self.calls.refusal = lambda name: policy.call_refusal(name, self.core.pins().get(name))
@@ -212,7 +215,7 @@ class NodeService:
                 max_backups=2 * cfg.share.max_clients,
                 membership=MembershipConfig(dial_back=True),  # joiners are dialled back
             ),
-            may_serve=cfg.role != "client",
+            may_serve=consents(cfg, self.policy),
         )
         if self.policy is not None:  # never serves; attaches only to the listed supernodes
             core.restrict_supernodes(self.policy.node_ids())
@@ -243,19 +246,10 @@ class NodeService:
 
     def _take_role(self, core: NodeCore, runtime: NodeRuntime) -> None:
         """A configured supernode serves at once; otherwise say why we are a client."""
-        now = runtime.now()
         if self.config.role == "supernode":
-            sn = core.become_supernode(now, "configured: --role supernode", seed=True)
-            runtime.drive(core.join_known_tier(now))
-            core.learn_supernodes([sn.record], now)  # our own user may attach to us
+            self.duty.serve("configured: --role supernode")
         else:
-            self.role_reason = (
-                f"client: managed by {self.policy.path} (never serves)"
-                if self.policy is not None
-                else "client: --role client (never serves)"
-                if self.config.role == "client"
-                else "client: not elected (role auto: serves only when the tier asks)"
-            )
+            self.role_reason = client_reason(self.config, self.policy)
 
     def _advertise(self, runtime: NodeRuntime, endpoints: list[Endpoint]) -> None:
         """What member and presence records tell others to dial: UDP first, then TCP.
@@ -377,7 +371,10 @@ class NodeService:
     def _on_role_changed(self, event: RoleChanged, out: dict[str, Any]) -> None:
         self.role_reason = event.reason
         self.sharing.role_changed(event.supernode, event.reason)
-        self._spawn(self.relay.start() if event.supernode else self.relay.stop())
+        if event.supernode:
+            self._spawn(self.relay.start())
+        else:  # calls in progress keep their relay (the duty keeper stops it once drained)
+            self.relay.drain()
         out.update(supernode=event.supernode, reason=event.reason)
         log.info("role: %s (%s)", "supernode" if event.supernode else "client", event.reason)
 

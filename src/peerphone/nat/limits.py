@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from peerphone.endpoints import Address
 from peerphone.errors import LocalProtocolError
 from peerphone.ranges import parse_ip, range_of
 
@@ -31,7 +32,10 @@ MAX_ALLOCATIONS_PER_PREFIX = MAX_ALLOCATIONS // 10
 MAX_PERMISSIONS_PER_ALLOCATION = 32  # peer IPs (a call's remote candidates: a handful)
 MAX_CHANNELS_PER_ALLOCATION = 32
 MAX_PAYLOAD_BYTES = 1500  # a relayed UDP payload above this is dropped (voice: ~60-160)
-BUCKET_BURST_S = 0.5  # the bandwidth bucket holds this many seconds of the cap
+BUCKET_BURST_S = 0.2  # the bandwidth bucket holds this many seconds of the cap (any 10 s
+# window then carries at most 102 % of the cap)
+IPV4_UDP_HEADER_BYTES = 20 + 8  # what the cap charges per datagram, besides its payload
+IPV6_UDP_HEADER_BYTES = 40 + 8
 RATE_WINDOW_S = 5  # the snapshot's rate averages the last this many whole seconds
 HOUSEKEEPING_INTERVAL_S = 30.0  # expired permissions and channels are purged this often
 # RFC 8656 narrowed channel numbers to 0x4000-0x4FFF, but RFC 5766 clients (coturn's own
@@ -63,6 +67,12 @@ class TurnLimits:
                 raise LocalProtocolError(f"{name} must be positive")
 
 
+def wire_bytes(data: bytes, to: Address) -> int:
+    """What a UDP datagram of `data` to `to` is on the wire, as the cap counts it: the
+    whole IP packet (a TCP client's frame: counted the same, without TCP's own headers)."""
+    return len(data) + (IPV6_UDP_HEADER_BYTES if ":" in to[0] else IPV4_UDP_HEADER_BYTES)
+
+
 def address_prefix(ip: str) -> str:
     """The client range `ip` belongs to for `max_allocations_per_prefix`: its /24 (IPv4,
     also inside ::ffff:0:0/96) or its /48 (IPv6)."""
@@ -91,6 +101,12 @@ class TokenBucket:
             return False
         self.tokens = tokens - size
         return True
+
+    def charge(self, size: int, now: float) -> None:
+        """`size` bytes that go whatever the bucket holds (answers to requests): the bucket
+        may run into debt, which the packets that `take` asks for then wait out."""
+        self.take(0, now)
+        self.tokens -= size
 
 
 class RateMeter:

@@ -336,6 +336,25 @@ class NodeCore:
             self._check_retired(now)
         return out
 
+    # -- shedding supernode duty (the owner's caps, daemon/duty.py) ---------------------------
+
+    def set_admitting(self, admitting: bool) -> None:
+        """As a supernode, take new clients or refuse them with hints to other supernodes."""
+        if self.supernode is not None:
+            self.supernode.admitting = admitting
+
+    def redirect_newest(self, count: int, reason: str, now: float) -> list[Send]:
+        """As a supernode, move the `count` most recently attached clients elsewhere."""
+        return self.supernode.redirect_newest(count, reason) if self.supernode else []
+
+    def step_down(self, now: float, reason: str) -> list[Send]:
+        """Leave the supernode role: hand records and clients over (RoleChanged follows)."""
+        if self.supernode is None:
+            return []
+        out = self.supernode.leave(now, reason)
+        self._check_retired(now)
+        return out
+
     def lookup(self, username: str, now: float) -> tuple[int, list[Send]]:
         req, sends = self.client.lookup(username, now)
         return req, self._call_lookups(sends, now)

@@ -56,6 +56,9 @@ class SupernodeCore(Replication):
         if self.retired:
             return [(src, AttachRedirect(msg.req, "leaving", self._hints(src)))]
         entry = self.clients.get(src)
+        if (entry is None or entry.primary != msg.primary) and not self.admitting:
+            self.stats["refused_shedding"] += 1  # the owner's caps (daemon/duty.py)
+            return [(src, AttachRedirect(msg.req, "full", self._hints(src)))]
         if entry is None or entry.primary != msg.primary:
             full = (
                 self.primary_count >= self.config.max_clients
@@ -100,6 +103,20 @@ class SupernodeCore(Replication):
                 watchers.discard(node)
                 if not watchers:
                     del self.watching[key]  # the subscription at the replicas lapses
+
+    def redirect_newest(self, count: int, reason: str) -> list[Send]:
+        """Move our `count` most recently attached primary clients to other supernodes."""
+        newest = sorted(
+            (n for n, e in self.clients.items() if e.primary),
+            key=lambda n: (self.clients[n].since, bytes(n)),
+            reverse=True,
+        )
+        out: list[Send] = []
+        for node in newest[:count]:
+            self._drop_client(node)
+            out.append((node, Redirect(reason, self._hints(node))))
+        self.stats["redirected_shedding"] += len(out)
+        return out
 
     def _hints(self, exclude: NodeId) -> list[Record]:
         members = self.membership.members

@@ -107,6 +107,7 @@ class SupernodeState:
         self.backup_count = 0
         self.retired = False
         self.retire_reason = ""
+        self.admitting = True  # False while the owner's caps shed work: attaches redirected
         self.watching: dict[bytes, set[NodeId]] = {}  # key -> our clients watching it
         self._last_notified: dict[bytes, int] = {}
         self._last_group: dict[bytes, list[Record]] = {}  # what watchers last got, per key
@@ -136,6 +137,8 @@ class SupernodeState:
             "promoted": 0,
             "rejected_records": 0,
             "stores_from_unknown": 0,
+            "refused_shedding": 0,
+            "redirected_shedding": 0,
         }
 
     @property
