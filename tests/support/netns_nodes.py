@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -125,11 +125,15 @@ def spawn(
     bootstrap: Sequence[str] = (),
     tcp: bool = False,
     extra: Sequence[str] = (),
+    files: Mapping[str, str] | None = None,
 ) -> Node:
     """Start `peerphone node` on `host` (UDP on 4433, and TCP 443 when `tcp`); `extra`:
-    more options for `peerphone node`."""
+    more options for `peerphone node`; `files`: its data directory's files to start with,
+    by name (config.toml with a `[share]`, sharing.json)."""
     data_dir = root / name
     data_dir.mkdir(parents=True)
+    for file, text in (files or {}).items():
+        (data_dir / file).write_text(text)
     argv = [PY, "-m", "peerphone", "node", "--data-dir", str(data_dir), "--name", name]
     argv += ["--listen", f"{host.addr}:{NODE_UDP_PORT}", "--role", role]
     if tcp:

@@ -259,6 +259,8 @@ def relay_running() -> dict[str, Any]:
         "allocations": 1,
         "rate_kbps": 56.0,
         "cap_kbps": 200.0,
+        "draining": False,
+        "refusing_allocations": False,
         "total_bytes_relayed": 9000,
         "per_allocation": [
             {

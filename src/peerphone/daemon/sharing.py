@@ -440,6 +440,7 @@ class Sharing:
             "records_held": sn.records_held if sn is not None else 0,
             "relay": {
                 "running": relay is not None,
+                "draining": relay is not None and relay["draining"],  # calls in progress only
                 "problem": service.relay.failure or None,
                 "urls": relay["urls"] if relay is not None else [],
                 "sessions": relay["per_allocation"] if relay is not None else [],
