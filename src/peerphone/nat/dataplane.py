@@ -1,9 +1,10 @@
 """The relay's data plane: ChannelData and Send indications from clients, datagrams from
 peers — each checked against its allocation's channels and permissions, the node's own
 addresses (`own.py`: permissions are per IP, so every packet), its byte quota and the
-owner's bandwidth cap (charged with the whole IP packet that leaves), then framed for the
-other side. This is the hot path:
-no STUN decoding for ChannelData, one dict lookup per check, counters only for drops."""
+owner's bandwidth cap (charged with the whole IP packet that leaves; when the allocations
+ask for more than it, the oldest go first: `OldestFirst`), then framed for the other side.
+This is the hot path: no STUN decoding for ChannelData, one dict lookup per check, counters
+only for drops."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from peerphone.endpoints import Address
 from peerphone.nat import stun
 from peerphone.nat.allocation import Allocation, AllocationTable
 from peerphone.nat.events import TCP, Client, Output, ToClient, ToPeer
-from peerphone.nat.limits import RateMeter, TokenBucket, TurnLimits, wire_bytes
+from peerphone.nat.limits import OldestFirst, RateMeter, TokenBucket, TurnLimits, wire_bytes
 from peerphone.nat.own import OWN_RELAYED_PORT, OwnAddresses
 
 
@@ -34,6 +35,7 @@ class DataPlane:
         self.limits = limits
         self.stats = stats
         self.bucket = bucket  # the owner's cap, shared by every allocation
+        self.oldest_first = OldestFirst(bucket.rate)  # under it, calls in progress go first
         self.meter = RateMeter()
         self.rng = rng  # transaction ids of Data indications
         self.own = own  # the node itself: never sent to, never heard from
@@ -147,6 +149,14 @@ class DataPlane:
         if alloc.bytes_to_peers + alloc.bytes_from_peers + size > self.limits.max_allocation_bytes:
             alloc.packets_dropped += 1
             self.stats["drop_allocation_quota"] += 1
+            return False
+        if (
+            wire
+            and not self.oldest_first.admits(alloc.id, wire, now)
+            and self.bucket.level(now) < self.bucket.capacity / 2
+        ):
+            alloc.packets_dropped += 1
+            self.stats["drop_bandwidth_newest_first"] += 1
             return False
         if wire and not self.bucket.take(wire, now):
             alloc.packets_dropped += 1
