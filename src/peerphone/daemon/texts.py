@@ -123,7 +123,9 @@ def _sharing(st: dict[str, Any]) -> list[tuple[str, str]]:
     sn = st["supernode"]
     if sn is None:
         if not sharing["consented"]:
-            return [("sharing", "nothing: --role client or max_clients = 0 never serves")]
+            if not caps["max_clients"]:
+                return [("sharing", "nothing: [share] max_clients = 0 never serves others")]
+            return [("sharing", "nothing: --role client never serves others")]
         return [("sharing", "nothing now; as a supernode it would give " + cap_text)]
     rows = [
         (
