@@ -175,12 +175,12 @@ class DutyKeeper:
         )
         service.broadcast({"type": "DutyStep", "ts": now, **change.view()})
         if up and change.new is Step.REDIRECT:
-            clients = self.service.core.snapshot().supernode
-            served = clients.clients_served if clients is not None else 0
+            snapshot = service.core.snapshot().supernode
+            served = snapshot.clients_served if snapshot is not None else 0
             count = max(MIN_REDIRECT, int(served * REDIRECT_SHARE)) if served else 0
             reason = f"the supernode sheds duty: {change.reason}"
             runtime.drive(service.core.redirect_newest(count, reason, runtime.now()))
-            log.info("redirected the %d newest client(s) to other supernodes", count)
+            log.info("redirected the %d newest of %d client(s) to other supernodes", count, served)
         if up and change.new is Step.STEP_DOWN:
             self._stepped_down = True
             reason = f"stepped down: {change.reason}"
