@@ -382,3 +382,23 @@ def test_watch_ends_quietly_on_ctrl_c(
     out, err = capsys.readouterr()
     assert [json.loads(line)["role"] for line in out.splitlines()] == ["client", "client"]
     assert err == ""
+
+
+def test_the_shedding_ladder_is_shown(tmp_path: Path) -> None:
+    import dataclasses
+
+    from peerphone.daemon.duty import DutyLadder
+    from tests.unit.test_duty import CALM, CAPS, run
+
+    clock = Clock(utc("2025-05-01 10:00:00"))
+    sharing = make_sharing(FakeService(tmp_path), clock)
+    ladder = DutyLadder(CAPS, clock.now)
+    run(ladder, dataclasses.replace(CALM, relay_up_bytes_per_s=24_000.0), clock.now, 12)
+    sharing.duty_view = lambda now: {"consent": {}, **ladder.view(now)}
+    view = sharing.view()
+    assert view["duty"]["level"] == 3 and view["duty"]["declines_promotion"] is None
+    text = sharing_text(view)
+    assert "duty        refuse new relay allocations (relay: sending 192 kbit/s of its cap" in text
+    assert "  reached   relay: sending 192 kbit/s of its cap 200 kbit/s (busy from 80%)" in text
+    assert "  taken     stop admitting clients 1x, redirect newest clients 1x, refuse new" in text
+    assert "2025-05-01 10:00:05 UTC  stop admitting clients -> redirect newest clients" in text

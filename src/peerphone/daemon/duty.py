@@ -205,7 +205,7 @@ def pressures(caps: Caps, m: Measures, directory_over: bool) -> list[Pressure]:
             (
                 Step.NO_NEW_RELAY,
                 f"relay: sending {_kbps(m.relay_up_bytes_per_s)} of its cap "
-                f"{_kbps(relay_cap)} (new allocations stop at {RELAY_BUSY_SHARE:.0%})",
+                f"{_kbps(relay_cap)} (busy from {RELAY_BUSY_SHARE:.0%})",
             )
         )
     if directory_over:

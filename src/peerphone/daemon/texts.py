@@ -362,9 +362,9 @@ def _duty_rows(duty: dict[str, Any] | None) -> list[tuple[str, str]]:
     rows += [("  reached", f"{r['why']}: asks for {r['asks_for']}") for r in duty["reached"]]
     taken = ", ".join(f"{label} {n}x" for label, n in duty["taken"].items() if n)
     rows.append(("  taken", taken or "no step so far"))
-    for change in duty["changes"][:SHOWN_ROLE_CHANGES]:
+    for i, change in enumerate(duty["changes"][:SHOWN_ROLE_CHANGES]):
         line = f"{_utc(change['at'])}  {change['from']} -> {change['to']}: {change['reason']}"
-        rows.append(("  changes", line))
+        rows.append(("  changes" if i == 0 else "", line))
     if duty["declines_promotion"]:
         rows.append(("  declines", duty["declines_promotion"]))
     return rows
