@@ -469,11 +469,18 @@ def codec_ceiling(speech: Speech, bitrate_bps: int) -> float:
 
 
 def run(
-    rates: Sequence[float], bursty: bool, seconds: float | None, seed: int, chromium: bool
+    rates: Sequence[float],
+    bursty: bool,
+    seconds: float | None,
+    seed: int,
+    chromium: bool,
+    calls: int = 1,
 ) -> dict[str, Any]:
     speech = load_speech(LEAD_IN_S, seconds)
     talk_s = LEAD_IN_S + speech.seconds + TAIL_S
-    cases = loss_cases(rates, bursty, seed)
+    # round after round of every case (a busy spell of the machine spreads over the cases);
+    # each round's loss patterns have seeds of their own
+    cases = [c for r in range(calls) for c in loss_cases(rates, bursty, seed + 1000 * r)]
     print(f"speech: {speech}; talk {talk_s:.1f} s a call; seed {seed}")
     ceiling = {str(kbps): codec_ceiling(speech, kbps * 1000) for kbps in CEILING_KBPS}
     print(f"Opus alone (no network), PESQ MOS by kbit/s: {ceiling}")
@@ -497,7 +504,9 @@ def run(
                 bootstrap=bootstrap,
                 talk_s=talk_s,
             )
+    summary = summarise(rows, browser)
     return {
+        "summary": summary,
         "speech_s": speech.seconds,
         "talk_s": talk_s,
         "seed": seed,
@@ -508,6 +517,58 @@ def run(
         "took_s": round(time.monotonic() - started, 1),
         "root": str(root),
     }
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(sum(known) / len(known), 3) if known else None
+
+
+def summarise(node: Sequence[Row], browser: Sequence[Row] | None) -> list[dict[str, Any]]:
+    """Per case, over its calls: mean (and the range of) MOS down and up, per pair, and the
+    node's mean against Chromium's (the acceptance's ratio)."""
+    out = []
+    for label in dict.fromkeys(r.case for r in node):
+        line: dict[str, Any] = {"case": label}
+        for pair, rows in (("node", node), ("chromium", browser or [])):
+            mine = [r for r in rows if r.case == label]
+            for side in ("down", "up"):
+                values = [getattr(r, f"mos_{side}") for r in mine]
+                known = [v for v in values if v is not None]
+                line[f"{pair}_{side}"] = _mean(values)
+                line[f"{pair}_{side}_range"] = [min(known), max(known)] if known else None
+            line[f"{pair}_calls"] = len(mine)
+            line[f"{pair}_stall_ms_max"] = max(
+                ((r.score_down or {}).get("longest_stall_ms") or 0 for r in mine), default=None
+            )
+        chromium = line["chromium_down"]
+        line["node_vs_chromium"] = (
+            round(line["node_down"] / chromium, 3) if chromium and line["node_down"] else None
+        )
+        out.append(line)
+    return out
+
+
+def print_summary(summary: Sequence[dict[str, Any]]) -> None:
+    head = (
+        f"{'case':17} {'calls':>5} {'node MOS dn (range)':>22} {'node MOS up (range)':>22}"
+        f" {'stall ms':>8} {'chromium MOS dn':>22} {'node/chromium':>13}"
+    )
+    print(head)
+    print("-" * len(head))
+
+    def cell(line: dict[str, Any], key: str) -> str:
+        rng = line[f"{key}_range"]
+        span = "" if rng is None else f" ({rng[0]:.2f}-{rng[1]:.2f})"
+        return _fmt(line[key], ".2f") + span
+
+    for line in summary:
+        print(
+            f"{line['case']:17} {line['node_calls']:>5} {cell(line, 'node_down'):>22}"
+            f" {cell(line, 'node_up'):>22} {_fmt(line['node_stall_ms_max'], '.0f'):>8}"
+            f" {cell(line, 'chromium_down'):>22} {_fmt(line['node_vs_chromium'], '.3f'):>13}"
+        )
+    print("mean PESQ-WB MOS per case over its calls; node/chromium: the means of MOS down")
 
 
 def _fmt(value: Any, spec: str = "") -> str:
@@ -585,12 +646,20 @@ def main() -> None:
         "--chromium", action=argparse.BooleanOptionalAction, default=True,
         help="the Chromium ↔ Chromium column (needs Chromium and Playwright)",
     )  # fmt: skip
+    parser.add_argument(
+        "--calls", type=int, default=1,
+        help="calls per case (PESQ of one call varies by about 0.3); the summary gives means",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
     rates = [float(r) for r in args.loss.split(",") if r.strip()]
-    result = run(rates, args.bursty, args.seconds, args.seed, args.chromium)
+    if args.calls < 1:
+        parser.error("--calls: at least 1")
+    result = run(rates, args.bursty, args.seconds, args.seed, args.chromium, args.calls)
     print()
     print_table(result)
+    print()
+    print_summary(result["summary"])
     print(f"\n{len(result['cases'])} cases in {result['took_s']} s; files in {result['root']}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

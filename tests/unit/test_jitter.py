@@ -79,7 +79,7 @@ def test_one_lost_packet_is_rebuilt_from_the_next_ones_fec() -> None:
 
 
 def test_a_burst_is_concealed_then_fec_and_nothing_waits() -> None:
-    stream = Stream(JitterBuffer(JitterConfig(retransmit=False)))
+    stream = Stream(JitterBuffer(JitterConfig(retransmit=False, start_delay_ms=40)))
     stream.run(40, lose={10, 11, 12})
     kinds = actions(stream.played)
     assert "silence" not in kinds
@@ -94,7 +94,7 @@ def test_a_burst_is_concealed_then_fec_and_nothing_waits() -> None:
 
 
 def test_an_underrun_stretches_with_concealment_then_silence_and_resumes() -> None:
-    buffer = JitterBuffer(JitterConfig(max_expand_ms=120, retransmit=False))
+    buffer = JitterBuffer(JitterConfig(max_expand_ms=120, retransmit=False, start_delay_ms=40))
     stream = Stream(buffer)
     stream.run(10)
     for _ in range(8):  # the peer goes quiet (hold, or a long outage)
@@ -108,7 +108,7 @@ def test_an_underrun_stretches_with_concealment_then_silence_and_resumes() -> No
 
 
 def test_a_packet_after_its_turn_is_late_and_not_played() -> None:
-    buffer = JitterBuffer(JitterConfig(retransmit=False))
+    buffer = JitterBuffer(JitterConfig(retransmit=False, start_delay_ms=40))
     stream = Stream(buffer)
     stream.run(10)
     late = stream.send(lose=True)
@@ -233,6 +233,7 @@ def test_jittery_arrivals_grow_the_delay_instead_of_dropping_packets() -> None:
 def test_an_overdue_packet_is_asked_for_before_the_next_one_shows_the_gap() -> None:
     buffer = JitterBuffer(JitterConfig(retransmit=True))
     buffer.rtt_s = 0.002
+    buffer.quiet = False  # in speech
     stream = Stream(buffer)
     stream.run(20)  # regular: transit spread 0, overdue after 20 ms
     lost = stream.send(lose=True)
@@ -252,6 +253,7 @@ def test_an_overdue_packet_is_asked_for_before_the_next_one_shows_the_gap() -> N
 def test_a_sender_pause_is_not_counted_as_loss() -> None:
     buffer = JitterBuffer(JitterConfig(retransmit=True))
     buffer.rtt_s = 0.002
+    buffer.quiet = False  # in speech
     stream = Stream(buffer)
     stream.run(20)
     for _ in range(10):  # the peer holds: nothing is sent, the clock runs on
@@ -281,3 +283,118 @@ def test_jitter_widens_what_counts_as_overdue() -> None:
         stream.tick()
     assert calm == pytest.approx(0.02)
     assert 0.03 < buffer.overdue_after_s() <= 0.05
+
+
+def test_a_needless_nack_is_undone_when_the_second_copy_comes() -> None:
+    """The clock calls a merely late packet overdue (a busy machine); both copies come."""
+    buffer = JitterBuffer(JitterConfig(retransmit=True, keep_retransmission_ms=0))
+    buffer.rtt_s = 0.002
+    buffer.quiet = False  # in speech
+    stream = Stream(buffer)
+    stream.run(20)
+    late = stream.seq % SEQ_MOD
+    stream.seq += 1  # sent, but held up on the way
+    due_at = (late - 1000) * STEP
+    calm = buffer.overdue_after_s()
+    buffer.mark_overdue(due_at + 0.025)
+    assert buffer.nacks_due(due_at + 0.025) == [late]
+    buffer.insert(late, late * PACKET, payload(late), PACKET, due_at + 0.026)  # the first copy
+    assert buffer.counts.lost == 1 and buffer.needed_slack_s(due_at + 0.03) > 0.03  # so it seems
+    buffer.insert(late, late * PACKET, payload(late), PACKET, due_at + 0.029)  # the answer
+    counts = buffer.counts
+    assert (counts.lost, counts.retransmitted, counts.spurious_nacks) == (0, 0, 1)
+    assert counts.discarded == counts.late == 0
+    assert buffer.needed_slack_s(due_at + 0.03) == pytest.approx(0.02)  # no loss: margin only
+    # 10 ms more, besides the late copy's own lateness (counted as jitter, as it was)
+    assert buffer.overdue_after_s() >= calm + 0.010 + 0.005
+    stream.run(5)
+    assert buffer.first_copies_missing == 0 and buffer.loss(stream.now + 5) == 0.0
+    decoded = [p.packet for p in stream.played if p.action is Action.DECODE]
+    assert decoded.count(payload(late)) == 1
+
+
+def test_a_real_loss_retried_twice_is_not_taken_for_a_needless_nack() -> None:
+    buffer = JitterBuffer(JitterConfig(retransmit=True))
+    buffer.rtt_s = 0.002
+    buffer.quiet = False  # in speech
+    stream = Stream(buffer)
+    stream.run(20)
+    lost = stream.send(lose=True)
+    due_at = (lost - 1000) * STEP
+    buffer.mark_overdue(due_at + 0.025)
+    assert buffer.nacks_due(due_at + 0.025) == [lost]
+    assert buffer.nacks_due(due_at + 0.040) == [lost]  # no answer yet: asked again
+    buffer.insert(lost, lost * PACKET, payload(lost), PACKET, due_at + 0.041)
+    buffer.insert(lost, lost * PACKET, payload(lost), PACKET, due_at + 0.042)  # both answers
+    assert (buffer.counts.lost, buffer.counts.spurious_nacks) == (1, 0)
+    assert buffer.counts.discarded == 1
+
+
+def test_a_short_round_trip_keeps_the_retransmission_slack_without_loss() -> None:
+    """Loss that comes and goes then never grows or shrinks the delay; a long one does."""
+    short = JitterBuffer(JitterConfig(retransmit=True))
+    short.rtt_s = 0.002
+    assert short.needed_slack_s(0.0) == pytest.approx(0.02 + 0.02 + 0.003 + 0.010)
+    long = JitterBuffer(JitterConfig(retransmit=True))
+    long.rtt_s = 0.060  # 20 + 90 + 10 ms of retransmission slack: only after a loss
+    assert long.needed_slack_s(0.0) == pytest.approx(0.02)
+    stream = Stream(long)
+    stream.run(20, lose={5})
+    assert long.needed_slack_s(stream.now) == pytest.approx(0.02 + 0.02 + 0.09 + 0.010)
+
+
+def test_in_a_pause_nothing_is_called_overdue_and_stretching_is_not_concealment() -> None:
+    """DTX: the sender sends one packet per 400 ms in a pause; that is not loss."""
+    buffer = JitterBuffer(JitterConfig(retransmit=True, start_delay_ms=40))
+    buffer.rtt_s = 0.002
+    stream = Stream(buffer)
+    buffer.quiet = False
+    stream.run(20)
+    buffer.quiet = True  # what was just played is a pause
+    for _ in range(10):  # 400 ms with no packet
+        buffer.mark_overdue(stream.now)
+        assert buffer.nacks_due(stream.now) == []
+        stream.tick()
+    seq = stream.seq % SEQ_MOD  # the comfort-noise update, 400 ms on
+    buffer.insert(seq, seq * PACKET + 10 * PACKET, payload(seq), PACKET, stream.now)
+    stream.seq += 1
+    stream.run(3)
+    counts = buffer.counts
+    assert counts.nacks_sent == 0 and counts.lost == 0 and buffer.loss(stream.now + 5) == 0.0
+    assert counts.concealed_samples == 0 and counts.pause_samples > 0
+    assert buffer.concealed_share() == 0.0
+
+
+def test_the_senders_timeline_survives_its_pauses_and_the_delay_with_it() -> None:
+    """DTX: two pauses of 440 ms with one comfort-noise packet each; the audio of each
+    packet starts at its timestamp's place, and the delay after a pause is what it was."""
+    buffer = JitterBuffer(JitterConfig(retransmit=True))
+    buffer.rtt_s = 0.002
+    buffer.quiet = False
+    stream = Stream(buffer)
+    sent: list[tuple[int, int]] = []  # (timestamp, seq) of what the sender sent
+    frame = 0  # the sender's 40 ms frames, sent or not
+    for talk, pause in ((20, 11), (20, 11), (20, 0)):
+        for i in range(talk + pause):
+            if i < talk or i == talk + 5:  # in the pause, one update halfway
+                seq = stream.seq % SEQ_MOD
+                buffer.insert(seq, frame * PACKET, payload(seq), PACKET, stream.now)
+                sent.append((frame * PACKET, seq))
+                stream.seq += 1
+            # what is played is a pause from about then (the talk spurt's last frames,
+            # played 80 ms later, are the encoder's quiet hang-over before DTX)
+            buffer.quiet = talk - 3 <= i
+            frame += 1
+            stream.tick()
+    for _ in range(5):
+        stream.tick()
+    at, starts = 0, {}
+    for piece in stream.played:
+        if piece.action is Action.DECODE and piece.timestamp is not None:
+            starts[piece.timestamp] = at
+        at += piece.samples
+    first = sent[0][0]
+    offsets = {ts: starts[ts] - (ts - first) for ts, _ in sent}
+    assert set(offsets.values()) == {0}, offsets  # every packet exactly at its place
+    assert buffer.counts.concealed_samples == 0 and buffer.counts.lost == 0
+    assert buffer.counts.nacks_sent == 0

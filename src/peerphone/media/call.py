@@ -56,11 +56,11 @@ from peerphone.media.sdp import (
 )
 from peerphone.media.sinks import AudioSink, DiscardSink
 from peerphone.media.stats import (
+    RepairWindow,
     StatsSample,
     call_stats,
     loss_out,
     mos_estimate,
-    residual_loss,
     sample_report,
 )
 
@@ -319,9 +319,10 @@ class MediaSession:
                 del self._nacked[next(iter(self._nacked))]
 
     async def _steer(self) -> None:
-        """Once a second: the round trip to the jitter buffer, the peer's loss to FEC, and
-        the share of packets it asks for again to the bitrate (the wire budget holds)."""
-        asked, sent = self._nacked_total, 0
+        """Once a second: the round trip to the jitter buffer; over the last ten seconds,
+        the share of packets the peer asks for again to the bitrate (the wire budget
+        holds) and the loss retransmission leaves to FEC (media/stats.py RepairWindow)."""
+        window = RepairWindow()
         while self.state is MediaState.CONNECTED:
             await asyncio.sleep(QUALITY_PERIOD_S)
             try:
@@ -333,14 +334,13 @@ class MediaSession:
                 self.player.buffer.rtt_s = sample.rtt_s
             if self.encoder is None:
                 continue
-            packets = self.encoder.packets_encoded - sent
-            share = (self._nacked_total - asked) / packets if packets > 0 else 0.0
-            if packets > 0:
+            window.add(self.encoder.packets_encoded, self._nacked_total, sample.remote_packets_lost)
+            share = window.asked_again_share()
+            if share is not None:
                 self.encoder.retransmission_share(share)
-            if sample.remote_fraction_lost is not None:  # FEC for what NACKs do not repair
-                residual = residual_loss(sample.remote_fraction_lost, share)
-                self.encoder.expected_loss_pct = round(residual * 100)
-            asked, sent = self._nacked_total, self.encoder.packets_encoded
+            fec_pct = window.fec_loss_pct()
+            if fec_pct is not None:
+                self.encoder.expected_loss_pct = fec_pct
 
     # -- hold, statistics, close ----------------------------------------------------------
 

@@ -29,6 +29,12 @@ Counting (all per call): `received`, `late` (arrived after its turn), `discarded
 (duplicates, and packets dropped to shrink the delay), `lost` (the link lost the first
 copy: never came, or came only after we asked again), `retransmitted` (came after a NACK,
 in time), and what was played: decoded, FEC, concealed, silence.
+
+A NACK can be needless: the clock called a packet overdue that was only late (a busy
+machine's scheduler, a jitter spike beyond the last 100 packets'), and both the first copy
+and the retransmission arrive. The second copy shows it (`spurious_nacks`): the packet is
+not counted lost, the loss it suggested no longer deepens the buffer, and "overdue" waits
+10 ms longer for the rest of the call (at most 40 ms).
 """
 
 from __future__ import annotations
@@ -46,7 +52,12 @@ MAX_BUFFERED = 250  # packets (10 s of 40 ms audio): a flood beyond this is drop
 MAX_OVERDUE = 5  # packets the clock may call missing ahead of the newest (then: a pause)
 OVERDUE_BASE_S = 0.020  # a packet is overdue this long after its time, plus recent jitter
 TRANSIT_WINDOW = 100  # packets whose transit time tells the jitter
+SPURIOUS_STEP_S = 0.010  # each NACK that proves needless widens "overdue" by this ...
+SPURIOUS_MAX_S = 0.040  # ... up to this much
+SUSPECT_MEMORY_S = 2.0  # how long a NACKed packet's arrival is remembered (its copy may come)
 UNKNOWN_RTT_RETRY_S = 0.1  # before RTCP has measured the round trip
+TS_MOD = 1 << 32
+MAX_REALIGN_SAMPLES = 9_600  # 200 ms: after a sender's pause, silence to restore the delay
 
 
 class Action(enum.Enum):
@@ -78,13 +89,16 @@ class Playout:
 @dataclass(frozen=True, slots=True)
 class JitterConfig:
     margin_ms: float = 20.0  # slack kept beyond what late packets needed
-    start_delay_ms: float = 40.0  # wait this long after the first packet before playing
+    start_delay_ms: float = 80.0  # wait this long after the first packet before playing
     max_delay_ms: float = 400.0  # never more slack than this (drop packets instead)
     max_expand_ms: float = 300.0  # conceal at most this long with nothing to play
     window_s: float = 10.0  # slack history: a delay spike keeps its depth this long
     retransmit: bool = True  # ask for lost packets again (RTCP NACK)
     max_nack_rtt_ms: float = 150.0  # beyond this, waiting for a retransmission costs too much
     loss_memory_s: float = 10.0  # keep the retransmission slack this long after a loss
+    # ... and always while it is this small (a short round trip): then loss that comes and
+    # goes does not grow and shrink the delay, which a listener hears (and PESQ scores)
+    keep_retransmission_ms: float = 60.0
     grow_wait_s: float = 2.0  # grow in speech after all if no pause comes this soon
 
 
@@ -97,10 +111,12 @@ class JitterCounts:
     retransmitted: int = 0
     reordered: int = 0
     nacks_sent: int = 0
+    spurious_nacks: int = 0  # the first copy came after all (a second copy showed it)
     decoded: int = 0
     fec: int = 0
     concealed: int = 0  # pieces of audio
-    concealed_samples: int = 0
+    concealed_samples: int = 0  # standing for audio that was lost or late
+    pause_samples: int = 0  # stretching a pause: the sender paused too (DTX, hold)
     played_samples: int = 0  # decoded + FEC + concealed (not silence)
     silence_samples: int = 0
 
@@ -112,6 +128,14 @@ class _Packet:
     samples: int
     arrival: float
     retransmitted: bool = False  # its lateness is the NACK's round trip, not jitter
+
+
+@dataclass(slots=True)
+class _Suspect:
+    """A packet that came after one NACK: the retransmission, or the first copy, late."""
+
+    arrival: float
+    loss_at_before: float  # `_last_loss_at` before this arrival counted as a loss
 
 
 @dataclass(slots=True)
@@ -140,6 +164,10 @@ class JitterBuffer:
     _last_loss_at: float = float("-inf")
     _ts_highest: int | None = None  # the newest packet's RTP timestamp, unwrapped
     _transit: deque[float] = field(default_factory=deque)  # arrival - send time, recent
+    _suspects: dict[int, _Suspect] = field(default_factory=dict)  # by extended seq
+    _expect_ts: int | None = None  # RTP timestamp the next packet should carry
+    _extra: int = 0  # samples played since the last decode that stood for none of the sender's
+    _overdue_extra_s: float = 0.0  # grown by needless NACKs
 
     # -- arrivals -------------------------------------------------------------------------
 
@@ -147,6 +175,8 @@ class JitterBuffer:
         """A packet arrived: `samples` it holds (from its TOC), its RTP `timestamp`."""
         ext = self._extend(seq)
         self.counts.received += 1
+        if self._second_copy(ext, now):
+            return
         if self._highest is None or self._first_seq is None:
             self._first_seq = self._highest = ext
             self._first_arrival = now
@@ -166,6 +196,8 @@ class JitterBuffer:
         retransmitted = missing is not None and missing.nacks > 0
         if missing is not None:
             if missing.nacks:
+                if missing.nacks == 1:  # a second copy would prove the NACK needless
+                    self._suspects[ext] = _Suspect(now, self._last_loss_at)
                 self._last_loss_at = now
                 self.counts.retransmitted += 1
                 self.counts.lost += 1  # the first copy was lost on the way
@@ -178,6 +210,25 @@ class JitterBuffer:
             self.counts.discarded += 1
             return
         self._packets[ext] = _Packet(timestamp, payload, samples, now, retransmitted)
+
+    def _second_copy(self, ext: int, now: float) -> bool:
+        """Whether this is the second copy of a packet NACKed once: then the first was only
+        late, so undo what its arrival counted (see the module doc)."""
+        for seq in [s for s, v in self._suspects.items() if now - v.arrival > SUSPECT_MEMORY_S]:
+            del self._suspects[seq]
+        suspect = self._suspects.pop(ext, None)
+        if suspect is None:
+            return False
+        self.counts.spurious_nacks += 1
+        self.counts.lost -= 1
+        self.counts.retransmitted -= 1
+        if self._last_loss_at == suspect.arrival:  # no real loss since
+            self._last_loss_at = suspect.loss_at_before
+        self._overdue_extra_s = min(SPURIOUS_MAX_S, self._overdue_extra_s + SPURIOUS_STEP_S)
+        packet = self._packets.get(ext)
+        if packet is not None:  # still waiting for its turn: its slack counts after all
+            packet.retransmitted = False
+        return True
 
     def _note_newest(self, ext: int, timestamp: int, now: float) -> None:
         if self._ts_highest is None:
@@ -197,16 +248,19 @@ class JitterBuffer:
         return 2 * self._last_samples < late_by < 1 << 31
 
     def overdue_after_s(self) -> float:
-        """How late a packet may be before the clock calls it missing: 20 ms beyond the
-        latest any of the last 100 packets came."""
+        """How late a packet may be before the clock calls it missing: 20 ms (more after
+        needless NACKs) beyond the latest any of the last 100 packets came."""
+        base = OVERDUE_BASE_S + self._overdue_extra_s
         if len(self._transit) < 2:
-            return OVERDUE_BASE_S
-        return OVERDUE_BASE_S + max(self._transit) - min(self._transit)
+            return base
+        return base + max(self._transit) - min(self._transit)
 
     def mark_overdue(self, now: float) -> None:
         """Call packets missing whose time has passed, before a newer one shows the gap:
         a retransmission can then be asked for a packet earlier (40 ms, at 40 ms packets)."""
         if not self.config.retransmit or self._highest is None or self._ts_highest is None:
+            return
+        if self.quiet:  # a pause: the sender may be silent (DTX); a gap will show a loss
             return
         if not self._transit:
             return
@@ -238,11 +292,48 @@ class JitterBuffer:
         self._next = None
         self._ts_highest = None
         self._transit.clear()
+        self._suspects.clear()
+        self._expect_ts, self._extra = None, 0
 
     # -- playout --------------------------------------------------------------------------
 
     def pull(self, now: float) -> Playout | None:
-        """What to play now; None only before playout has begun (keep asking)."""
+        """What to play now; None only before playout has begun (keep asking).
+
+        The sender's timeline is kept across its pauses (DTX, hold): when the next packet's
+        timestamp shows it paused longer than what was played meanwhile, the difference is
+        played as silence first, so the delay after the pause is what it was before (and
+        the packet's slack is measured when it really plays)."""
+        if self._next is not None:
+            waiting = self._packets.get(self._next)
+            if waiting is not None and (left := self._pause_left(waiting.timestamp)) > 0:
+                self._extra += left
+                self.counts.silence_samples += left
+                return Playout(Action.SILENCE, left, covers=False)
+        out = self._pull(now)
+        if out is not None:
+            self._follow(out)
+        return out
+
+    def _pause_left(self, timestamp: int) -> int:
+        if self._expect_ts is None:
+            return 0
+        pause = (timestamp - self._expect_ts) % TS_MOD
+        missing = pause - self._extra if pause < TS_MOD // 2 else 0
+        return missing if 0 < missing <= MAX_REALIGN_SAMPLES else 0
+
+    def _follow(self, out: Playout) -> None:
+        """Where the sender's timeline is after `out`."""
+        if out.action is Action.DECODE and out.timestamp is not None:
+            self._expect_ts = (out.timestamp + out.samples) % TS_MOD
+            self._extra = 0
+        elif out.covers:
+            if self._expect_ts is not None:
+                self._expect_ts = (self._expect_ts + out.samples) % TS_MOD
+        else:
+            self._extra += out.samples
+
+    def _pull(self, now: float) -> Playout | None:
         if self._next is None:
             if not self._packets or self._first_arrival is None:
                 return None
@@ -300,9 +391,12 @@ class JitterBuffer:
             return Playout(Action.SILENCE, samples, covers=False)
         self._expanded_ms += samples * 1000 / RTP_HZ
         self._slack.clear()  # the delay just grew: judge it afresh
-        self.counts.concealed += 1
-        self.counts.concealed_samples += samples
         self.counts.played_samples += samples
+        if self.quiet:  # in a pause nothing is missed: the sender paused too (DTX), most likely
+            self.counts.pause_samples += samples
+        else:
+            self.counts.concealed += 1
+            self.counts.concealed_samples += samples
         return Playout(Action.CONCEAL, samples, covers=False)
 
     def _expire_missing(self, before: int) -> None:
@@ -323,12 +417,16 @@ class JitterBuffer:
         return needed
 
     def _retransmission_pays(self, now: float) -> bool:
-        return (
-            self.config.retransmit
-            and self.rtt_s is not None
-            and self.rtt_s * 1000 <= self.config.max_nack_rtt_ms
-            and now - self._last_loss_at <= self.config.loss_memory_s
-        )
+        if (
+            not self.config.retransmit
+            or self.rtt_s is None
+            or self.rtt_s * 1000 > self.config.max_nack_rtt_ms
+        ):
+            return False
+        if now - self._last_loss_at <= self.config.loss_memory_s:
+            return True
+        cost_s = self.overdue_after_s() + 1.5 * self.rtt_s + 0.010
+        return cost_s * 1000 <= self.config.keep_retransmission_ms
 
     def _remember_slack(self, now: float, slack: float) -> None:
         self._slack.append((now, slack))
@@ -355,6 +453,7 @@ class JitterBuffer:
         """Conceal one piece without moving on: the delay grows by it."""
         self._slack.clear()
         samples = self._last_samples
+        self._extra += samples
         self.counts.concealed += 1
         self.counts.concealed_samples += samples
         self.counts.played_samples += samples

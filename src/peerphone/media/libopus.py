@@ -47,7 +47,7 @@ def _api() -> Any:
 class OpusEncoder:
     """A mono 48 kHz libopus encoder for voice (``OPUS_APPLICATION_VOIP``)."""
 
-    def __init__(self, bitrate_bps: int, complexity: int, fec: bool) -> None:
+    def __init__(self, bitrate_bps: int, complexity: int, fec: bool, dtx: bool = False) -> None:
         lib = _opuslib()
         self._encoder = lib.Encoder(SAMPLE_RATE, CHANNELS, lib.APPLICATION_VOIP)
         self._encoder.bitrate = bitrate_bps
@@ -56,6 +56,9 @@ class OpusEncoder:
         self._encoder.vbr_constraint = 1  # a rate the relays' caps can count on
         self._encoder.signal = lib.SIGNAL_VOICE
         self._encoder.inband_fec = 1 if fec else 0
+        # DTX: in a pause, a packet of one byte (not worth sending) and every 400 ms a
+        # comfort-noise update; `OpusEncoderTrack` sends only the updates
+        self._encoder.dtx = 1 if dtx else 0
         self._encoder.packet_loss_perc = 0
         self._expected_loss_pct = 0
 

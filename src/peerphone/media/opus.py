@@ -43,6 +43,7 @@ DEFAULT_FRAME_MS = 40
 MIN_BITRATE_BPS = 6_000  # libopus' floor
 MAX_BITRATE_BPS = 128_000  # far above voice; 12-40 kbit/s is the intended band
 FRAME_DURATIONS_MS = (10, 20, 40, 60)  # what a packet may hold; 20 ms is WebRTC's norm
+DTX_FRAME_MAX_BYTES = 2  # what libopus emits for a frame of a pause under DTX (not sent)
 MAX_PENDING_PACKETS = 16  # encoded, not yet taken by the sender (one input frame -> ~1)
 
 
@@ -59,6 +60,10 @@ class OpusSettings:
     frame_ms: int = DEFAULT_FRAME_MS
     complexity: int = 10  # libopus 0..10; 10 costs ~0.3 ms of CPU per 40 ms packet
     fec: bool = True
+    # discontinuous transmission: in pauses of speech, one packet per 400 ms instead of 25
+    # per second (a listener's side of a call is mostly pause); PESQ of the test speech is
+    # unchanged (3.669 -> 3.666), see docs/decisions/0017
+    dtx: bool = True
     expected_loss_pct: int = 0  # the starting point; the receiver's reports move it
 
     def __post_init__(self) -> None:
@@ -95,7 +100,7 @@ class OpusSettings:
 
 def make_encoder(settings: OpusSettings) -> OpusEncoder:
     """A libopus encoder for 48 kHz mono s16 frames of ``settings.samples_per_packet``."""
-    encoder = OpusEncoder(settings.bitrate_bps, settings.complexity, settings.fec)
+    encoder = OpusEncoder(settings.bitrate_bps, settings.complexity, settings.fec, settings.dtx)
     if settings.fec:
         encoder.expected_loss_pct = settings.expected_loss_pct
     return encoder
@@ -127,6 +132,7 @@ class OpusEncoderTrack(MediaStreamTrack):
         self.source = source
         self.paused = False
         self.packets_encoded = 0
+        self.packets_not_sent = 0  # DTX: pause frames of a byte or two
         self.bytes_encoded = 0
         self._encoder = make_encoder(self.settings)
         self._resampler = make_mono_resampler(self.settings.samples_per_packet)
@@ -162,7 +168,11 @@ class OpusEncoderTrack(MediaStreamTrack):
                 if self.paused:
                     continue
                 pcm = bytes(mono.planes[0])[: mono.samples * 2]
-                self._queue_packet(Packet(self._encoder.encode(pcm, mono.samples)), start)
+                encoded = self._encoder.encode(pcm, mono.samples)
+                if self.settings.dtx and len(encoded) <= DTX_FRAME_MAX_BYTES:
+                    self.packets_not_sent += 1  # the receiver hears the timestamps jump
+                    continue
+                self._queue_packet(Packet(encoded), start)
         return self._pending.popleft()
 
     @property

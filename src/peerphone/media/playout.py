@@ -30,8 +30,6 @@ TIME_BASE = fractions.Fraction(1, RTP_HZ)
 IDLE_POLL_S = 0.01  # before the first packet, look again this often
 MAX_BEHIND_S = 0.2  # a player this far behind its clock (a stalled loop) skips ahead
 WATCH_S = 0.005  # how often the player looks for overdue packets between pieces
-MAX_REALIGN_SAMPLES = 9_600  # 200 ms: after a pause, silence to restore the delay
-TS_MOD = 1 << 32
 QUIET_PEAK = 330  # s16 peak under which a piece counts as a pause (about -40 dBFS)
 
 
@@ -59,8 +57,6 @@ class Player:
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._grow_wanted_at: float | None = None
-        self._expect_ts: int | None = None  # RTP timestamp the next packet should carry
-        self._extra = 0  # samples played since the last packet that stood for none of its
 
     # -- arrivals (called by aiortc's receive path, on the event loop) ---------------------
 
@@ -117,9 +113,7 @@ class Player:
                     continue
                 if self._anchor is None:
                     self._anchor = now
-                pcm = self._render(playout)
-                self._realign(playout)
-                self._emit(pcm)
+                self._emit(self._render(playout))
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug here must not take the node down; the call goes quiet
@@ -137,26 +131,6 @@ class Player:
             return None
         self._grow_wanted_at = None
         return self.buffer.grow()
-
-    def _realign(self, playout: Playout) -> None:
-        """Keep the sender's timeline across its pauses (hold, DTX): when a packet's
-        timestamp shows it paused longer than the silence we played meanwhile, play the
-        difference as silence first. The buffer's delay is then what it was before the
-        pause, and a recording stays on the sender's clock."""
-        if playout.action is Action.DECODE and playout.timestamp is not None:
-            if self._expect_ts is not None:
-                expected = (self._expect_ts + playout.dropped_samples) % TS_MOD
-                pause = (playout.timestamp - expected) % TS_MOD
-                missing = pause - self._extra if pause < TS_MOD // 2 else 0
-                if 0 < missing <= MAX_REALIGN_SAMPLES:
-                    self._emit(bytes(missing * 2))
-            self._expect_ts = (playout.timestamp + playout.samples) % TS_MOD
-            self._extra = 0
-        elif playout.covers:
-            if self._expect_ts is not None:
-                self._expect_ts = (self._expect_ts + playout.samples) % TS_MOD
-        else:
-            self._extra += playout.samples
 
     def _render(self, playout: Playout) -> bytes:
         try:
@@ -202,6 +176,7 @@ class Player:
             "packets_expected": self.buffer.expected,
             "packets_lost": counts.lost,
             "nacks_sent": counts.nacks_sent,
+            "spurious_nacks": counts.spurious_nacks,
             "played_s": round(counts.played_samples / RTP_HZ, 2),
         }
 
