@@ -14,6 +14,7 @@ import msgspec
 from peerphone.errors import DecodeError, MessageTooLarge
 from peerphone.identity import NodeId
 from peerphone.records import (
+    MAX_ADDRESS_CHARS,
     MAX_ATTACHED_SUPERNODES,
     Capacity,
     Count,
@@ -209,6 +210,26 @@ class MembershipPage(_Msg, tag=25, frozen=True):
     total: Count
 
 
+class ReachCheck(_Msg, tag=32, frozen=True):
+    """A member asks us to dial candidate `node` back, from our own sockets, at the UDP and
+    TCP addresses its link to the asker comes from (overlay/reachability.py)."""
+
+    req: ReqId
+    node: Key32
+    udp: Annotated[str, msgspec.Meta(max_length=MAX_ADDRESS_CHARS)]
+    tcp: Annotated[str, msgspec.Meta(max_length=MAX_ADDRESS_CHARS)]  # "": none advertised
+
+
+class ReachResult(_Msg, tag=33, frozen=True):
+    """Whether we reached `node` as itself there (`declined`: we could not test it)."""
+
+    req: ReqId
+    node: Key32
+    reached: bool
+    declined: bool
+    reason: Reason
+
+
 class Store(_Msg, tag=26, frozen=True):
     """Replicate records to a responsible replica (publish, refresh or hand-over)."""
 
@@ -330,6 +351,8 @@ Message = (
     | IndirectAck
     | Join
     | MembershipPage
+    | ReachCheck
+    | ReachResult
     | Store
     | StoreAck
     | Fetch

@@ -59,6 +59,8 @@ from peerphone.wire import (
     Promote,
     Publish,
     PublishAck,
+    ReachCheck,
+    ReachResult,
     Redirect,
     Signal,
     SignalAck,
@@ -137,6 +139,8 @@ SAMPLES: list[Message] = [
     IndirectAck(seq=13, target=KEYS[2].public),
     Join(record=MEMBERS[2], offset=0),
     MembershipPage(members=MEMBERS, offset=0, total=3),
+    ReachCheck(req=24, node=KEYS[2].public, udp="10.99.0.7:4433", tcp="tcp://10.99.0.7:443"),
+    ReachResult(req=25, node=KEYS[2].public, reached=False, declined=True, reason="busy"),
     Store(req=14, records=[NAME, PRESENCE]),
     StoreAck(req=15, accepted=2, reason="é ünïcödé"),
     Fetch(req=16, key=bytes(range(32))),
@@ -217,7 +221,7 @@ def raw(obj: object) -> bytes:
 
 
 def test_samples_cover_every_message_type() -> None:
-    assert len(MESSAGE_TYPES) == 31
+    assert len(MESSAGE_TYPES) == 33
     assert {type(m) for m in SAMPLES} == set(MESSAGE_TYPES)
     assert len(SAMPLES) == len(MESSAGE_TYPES)
 
@@ -426,6 +430,8 @@ WIRE_TAGS: dict[type[msgspec.Struct], int] = {
     FetchResult: 29,
     Subscribe: 30,
     Notify: 31,
+    ReachCheck: 32,
+    ReachResult: 33,
     Signal: 40,
     SignalAck: 41,
     SignalRelay: 42,
