@@ -125,11 +125,14 @@ def spawn(
     bootstrap: Sequence[str] = (),
     tcp: bool = False,
     extra: Sequence[str] = (),
+    config_toml: str = "",
 ) -> Node:
     """Start `peerphone node` on `host` (UDP on 4433, and TCP 443 when `tcp`); `extra`:
-    more options for `peerphone node`."""
+    more options for `peerphone node`; `config_toml`: its config.toml before it starts."""
     data_dir = root / name
     data_dir.mkdir(parents=True)
+    if config_toml:
+        (data_dir / "config.toml").write_text(config_toml)
     argv = [PY, "-m", "peerphone", "node", "--data-dir", str(data_dir), "--name", name]
     argv += ["--listen", f"{host.addr}:{NODE_UDP_PORT}", "--role", role]
     if tcp:
@@ -198,14 +201,29 @@ def wait_all_ready(nodes: Sequence[Node], timeout_s: float) -> dict[str, float]:
     return took
 
 
-def start_supernodes(lab: NetLab, root: Path, count: int, extra: Sequence[str] = ()) -> list[Node]:
+def start_supernodes(
+    lab: NetLab, root: Path, count: int, extra: Sequence[str] = (), config_toml: str = ""
+) -> list[Node]:
     """`count` supernodes on public hosts sn1…snN, each bootstrapped from sn1; all ready.
-    `extra`: more options for each `peerphone node`."""
-    first = spawn(lab, lab.public_host("sn1"), "sn1", root, "supernode", tcp=True, extra=extra)
+    `extra`: more options for each `peerphone node`; `config_toml`: each one's config."""
+    host = lab.public_host("sn1")
+    first = spawn(
+        lab, host, "sn1", root, "supernode", tcp=True, extra=extra, config_toml=config_toml
+    )
     wait_all_ready([first], ATTACH_TIMEOUT_S)
     seed = [f"{first.host.addr}:{NODE_UDP_PORT}"]
     rest = [
-        spawn(lab, lab.public_host(f"sn{i}"), f"sn{i}", root, "supernode", seed, True, extra)
+        spawn(
+            lab,
+            lab.public_host(f"sn{i}"),
+            f"sn{i}",
+            root,
+            "supernode",
+            seed,
+            True,
+            extra,
+            config_toml,
+        )
         for i in range(2, count + 1)
     ]
     nodes = [first, *rest]

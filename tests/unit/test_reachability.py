@@ -333,3 +333,21 @@ def test_a_busy_node_does_not_take_the_promotion() -> None:
     tier.run(60.0)
     assert any(e.promoted for e in tier.checked())  # the tier asked
     assert public.supernode is None  # and it declined while busy
+
+
+def test_the_promoters_own_user_is_never_its_candidate() -> None:
+    """A supernode's own user is its client too (attached longest, no link): skipped, and
+    the others are still checked (a regression: it hid every other candidate)."""
+    tier = Tier(seed=14)
+    promoter = tier.tier[0]
+    assert promoter.supernode is not None
+    promoter.learn_supernodes([promoter.supernode.record], 0.0)
+    tier.net.call(promoter, promoter.login(0.0))
+    tier.run(10.0)
+    assert promoter.id in promoter.supernode.clients
+    public = tier.user("public", HONEST, public=True)
+    for i in range(3):
+        tier.user(f"f{i}", Capacity(), public=False)
+    tier.run(80.0)
+    assert public.supernode is not None
+    assert all(e.node != bytes(promoter.id) for e in tier.checked())

@@ -22,6 +22,7 @@ from peerphone.daemon.calls import CallManager
 from peerphone.daemon.config import ConfigError, NodeConfig, checked_endpoint, resolve_bootstrap
 from peerphone.daemon.datadir import Contact, DataDir
 from peerphone.daemon.logs import ErrorDigest
+from peerphone.daemon.measure import Measurements, log_promotion_check
 from peerphone.daemon.pins import Pins
 from peerphone.daemon.policy import Policy
 from peerphone.daemon.relay import Relay
@@ -50,6 +51,7 @@ from peerphone.overlay.events import (
     KeyChanged,
     KeyPinned,
     PresenceChanged,
+    PromotionChecked,
     Published,
     PublishRefused,
     RoleChanged,
@@ -145,6 +147,8 @@ class NodeService:
     async def start(self) -> None:
         cfg = self.config
         self.data.create()
+        self.measure = Measurements(self.data.path, lambda: bool(self.calls.calls))
+        self.measure.begin(time.time())  # session history: uptime is measured, not claimed
         node_keys, user_keys, self.first_start = self.data.keys()
         self.node_keys, self.user_keys = node_keys, user_keys
         self.contacts = {c.name: c for c in self.data.load_contacts()}
@@ -155,6 +159,7 @@ class NodeService:
         self._runtime = runtime
         await runtime.start()
         self._advertise(runtime, endpoints)
+        core.set_capacity(self._capacity())  # with the ports we listen on
         self._take_role(core, runtime)
         runtime.login()
         if self.contacts:
@@ -211,6 +216,7 @@ class NodeService:
                 max_clients=cfg.share.max_clients,
                 max_backups=2 * cfg.share.max_clients,
                 membership=MembershipConfig(dial_back=True),  # joiners are dialled back
+                election=cfg.election(),  # and candidates, before a promotion
             ),
             may_serve=cfg.role != "client",
         )
@@ -296,6 +302,7 @@ class NodeService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._save_host_cache()
+        self.measure.save(time.time())
         self.data.save_contacts(list(self.contacts.values()))
         await runtime.stop(notify=True)
         log.info("stopped")
@@ -445,6 +452,8 @@ class NodeService:
         next_save = time.monotonic() + HOST_CACHE_SAVE_S
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
+            self.measure.tick(time.time(), sum(f.up for f in self.sharing.readings().values()))
+            self.core.serve_veto = self.measure.veto()
             self.core.set_capacity(self._capacity())
             if self.core.attached()[0] is not None and self._relay_worth_asking():
                 self._turn_asked = time.monotonic()
@@ -515,15 +524,11 @@ class NodeService:
             log.warning("could not save the host cache: %s", exc)
 
     def _capacity(self) -> Capacity:
-        share = self.config.share
-        _, (host, _) = checked_endpoint(self.config.listen)
-        return Capacity(
-            reachable=ipaddress.ip_address(host).is_global,
-            uptime_s=int(time.time() - self.started_at),
-            up_kbps=share.up_kbps,
-            down_kbps=share.up_kbps,
-            cpu_score=share.cpu_percent,
-        )
+        """What we measured (daemon/measure.py), capped by what the owner agreed to share."""
+        runtime, share = self._runtime, self.config.share
+        udp = runtime.address[1] if runtime and runtime.address else 0
+        tcp = runtime.tcp_address[1] if runtime and runtime.tcp_address else 0
+        return self.measure.capacity(share.up_kbps, share.cpu_percent, udp, tcp)
 
     # -- what the control API offers --------------------------------------------------------
 
@@ -596,4 +601,5 @@ EVENT_HANDLERS: dict[type, Callable[[NodeService, Any, dict[str, Any]], None]] =
     RoleChanged: NodeService._on_role_changed,
     Attached: NodeService._on_attached,
     AttachLost: NodeService._on_attach_lost,
+    PromotionChecked: lambda service, event, out: log_promotion_check(event, out),
 }

@@ -234,34 +234,30 @@ class SupernodeCore(Replication):
         """Start dialling back the best measured candidate; `Promote` waits on the verdict."""
         cfg = self.config.election
         members = self.membership.members
-        best: tuple[float, bytes] | None = None
+        ranked: list[tuple[float, bytes]] = []
         for entry in self.clients.values():
             node = entry.node
-            if not entry.primary or node in members or node in self._promoted:
+            if not entry.primary or node == self.me or node in members or node in self._promoted:
                 continue
             attached_s = now - entry.since
-            if not self.reach.may_check(node, now):
-                continue
-            if not election.eligible_measured(entry.capacity, attached_s, cfg):
-                continue
-            candidate = (election.measured_score(attached_s), bytes(node))
-            if best is None or candidate > best:
-                best = candidate
-        if best is None:
-            return []
-        node = NodeId(best[1])
-        seen = self.observed(node)
-        if seen is None:
-            return []  # no link address known (yet): nothing we may ask to dial
-        host, udp_port = seen
-        capacity = self.clients[node].capacity
-        udp_port = udp_port or capacity.udp_port  # over TCP: its UDP port, at that IP
-        if not udp_port:
-            return []
-        udp = format_endpoint((UDP, (host, udp_port)))
-        tcp = format_endpoint((TCP, (host, capacity.tcp_port))) if capacity.tcp_port else ""
-        self._last_promotion = now
-        return self.reach.start(node, udp, tcp, sorted(members), now)
+            if self.reach.may_check(node, now) and election.eligible_measured(
+                entry.capacity, attached_s, cfg
+            ):
+                ranked.append((election.measured_score(attached_s), bytes(node)))
+        for _, best in sorted(ranked, reverse=True):
+            node = NodeId(best)
+            seen = self.observed(node)
+            capacity = self.clients[node].capacity
+            # where its link comes from; over TCP its UDP port at that IP
+            udp_port = (seen[1] or capacity.udp_port) if seen is not None else 0
+            if seen is None or not udp_port:
+                continue  # nothing we may ask others to dial
+            udp = format_endpoint((UDP, (seen[0], udp_port)))
+            tcp_port = capacity.tcp_port
+            tcp = format_endpoint((TCP, (seen[0], tcp_port))) if tcp_port else ""
+            self._last_promotion = now
+            return self.reach.start(node, udp, tcp, sorted(members), now)
+        return []
 
     def handle_reach_check(self, msg: ReachCheck, src: NodeId, now: float) -> list[Send]:
         return self.reach_verifier.handle_check(msg, src, src in self.membership.members, now)

@@ -318,7 +318,7 @@ class NodeRuntime:
                 return
             failed = [kind for (kind, _), p in zip(targets, probes, strict=True) if not p.result()]
             if failed:
-                report(False, False, f"not reached over {' and '.join(failed).upper()}")
+                report(False, False, "not reached over " + " and ".join(k.upper() for k in failed))
             else:
                 report(True, False, "reached over " + " and ".join(k.upper() for k, _ in targets))
 
