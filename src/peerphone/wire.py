@@ -35,6 +35,7 @@ MAX_SIGNAL_BYTES = 32 * 1024  # one signed call message (an SDP offer is ~1-4 Ki
 
 ReqId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON_CHARS)]
+Nonce = Annotated[bytes, msgspec.Meta(min_length=16, max_length=32)]
 
 
 class ReasonCode(enum.StrEnum):
@@ -230,6 +231,18 @@ class ReachResult(_Msg, tag=33, frozen=True):
     reason: Reason
 
 
+class ReachProbe(_Msg, tag=34, frozen=True):
+    """On a dial-back's own connection, once it authenticated us: echo this nonce."""
+
+    nonce: Nonce
+
+
+class ReachEcho(_Msg, tag=35, frozen=True):
+    """The answer to a ReachProbe, on the same connection."""
+
+    nonce: Nonce
+
+
 class Store(_Msg, tag=26, frozen=True):
     """Replicate records to a responsible replica (publish, refresh or hand-over)."""
 
@@ -353,6 +366,8 @@ Message = (
     | MembershipPage
     | ReachCheck
     | ReachResult
+    | ReachProbe
+    | ReachEcho
     | Store
     | StoreAck
     | Fetch

@@ -65,8 +65,7 @@ def test_a_declaration_never_raises_a_measurement(
 ) -> None:
     monkeypatch.setattr(measure, "spare_cpu_score", lambda own_cores: 120)
     in_call = [False]
-    m = Measurements(tmp_path, lambda: in_call[0])
-    m.begin(0.0)
+    m = Measurements(tmp_path, lambda: in_call[0], 0.0)
     m.tick(0.0, 0)
     m.tick(RATE_WINDOW_S, 250_000)  # 200 kbit/s measured
     cap = m.capacity(up_kbps_cap=10**7, cpu_percent_cap=100, udp=4433, tcp=443)
@@ -80,7 +79,9 @@ def test_a_declaration_never_raises_a_measurement(
     m.save(RATE_WINDOW_S)
     data = json.loads((tmp_path / "sessions.json").read_text())
     assert data["peak_up_kbps"] == 200
-    assert Measurements(tmp_path, lambda: False).upload.peak_kbps == 200  # across restarts
+    again = Measurements(tmp_path, lambda: False, 100.0)
+    assert again.upload.peak_kbps == 200  # across restarts
+    assert len(again.sessions.spans) == 2  # and the first session is history
 
 
 def test_election_settings_are_checked() -> None:

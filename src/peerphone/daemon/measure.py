@@ -29,10 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peerphone.daemon.config import ShareConfig
 from peerphone.daemon.datadir import write_atomic
 from peerphone.identity import NodeId, short
 from peerphone.overlay.events import PromotionChecked
 from peerphone.records import Capacity
+from peerphone.runtime.node_runtime import NodeRuntime
 
 log = logging.getLogger(__name__)
 
@@ -122,19 +124,17 @@ def spare_cpu_score(own_cores: float = 0.0) -> int:
 class Measurements:
     """The node's own measurements, kept in its data directory."""
 
-    def __init__(self, data_dir: Path, in_call: Callable[[], bool]) -> None:
+    def __init__(self, data_dir: Path, in_call: Callable[[], bool], now: float) -> None:
+        """A session begins now (the node starts): remembered at once."""
         self.path = data_dir / SESSIONS_FILE
         self.in_call = in_call
         self.sessions = Sessions.load(self.path)
         self.upload = UploadMeter(self.sessions.peak_up_kbps)
         self._saved_at = float("-inf")
-        self._cpu_at: tuple[float, float] | None = None  # (now, our process CPU time)
-        self.own_cores = 0.0  # the node's own CPU use, in cores, over the last tick
-
-    def begin(self, now: float) -> None:
-        """A session starts (the node started): remembered at once."""
         self.sessions.begin(now)
         self.save(now)
+        self._cpu_at: tuple[float, float] | None = None  # (now, our process CPU time)
+        self.own_cores = 0.0  # the node's own CPU use, in cores, over the last tick
 
     def tick(self, now: float, bytes_out: int) -> None:
         """Called every few seconds: upload sampled, the session's end moved on."""
@@ -158,6 +158,12 @@ class Measurements:
     def veto(self) -> str:
         """Why the node would not serve now ("" if it would)."""
         return "the owner is in a call" if self.in_call() else ""
+
+    def report(self, runtime: NodeRuntime | None, share: ShareConfig) -> Capacity:
+        """`capacity` with the owner's caps and the ports the runtime listens on."""
+        udp = runtime.address[1] if runtime and runtime.address else 0
+        tcp = runtime.tcp_address[1] if runtime and runtime.tcp_address else 0
+        return self.capacity(share.up_kbps, share.cpu_percent, udp, tcp)
 
     def capacity(self, up_kbps_cap: int, cpu_percent_cap: int, udp: int, tcp: int) -> Capacity:
         """What we report: each measurement capped by what the owner agreed to give."""

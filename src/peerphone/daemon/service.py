@@ -59,7 +59,7 @@ from peerphone.overlay.events import (
 from peerphone.overlay.membership import MembershipConfig
 from peerphone.overlay.node import NodeCore
 from peerphone.overlay.supernode import SupernodeConfig
-from peerphone.records import Capacity, Status, valid_username
+from peerphone.records import Status, valid_username
 from peerphone.runtime.node_runtime import NodeRuntime
 from peerphone.wire import ReasonCode
 
@@ -147,8 +147,8 @@ class NodeService:
     async def start(self) -> None:
         cfg = self.config
         self.data.create()
-        self.measure = Measurements(self.data.path, lambda: bool(self.calls.calls))
-        self.measure.begin(time.time())  # session history: uptime is measured, not claimed
+        # session history, upload, spare CPU: what we report is measured, never claimed
+        self.measure = Measurements(self.data.path, lambda: bool(self.calls.calls), time.time())
         node_keys, user_keys, self.first_start = self.data.keys()
         self.node_keys, self.user_keys = node_keys, user_keys
         self.contacts = {c.name: c for c in self.data.load_contacts()}
@@ -159,7 +159,7 @@ class NodeService:
         self._runtime = runtime
         await runtime.start()
         self._advertise(runtime, endpoints)
-        core.set_capacity(self._capacity())  # with the ports we listen on
+        core.set_capacity(self.measure.report(runtime, cfg.share))  # with our ports
         self._take_role(core, runtime)
         runtime.login()
         if self.contacts:
@@ -211,7 +211,7 @@ class NodeService:
             cfg.name,
             random.SystemRandom(),
             SignatureVerifier(),
-            capacity=self._capacity(),
+            capacity=self.measure.report(None, cfg.share),
             supernode_config=SupernodeConfig(
                 max_clients=cfg.share.max_clients,
                 max_backups=2 * cfg.share.max_clients,
@@ -454,7 +454,7 @@ class NodeService:
             await asyncio.sleep(HOUSEKEEPING_S)
             self.measure.tick(time.time(), sum(f.up for f in self.sharing.readings().values()))
             self.core.serve_veto = self.measure.veto()
-            self.core.set_capacity(self._capacity())
+            self.core.set_capacity(self.measure.report(self.runtime, self.config.share))
             if self.core.attached()[0] is not None and self._relay_worth_asking():
                 self._turn_asked = time.monotonic()
                 self.calls.refresh_turn()
@@ -522,13 +522,6 @@ class NodeService:
             self.data.save_host_cache(self.core.host_cache_records())
         except OSError as exc:
             log.warning("could not save the host cache: %s", exc)
-
-    def _capacity(self) -> Capacity:
-        """What we measured (daemon/measure.py), capped by what the owner agreed to share."""
-        runtime, share = self._runtime, self.config.share
-        udp = runtime.address[1] if runtime and runtime.address else 0
-        tcp = runtime.tcp_address[1] if runtime and runtime.tcp_address else 0
-        return self.measure.capacity(share.up_kbps, share.cpu_percent, udp, tcp)
 
     # -- what the control API offers --------------------------------------------------------
 

@@ -41,6 +41,8 @@ from peerphone.wire import (
     Publish,
     PublishAck,
     ReachCheck,
+    ReachEcho,
+    ReachProbe,
     ReachResult,
     ReasonCode,
     Redirect,
@@ -184,6 +186,8 @@ class NodeCore:
     # -- inputs -----------------------------------------------------------------------------
 
     def receive(self, msg: Message, src: NodeId, now: float) -> list[Send]:
+        if isinstance(msg, ReachProbe):  # a supernode dialled us back: we are here
+            return [(src, ReachEcho(msg.nonce))]
         handler = CLIENT_HANDLERS.get(type(msg))
         if handler is not None:
             return self._call_lookups(handler(self.client, msg, src, now), now)

@@ -21,6 +21,7 @@ import asyncio
 import importlib
 import ipaddress
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
@@ -308,7 +309,8 @@ class NodeRuntime:
             if endpoint is not None:
                 kind, addr = endpoint
                 targets.append((kind, dialled(addr) if kind == endpoints.TCP else addr))
-        probes = [self.links.probe(addr, node) for _, addr in targets]
+        # each connection must carry back a nonce of its own (ReachProbe -> ReachEcho)
+        probes = [self.links.probe(addr, node, os.urandom(16)) for _, addr in targets]
         if not probes or all(p.done() and not p.result() for p in probes):
             self.loop.call_soon(report, False, True, "no room for a link")  # said at once
             return
