@@ -272,7 +272,9 @@ class SupernodeCore(Replication):
         for verdict in self.reach.verdicts:
             node = verdict.node
             promoted = verdict.reachable and node in self.clients and node not in self._promoted
-            self.events.append(PromotionChecked(bytes(node), promoted, verdict.reason))
+            gone = verdict.reachable and not promoted
+            reason = f"{verdict.reason}, but it detached meanwhile" if gone else verdict.reason
+            self.events.append(PromotionChecked(bytes(node), promoted, reason))
             if promoted:
                 self._promoted[node] = now
                 self.stats["promoted"] += 1
