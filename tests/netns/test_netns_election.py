@@ -11,6 +11,10 @@ tier sheds to it does not move the NAT'd ones to a supernode that would not act)
 The public one is promoted and joins the tier; both behind a NAT are dialled back from
 supernodes they never contacted, fail, and stay clients, the liar too. The supernodes'
 logs show each check (so a test that never asked cannot pass).
+
+A second lab: two public candidates, an honest one and then the patched liar; the first
+promotion goes to the honest node (ranking by declared capacity picks the liar: checked
+by swapping `measured_score` for `score` in the promoter, which makes this test fail).
 """
 
 from __future__ import annotations
@@ -167,3 +171,42 @@ def test_a_public_node_is_elected_and_the_others_still_not(lab: Lab) -> None:
     wait_for("the promoted node in every member's table", joined, ATTACH_TIMEOUT_S, lab.all)
     assert_still_clients(lab)
     print(f"public candidate elected {took:.1f} s after its spawn; NAT'd ones still clients")
+
+
+# only once both public candidates are attached is the mean load (4 + 2) / 4 = 1.5 above
+# high water ((4 + 1) / 4 = 1.25 is not), and both are candidates at once (no wait)
+RANKING = ELECTION.replace("election_high_water = 1.2", "election_high_water = 1.3").replace(
+    "election_min_attached_s = 3.0", "election_min_attached_s = 0.0"
+)
+HEAD_START_S = 10.0  # the honest node is attached this much longer than the liar
+
+
+def test_a_liar_on_a_public_host_is_not_preferred(tmp_path: Path) -> None:
+    """Two public candidates: an honest one, then a patched one reporting a terabit and
+    years of uptime. The tier ranks by what it saw (the honest one is attached longer):
+    the first promotion goes to the honest node (declared capacity would pick the liar)."""
+    require_available()
+    with NetLab() as net:
+        tier = start_supernodes(net, tmp_path, TIER, config_toml=RANKING)
+        bootstrap = bootstrap_list(tier[0])
+        honest = spawn_node(net, net.public_host("honest"), "honest", tmp_path, bootstrap)
+        wait_all_ready([honest], ATTACH_TIMEOUT_S)
+        time.sleep(HEAD_START_S)
+        host = net.public_host("boaster")
+        liar = spawn_node(net, host, "boaster", tmp_path, bootstrap, LIAR_MODULE)
+        wait_all_ready([liar], ATTACH_TIMEOUT_S)
+        nodes = [*tier, honest, liar]
+        ids = {(n.status() or {}).get("node_id"): n.name for n in (honest, liar)}
+
+        def first_promotion() -> dict[str, Any] | None:
+            promoted = [
+                entry
+                for sn in tier
+                for entry in sn.log_entries()
+                if entry.get("msg", "").startswith("candidate ") and entry.get("promoted")
+            ]
+            return min(promoted, key=lambda e: float(e["ts"])) if promoted else None
+
+        first = wait_for("a promotion", first_promotion, ELECTION_TIMEOUT_S, nodes)
+        assert ids.get(first["candidate"]) == "honest", (first, logs(nodes))
+        print(f"first promoted: {ids.get(first['candidate'])} ({first['msg']})")
