@@ -31,7 +31,7 @@ from peerphone.overlay.reachability import (
 )
 from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.records import Capacity
-from peerphone.wire import Promote, ReachCheck, ReachResult, Send
+from peerphone.wire import Promote, ReachCheck, ReachEcho, ReachProbe, ReachResult, Send
 from tests.support.fakenet import FakeNet
 
 KEYS = [KeyPair.from_rng(random.Random(i)) for i in range(8)]
@@ -351,3 +351,15 @@ def test_the_promoters_own_user_is_never_its_candidate() -> None:
     tier.run(80.0)
     assert public.supernode is not None
     assert all(e.node != bytes(promoter.id) for e in tier.checked())
+
+
+def test_every_node_echoes_a_dial_backs_nonce_and_nothing_else() -> None:
+    net = FakeNet(seed=15)
+    node = net.node("anyone")
+    nonce = bytes(range(16))
+    assert node.receive(ReachProbe(nonce), IDS[3], 0.0) == [(IDS[3], ReachEcho(nonce))]
+    errors = node.errors
+    assert node.receive(ReachEcho(nonce), IDS[3], 0.0) == []  # only a dial-back reads it
+    assert node.errors == errors + 1
+    # a client (no supernode role) is asked to verify: not a member's job, dropped
+    assert node.receive(ReachCheck(1, bytes(IDS[4]), UDP, TCP), IDS[3], 0.0) == []
