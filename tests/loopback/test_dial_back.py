@@ -16,6 +16,7 @@ import random
 
 from peerphone.endpoints import Address
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier
+from peerphone.nat.addrfilter import AddressFilter
 from peerphone.overlay.events import ReachDial
 from peerphone.overlay.node import NodeCore
 from peerphone.runtime.node_runtime import NodeRuntime
@@ -129,5 +130,43 @@ def test_a_check_asked_by_a_member_dials_both_transports_and_answers() -> None:
         assert by_req[1].reason == "reached over UDP and TCP"
         assert not by_req[2].reached and not by_req[2].declined, by_req[2]
         assert not any(isinstance(e, ReachDial) for e in verifier.core.pop_events())
+
+    run_bounded(scenario, Nodes(), BUDGET_S)
+
+
+def test_a_verifier_never_dials_its_own_side_for_another_member() -> None:
+    """The daemon's filter (the relay's): loopback, private and other special ranges are
+    declined, not dialled, unless the owner allowed them (loopback never)."""
+
+    async def scenario(nodes: Nodes) -> None:
+        verifier = await nodes.start("verifier")
+        asker = await nodes.start("asker")
+        candidate = await nodes.start("candidate")
+        verifier.may_dial = AddressFilter(["127.0.0.0/8"]).allows  # loopback: never anyway
+        now = verifier.now()
+        for runtime in (verifier, asker):
+            runtime.core.become_supernode(now, "test", seed=True)
+        assert verifier.core.supernode is not None and asker.core.supernode is not None
+        verifier.core.seed_tier([asker.core.supernode.record], now)
+        asker.core.seed_tier([verifier.core.supernode.record], now)
+        answers: list[ReachResult] = []
+        answered = asyncio.Event()
+        original = asker.core.receive
+
+        def receive(msg: Message, src: NodeId, now: float) -> list[Send]:
+            if isinstance(msg, ReachResult):
+                answers.append(msg)
+                answered.set()
+            return original(msg, src, now)
+
+        asker.core.receive = receive  # type: ignore[method-assign]
+        assert candidate.address is not None
+        check = ReachCheck(1, bytes(candidate.core.id), f"{LOOPBACK}:{candidate.address[1]}", "")
+        dials = verifier.links.stats["dial_backs"]
+        asker.drive([(verifier.core.id, check)])
+        await asyncio.wait_for(answered.wait(), PROBE_LIMIT_S)
+        assert answers[0].declined and not answers[0].reached, answers[0]
+        assert answers[0].reason == "not an address we dial"
+        assert verifier.links.stats["dial_backs"] == dials  # nothing was sent toward it
 
     run_bounded(scenario, Nodes(), BUDGET_S)

@@ -46,6 +46,7 @@ TIER = 4  # the promoter and two verifiers not linked to the candidate need >= 4
 # every client of the lab is a primary somewhere: 4 supernode users + 2 candidates = 6 on
 # 4 supernodes, a mean of 1.5 > high water; the candidates' promoter carries >= 2 and acts
 ELECTION = (
+    'relay_allow = ["10.99.0.0/24"]\n'  # the lab's internet is a private range: dial it
     "election_high_water = 1.2\n"
     "election_low_water = 0.5\n"
     "election_min_uptime_s = 0\n"  # a fresh lab has no session history

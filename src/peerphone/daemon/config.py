@@ -131,7 +131,8 @@ class NodeConfig:
     auto_answer: bool = False  # answer incoming calls by themselves (headless nodes)
     answer_play: str = ""  # WAV file played to callers we auto-answer (silence if empty)
     answer_record: str = ""  # directory where auto-answered calls are recorded
-    relay_allow: list[str] = field(default_factory=list)  # CIDRs our relay may reach anyway
+    # CIDRs our relay (and our dial-backs of candidates) may reach anyway
+    relay_allow: list[str] = field(default_factory=list)
     turn_port: int = 3478  # STUN/TURN over UDP, when a supernode (0: any free port)
     # QUIC links in all; inbound ones per source address and per /24 (/48) prefix
     # (runtime/link_limits.py)

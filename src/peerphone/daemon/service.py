@@ -37,6 +37,7 @@ from peerphone.endpoints import (
 )
 from peerphone.errors import LocalProtocolError, PeerphoneError
 from peerphone.identity import KeyPair, SignatureVerifier, short
+from peerphone.nat.addrfilter import AddressFilter
 from peerphone.overlay.client import ClientState
 from peerphone.overlay.events import (
     Attached,
@@ -156,6 +157,7 @@ class NodeService:
         core = self._make_core(node_keys, user_keys, trusted)
         endpoints = self._bootstrap_endpoints()
         runtime = self._make_runtime(core, node_keys, endpoints)
+        runtime.may_dial = AddressFilter(cfg.relay_allow).allows  # dial-backs: as the relay
         self._runtime = runtime
         await runtime.start()
         self._advertise(runtime, endpoints)

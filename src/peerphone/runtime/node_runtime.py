@@ -130,6 +130,9 @@ class NodeRuntime:
         self.retry = retry
         self.link_limits = link_limits or LinkLimitsConfig()
         self.stats: Counter[str] = Counter()
+        # which IPs a dial-back asked by another supernode may go to (the daemon: public
+        # ones and its allow list, as the relay; never its own LAN for someone else)
+        self.may_dial: Callable[[str], bool] = lambda host: True
         self.events: asyncio.Queue[Event] = asyncio.Queue(MAX_QUEUED_EVENTS)
         self.address: Address | None = None  # bound address, once started
         self.tcp_address: Address | None = None  # bound TCP address, once started
@@ -308,6 +311,9 @@ class NodeRuntime:
             endpoint = endpoint_or_none(text) if text else None
             if endpoint is not None:
                 kind, addr = endpoint
+                if not self.may_dial(addr[0]):
+                    self.loop.call_soon(report, False, True, "not an address we dial")
+                    return
                 targets.append((kind, dialled(addr) if kind == endpoints.TCP else addr))
         # each connection must carry back a nonce of its own (ReachProbe -> ReachEcho)
         probes = [self.links.probe(addr, node, os.urandom(16)) for _, addr in targets]
