@@ -23,6 +23,7 @@ from peerphone import endpoints
 from peerphone.daemon.duty import parse_quiet_hours
 from peerphone.endpoints import TCP, UDP, Endpoint, EndpointError
 from peerphone.errors import PeerphoneError
+from peerphone.overlay.election import ElectionConfig
 from peerphone.records import valid_username
 from peerphone.runtime.link_limits import (
     MAX_LINKS,
@@ -159,7 +160,8 @@ class NodeConfig:
     auto_answer: bool = False  # answer incoming calls by themselves (headless nodes)
     answer_play: str = ""  # WAV file played to callers we auto-answer (silence if empty)
     answer_record: str = ""  # directory where auto-answered calls are recorded
-    relay_allow: list[str] = field(default_factory=list)  # CIDRs our relay may reach anyway
+    # CIDRs our relay (and our dial-backs of candidates) may reach anyway
+    relay_allow: list[str] = field(default_factory=list)
     turn_port: int = 3478  # STUN/TURN over UDP, when a supernode (0: any free port)
     # QUIC links in all; inbound ones per source address and per /24 (/48) prefix
     # (runtime/link_limits.py)
@@ -169,6 +171,15 @@ class NodeConfig:
     # loopback sources skip those two bounds (docs/decisions/0013-link-limits.md)
     links_loopback_exempt: bool = True
     share: ShareConfig = field(default_factory=ShareConfig)
+    # the election this node applies as a supernode (overlay/election.py): a lab lowers
+    # the water marks to make the tier ask for candidates at once. Upload is measured from
+    # real transfers (a lower bound), so its threshold is about one call's worth
+    election_high_water: float = 300.0  # mean clients per supernode: the tier grows above
+    election_low_water: float = 100.0  # ... and shrinks below
+    election_min_uptime_s: int = 600  # typical session length, from the session history
+    election_min_up_kbps: int = 100
+    election_min_cpu_score: int = 50  # spare CPU, hundredths of a core
+    election_min_attached_s: float = 60.0  # seen attached by its promoter at least this long
 
     def link_limits(self) -> LinkLimitsConfig:
         """The link limits these settings ask for (checked by `check`)."""
@@ -178,6 +189,18 @@ class NodeConfig:
             per_address=self.links_per_address,
             per_prefix=self.links_per_prefix,
             loopback_exempt=self.links_loopback_exempt,
+        )
+
+    def election(self) -> ElectionConfig:
+        """The election these settings ask for, with candidates dialled back."""
+        return ElectionConfig(
+            high_water=self.election_high_water,
+            low_water=self.election_low_water,
+            min_uptime_s=self.election_min_uptime_s,
+            min_up_kbps=self.election_min_up_kbps,
+            min_cpu_score=self.election_min_cpu_score,
+            verify_reachability=True,
+            min_attached_s=self.election_min_attached_s,
         )
 
     def check(self) -> None:
@@ -233,6 +256,11 @@ class NodeConfig:
             raise ConfigError(
                 f"answer_record (--answer-record): {self.answer_record}: not writable"
             )
+        if not 0 < self.election_low_water < self.election_high_water <= 100_000:
+            raise ConfigError("need 0 < election_low_water < election_high_water <= 100000")
+        for key in ("min_uptime_s", "min_up_kbps", "min_cpu_score", "min_attached_s"):
+            if not 0 <= getattr(self, "election_" + key) <= 10**7:
+                raise ConfigError(f"election_{key}: 0-10000000")
         self.share.check()
 
 

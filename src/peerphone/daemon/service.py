@@ -23,6 +23,7 @@ from peerphone.daemon.config import ConfigError, NodeConfig, checked_endpoint, r
 from peerphone.daemon.datadir import Contact, DataDir
 from peerphone.daemon.duty_keeper import DutyKeeper, client_reason, consents
 from peerphone.daemon.logs import ErrorDigest
+from peerphone.daemon.measure import Measurements, log_promotion_check
 from peerphone.daemon.pins import Pins
 from peerphone.daemon.policy import Policy
 from peerphone.daemon.relay import Relay
@@ -37,6 +38,7 @@ from peerphone.endpoints import (
 )
 from peerphone.errors import LocalProtocolError, PeerphoneError
 from peerphone.identity import KeyPair, SignatureVerifier, short
+from peerphone.nat.addrfilter import AddressFilter
 from peerphone.overlay.client import ClientState
 from peerphone.overlay.events import (
     Attached,
@@ -51,6 +53,7 @@ from peerphone.overlay.events import (
     KeyChanged,
     KeyPinned,
     PresenceChanged,
+    PromotionChecked,
     Published,
     PublishRefused,
     RoleChanged,
@@ -58,7 +61,7 @@ from peerphone.overlay.events import (
 from peerphone.overlay.membership import MembershipConfig
 from peerphone.overlay.node import NodeCore
 from peerphone.overlay.supernode import SupernodeConfig
-from peerphone.records import Capacity, Status, valid_username
+from peerphone.records import Status, valid_username
 from peerphone.runtime.node_runtime import NodeRuntime
 from peerphone.wire import ReasonCode
 
@@ -148,6 +151,8 @@ class NodeService:
     async def start(self) -> None:
         cfg = self.config
         self.data.create()
+        # session history, upload, spare CPU: what we report is measured, never claimed
+        self.measure = Measurements(self.data.path, lambda: bool(self.calls.calls), time.time())
         node_keys, user_keys, self.first_start = self.data.keys()
         self.node_keys, self.user_keys = node_keys, user_keys
         self.contacts = {c.name: c for c in self.data.load_contacts()}
@@ -155,9 +160,11 @@ class NodeService:
         core = self._make_core(node_keys, user_keys, trusted)
         endpoints = self._bootstrap_endpoints()
         runtime = self._make_runtime(core, node_keys, endpoints)
+        runtime.may_dial = AddressFilter(cfg.relay_allow).allows  # dial-backs: as the relay
         self._runtime = runtime
         await runtime.start()
         self._advertise(runtime, endpoints)
+        core.set_capacity(self.measure.report(runtime, cfg.share))  # with our ports
         self._take_role(core, runtime)
         runtime.login()
         if self.contacts:
@@ -209,11 +216,12 @@ class NodeService:
             cfg.name,
             random.SystemRandom(),
             SignatureVerifier(),
-            capacity=self._capacity(),
+            capacity=self.measure.report(None, cfg.share),
             supernode_config=SupernodeConfig(
                 max_clients=cfg.share.max_clients,
                 max_backups=2 * cfg.share.max_clients,
                 membership=MembershipConfig(dial_back=True),  # joiners are dialled back
+                election=cfg.election(),  # and candidates, before a promotion
             ),
             may_serve=consents(cfg, self.policy),
         )
@@ -290,6 +298,7 @@ class NodeService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._save_host_cache()
+        self.measure.save(time.time())
         self.data.save_contacts(list(self.contacts.values()))
         await runtime.stop(notify=True)
         log.info("stopped")
@@ -442,7 +451,9 @@ class NodeService:
         next_save = time.monotonic() + HOST_CACHE_SAVE_S
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
-            self.core.set_capacity(self._capacity())
+            self.measure.tick(time.time(), sum(f.up for f in self.sharing.readings().values()))
+            self.core.serve_veto = self.measure.veto()
+            self.core.set_capacity(self.measure.report(self.runtime, self.config.share))
             if self.core.attached()[0] is not None and self._relay_worth_asking():
                 self._turn_asked = time.monotonic()
                 self.calls.refresh_turn()
@@ -510,17 +521,6 @@ class NodeService:
             self.data.save_host_cache(self.core.host_cache_records())
         except OSError as exc:
             log.warning("could not save the host cache: %s", exc)
-
-    def _capacity(self) -> Capacity:
-        share = self.config.share
-        _, (host, _) = checked_endpoint(self.config.listen)
-        return Capacity(
-            reachable=ipaddress.ip_address(host).is_global,
-            uptime_s=int(time.time() - self.started_at),
-            up_kbps=share.up_kbps,
-            down_kbps=share.up_kbps,
-            cpu_score=share.cpu_percent,
-        )
 
     # -- what the control API offers --------------------------------------------------------
 
@@ -593,4 +593,5 @@ EVENT_HANDLERS: dict[type, Callable[[NodeService, Any, dict[str, Any]], None]] =
     RoleChanged: NodeService._on_role_changed,
     Attached: NodeService._on_attached,
     AttachLost: NodeService._on_attach_lost,
+    PromotionChecked: lambda service, event, out: log_promotion_check(event, out),
 }
