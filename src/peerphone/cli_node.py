@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from peerphone.daemon.client import ControlClient, ControlError
-from peerphone.daemon.config import ROLES, apply_options, load_config, save_config
+from peerphone.daemon.config import ROLES, checked_config, save_config
 from peerphone.daemon.datadir import DataDir, DataDirError
 from peerphone.daemon.sharing_cli import cmd_sharing
 from peerphone.daemon.texts import (
@@ -225,9 +225,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     if policy is not None:
         policy.check_options(vars(args))
     data = DataDir(args.data_dir)
-    config = load_config(args.data_dir)
-    apply_options(config, vars(args))
-    config.check()
+    config = checked_config(args.data_dir, vars(args))  # bad: refused, naming FILE:LINE
     check_not_running(data)
     data.create()
     save_config(args.data_dir, config)  # the user's settings; the policy goes over them

@@ -36,6 +36,7 @@ Address = Annotated[str, msgspec.Meta(max_length=MAX_ADDRESS_CHARS)]
 Username = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_USERNAME_CHARS)]
 Capability = Annotated[str, msgspec.Meta(max_length=MAX_CAPABILITY_CHARS)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65_535)]
 
 
 class RecordKind(enum.IntEnum):
@@ -78,13 +79,17 @@ class NameBody(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fiel
 
 
 class Capacity(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
-    """What a node declares it could give as a supernode (measured for real in a later stage)."""
+    """What a node says it measured it could give as a supernode. The tier trusts none of it
+    for promotion: reachability is proven by dial-backs, uptime capped by what the promoter
+    saw, and the rest can only keep a node out (docs/decisions/0019)."""
 
-    reachable: bool = False
+    reachable: bool = False  # ignored when the tier dials candidates back
     uptime_s: Count = 0
     up_kbps: Count = 0
     down_kbps: Count = 0
     cpu_score: Count = 0  # spare CPU in hundredths of a core
+    udp_port: Port = 0  # where it listens: dialled back at the IP its link comes from
+    tcp_port: Port = 0  # 0: no TCP listener
 
 
 class PresenceBody(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):

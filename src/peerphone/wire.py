@@ -14,6 +14,7 @@ import msgspec
 from peerphone.errors import DecodeError, MessageTooLarge
 from peerphone.identity import NodeId
 from peerphone.records import (
+    MAX_ADDRESS_CHARS,
     MAX_ATTACHED_SUPERNODES,
     Capacity,
     Count,
@@ -34,6 +35,7 @@ MAX_SIGNAL_BYTES = 32 * 1024  # one signed call message (an SDP offer is ~1-4 Ki
 
 ReqId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON_CHARS)]
+Nonce = Annotated[bytes, msgspec.Meta(min_length=16, max_length=32)]
 
 
 class ReasonCode(enum.StrEnum):
@@ -209,6 +211,38 @@ class MembershipPage(_Msg, tag=25, frozen=True):
     total: Count
 
 
+class ReachCheck(_Msg, tag=32, frozen=True):
+    """A member asks us to dial candidate `node` back, from our own sockets, at the UDP and
+    TCP addresses its link to the asker comes from (overlay/reachability.py)."""
+
+    req: ReqId
+    node: Key32
+    udp: Annotated[str, msgspec.Meta(max_length=MAX_ADDRESS_CHARS)]
+    tcp: Annotated[str, msgspec.Meta(max_length=MAX_ADDRESS_CHARS)]  # "": none advertised
+
+
+class ReachResult(_Msg, tag=33, frozen=True):
+    """Whether we reached `node` as itself there (`declined`: we could not test it)."""
+
+    req: ReqId
+    node: Key32
+    reached: bool
+    declined: bool
+    reason: Reason
+
+
+class ReachProbe(_Msg, tag=34, frozen=True):
+    """On a dial-back's own connection, once it authenticated us: echo this nonce."""
+
+    nonce: Nonce
+
+
+class ReachEcho(_Msg, tag=35, frozen=True):
+    """The answer to a ReachProbe, on the same connection."""
+
+    nonce: Nonce
+
+
 class Store(_Msg, tag=26, frozen=True):
     """Replicate records to a responsible replica (publish, refresh or hand-over)."""
 
@@ -330,6 +364,10 @@ Message = (
     | IndirectAck
     | Join
     | MembershipPage
+    | ReachCheck
+    | ReachResult
+    | ReachProbe
+    | ReachEcho
     | Store
     | StoreAck
     | Fetch

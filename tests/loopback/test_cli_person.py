@@ -192,7 +192,7 @@ def test_calls_that_cannot_be_placed_say_why(net: tuple[NodeProcs, Node, Node]) 
 def test_status_is_written_for_a_person(net: tuple[NodeProcs, Node, Node]) -> None:
     _, sn, alice = net
     text = on(sn, "status").stdout
-    assert "caps      at most 600 clients, 2000 kbit/s of upload" in text
+    assert "caps      at most 600 clients, relay 2000 kbit/s, directory and signaling 1000" in text
     assert "relay     running (stun:" in text
     assert "problems  none" in text
     for jargon in ("(online, online)", "membership ", "inputs dropped {}", "errors    0"):

@@ -5,10 +5,10 @@ on UDP 3478, its relay opened to the lab's internet as in test_netns_calls) serv
 clients: two behind symmetric NATs (sym1, sym2: their call can only go through the relay)
 and two behind cone NATs (dir1, dir2: directory traffic, lookups of present, absent and
 unknown names, contacts watched). nftables in the supernode's namespace counts every IP
-packet on its interface, by category: UDP to or from port 4433 is the overlay (the node's
-``directory_signaling``); any other UDP is the relay's (its port 3478 and its relayed
-ports: nothing else in that namespace speaks UDP); TCP is printed apart (the carrier: the
-clients have UDP, so it stays idle).
+packet on its interface, by category (tests/support/nft_counters.py): UDP to or from port
+4433 is the overlay (the node's ``directory_signaling``); any other UDP is the relay's (its
+port 3478 and its relayed ports: nothing else in that namespace speaks UDP); TCP is printed
+apart (the carrier: the clients have UDP, so it stays idle).
 
 The comparison is honest at the IP level: nftables counts whole IP packets, and the node
 counts each UDP datagram's payload plus 28 bytes of IPv4 and UDP header (sharing.py says
@@ -35,7 +35,6 @@ from tests.support.audio import write_wav
 from tests.support.netlab import INTERNET_NET, NatKind, NetLab, require_available
 from tests.support.netns_nodes import (
     ATTACH_TIMEOUT_S,
-    NODE_UDP_PORT,
     Node,
     bootstrap_list,
     logs,
@@ -43,9 +42,9 @@ from tests.support.netns_nodes import (
     start_supernodes,
     wait_all_ready,
 )
+from tests.support.nft_counters import install, nft_bytes
 
 TABLE = "sharing_exact"
-IFACE = "eth0"
 TOLERANCE = 0.02  # the issue's acceptance: within 2 %
 RATE = 48_000
 SIGNAL_S = 5.0
@@ -56,7 +55,6 @@ LOOKUP_ROUNDS = 3
 # relayed both ways by the end: half of two ~25 kbit/s streams for CALL_S (seen: ~100 kB)
 MIN_RELAYED_BYTES = int(2 * 25_000 / 8 * CALL_S / 2)
 SUPERNODE_OPTIONS = ("--turn-port", "3478", "--relay-allow", f"{INTERNET_NET}.0/24")
-COUNTERS = ("overlay_in", "overlay_out", "relay_in", "relay_out", "tcp_in", "tcp_out")
 # the node's (category, direction) for each pair of nftables counters
 COMPARED = {
     ("directory_signaling", "down_bytes"): "overlay_in",
@@ -64,23 +62,6 @@ COMPARED = {
     ("relay", "down_bytes"): "relay_in",
     ("relay", "up_bytes"): "relay_out",
 }
-RULES = f"""
-table inet {TABLE} {{
-    {"; ".join(f"counter {name} {{}}" for name in COUNTERS)}
-    chain in {{
-        type filter hook input priority 0; policy accept;
-        iifname "{IFACE}" udp dport {NODE_UDP_PORT} counter name "overlay_in" accept
-        iifname "{IFACE}" meta l4proto udp counter name "relay_in" accept
-        iifname "{IFACE}" meta l4proto tcp counter name "tcp_in" accept
-    }}
-    chain out {{
-        type filter hook output priority 0; policy accept;
-        oifname "{IFACE}" udp sport {NODE_UDP_PORT} counter name "overlay_out" accept
-        oifname "{IFACE}" meta l4proto udp counter name "relay_out" accept
-        oifname "{IFACE}" meta l4proto tcp counter name "tcp_out" accept
-    }}
-}}
-"""
 
 
 @pytest.fixture
@@ -88,15 +69,6 @@ def lab() -> Iterator[NetLab]:
     require_available()
     with NetLab() as lab:
         yield lab
-
-
-def nft_bytes(lab: NetLab, node: Node) -> dict[str, int]:
-    listing = lab.exec(node.host, ["nft", "-j", "list", "counters", "table", "inet", TABLE])
-    return {
-        item["counter"]["name"]: int(item["counter"]["bytes"])
-        for item in json.loads(listing)["nftables"]
-        if "counter" in item
-    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +84,9 @@ class Reading:
 
 
 def read(lab: NetLab, sn: Node) -> Reading:
-    before = nft_bytes(lab, sn)
+    before = nft_bytes(lab, sn.host, TABLE)
     code, out, err = sn.cli("sharing")
-    after = nft_bytes(lab, sn)
+    after = nft_bytes(lab, sn.host, TABLE)
     assert code == 0 and isinstance(out, dict), f"sharing: exit {code}: {err}\n{sn.log_tail()}"
     return Reading(before, out, after)
 
@@ -147,7 +119,7 @@ def test_sharing_totals_agree_with_nftables(lab: NetLab, tmp_path: Path) -> None
     }
     nodes = [sn, *users.values()]
     wait_all_ready(list(users.values()), ATTACH_TIMEOUT_S)
-    lab.exec(sn.host, ["nft", "-f", "-"], input=RULES)
+    install(lab, sn.host, TABLE)
     time.sleep(QUIET_S)
     start = read(lab, sn)
 

@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -125,11 +125,19 @@ def spawn(
     bootstrap: Sequence[str] = (),
     tcp: bool = False,
     extra: Sequence[str] = (),
+    files: Mapping[str, str] | None = None,
+    config_toml: str = "",
 ) -> Node:
     """Start `peerphone node` on `host` (UDP on 4433, and TCP 443 when `tcp`); `extra`:
-    more options for `peerphone node`."""
+    more options for `peerphone node`; `files`: its data directory's files to start with,
+    by name (config.toml with a `[share]`, sharing.json); `config_toml`: the same as
+    `files={"config.toml": ...}`."""
     data_dir = root / name
     data_dir.mkdir(parents=True)
+    if config_toml:
+        files = {**(files or {}), "config.toml": config_toml}
+    for file, text in (files or {}).items():
+        (data_dir / file).write_text(text)
     argv = [PY, "-m", "peerphone", "node", "--data-dir", str(data_dir), "--name", name]
     argv += ["--listen", f"{host.addr}:{NODE_UDP_PORT}", "--role", role]
     if tcp:
@@ -198,14 +206,29 @@ def wait_all_ready(nodes: Sequence[Node], timeout_s: float) -> dict[str, float]:
     return took
 
 
-def start_supernodes(lab: NetLab, root: Path, count: int, extra: Sequence[str] = ()) -> list[Node]:
+def start_supernodes(
+    lab: NetLab, root: Path, count: int, extra: Sequence[str] = (), config_toml: str = ""
+) -> list[Node]:
     """`count` supernodes on public hosts sn1…snN, each bootstrapped from sn1; all ready.
-    `extra`: more options for each `peerphone node`."""
-    first = spawn(lab, lab.public_host("sn1"), "sn1", root, "supernode", tcp=True, extra=extra)
+    `extra`: more options for each `peerphone node`; `config_toml`: each one's config."""
+    host = lab.public_host("sn1")
+    first = spawn(
+        lab, host, "sn1", root, "supernode", tcp=True, extra=extra, config_toml=config_toml
+    )
     wait_all_ready([first], ATTACH_TIMEOUT_S)
     seed = [f"{first.host.addr}:{NODE_UDP_PORT}"]
     rest = [
-        spawn(lab, lab.public_host(f"sn{i}"), f"sn{i}", root, "supernode", seed, True, extra)
+        spawn(
+            lab,
+            lab.public_host(f"sn{i}"),
+            f"sn{i}",
+            root,
+            "supernode",
+            seed,
+            True,
+            extra,
+            config_toml=config_toml,
+        )
         for i in range(2, count + 1)
     ]
     nodes = [first, *rest]

@@ -21,6 +21,7 @@ from peerphone.daemon.config import NodeConfig
 from peerphone.daemon.datadir import DataDir
 from peerphone.daemon.policy import parse_policy
 from peerphone.daemon.sharing import (
+    CAP_COUNTS,
     DIRECTORY,
     IPV4_UDP_HEADER_BYTES,
     IPV6_UDP_HEADER_BYTES,
@@ -258,6 +259,8 @@ def relay_running() -> dict[str, Any]:
         "allocations": 1,
         "rate_kbps": 56.0,
         "cap_kbps": 200.0,
+        "draining": False,
+        "refusing_allocations": False,
         "total_bytes_relayed": 9000,
         "per_allocation": [
             {
@@ -282,24 +285,37 @@ def test_the_view_and_its_text_for_a_supernode(tmp_path: Path) -> None:
     core.is_supernode = True
     core.supernode = argparse.Namespace(clients_served=3, backup_for=1, records_held=12)
     service.relay.running = relay_running()
+    service.config.share.up_kbps = 200
     sharing = make_sharing(service, clock)
     sharing.role_changed(True, "configured: --role supernode")
+    service.relay.wire.udp_sent(7 * 1000 - IPV4_UDP_HEADER_BYTES)  # 7000 B in this second
+    sharing.sample()
+    clock.now += 1
     view = sharing.view()
     assert view["role"] == "supernode" and view["managed"] is None
     relay = view["categories"][RELAY]
     assert relay["cap"] == {
         "bytes_per_s": 25000.0,
-        "counts": "relayed payload, both ways together",
-        "now_bytes_per_s": 7000.0,
+        "counts": CAP_COUNTS[RELAY],
+        "now_bytes_per_s": 1400.0,  # 7000 B over the last 5 s
     }
-    assert relay["today"]["cap_bytes"] is None and view["categories"][DIRECTORY]["cap"] is None
+    assert view["categories"][DIRECTORY]["cap"]["bytes_per_s"] == 125_000.0  # 1000 kbit/s
+    assert relay["today"]["cap_bytes"] is None  # the volume caps: both categories together
+    assert view["volume"] == {
+        "today_bytes": 7000,
+        "today_cap_bytes": 5_000_000_000,
+        "month_bytes": 7000,
+        "month_cap_bytes": 50_000_000_000,
+    }
     assert view["relay"]["sessions"][0]["peers"] == ["10.99.0.8"]
     assert (view["clients_served"], view["records_held"]) == (3, 12)
     assert view["cpu"]["process_s"] == 12.5 and view["cpu"]["cap_percent"] == 50
     json.dumps(view)  # the API's body
     text = sharing_text(view)
     assert "role        supernode: configured: --role supernode" in text
-    assert "cap 200 kbit/s of relayed payload, both ways together: 56.0 kbit/s (28 %)" in text
+    assert "cap 200 kbit/s of what the relay sends (packets over it dropped; new calls" in text
+    assert "refused at 80 %): 11.2 kbit/s (6 %)" in text
+    assert "volume      today 7000 B of 5000 MB (0 %), this month 7000 B of 50000 MB" in text
     assert "for 10.99.0.7:5000 (udp) to 10.99.0.8: 4000 B out, 5000 B in" in text
     assert "3 served (backup for 1) of at most 600" in text
 
@@ -366,3 +382,23 @@ def test_watch_ends_quietly_on_ctrl_c(
     out, err = capsys.readouterr()
     assert [json.loads(line)["role"] for line in out.splitlines()] == ["client", "client"]
     assert err == ""
+
+
+def test_the_shedding_ladder_is_shown(tmp_path: Path) -> None:
+    import dataclasses
+
+    from peerphone.daemon.duty import DutyLadder
+    from tests.unit.test_duty import CALM, CAPS, run
+
+    clock = Clock(utc("2025-05-01 10:00:00"))
+    sharing = make_sharing(FakeService(tmp_path), clock)
+    ladder = DutyLadder(CAPS, clock.now)
+    run(ladder, dataclasses.replace(CALM, relay_up_bytes_per_s=24_000.0), clock.now, 12)
+    sharing.duty_view = lambda now: {"consent": {}, **ladder.view(now)}
+    view = sharing.view()
+    assert view["duty"]["level"] == 3 and view["duty"]["declines_promotion"] is None
+    text = sharing_text(view)
+    assert "duty        refuse new relay allocations (relay: sending 192 kbit/s of its cap" in text
+    assert "  reached   relay: sending 192 kbit/s of its cap 200 kbit/s (busy from 80%)" in text
+    assert "  taken     stop admitting clients 1x, redirect newest clients 1x, refuse new" in text
+    assert "2025-05-01 10:00:05 UTC  stop admitting clients -> redirect newest clients" in text

@@ -32,7 +32,7 @@ from peerphone.nat.events import (
     ToClient,
     ToPeer,
 )
-from peerphone.nat.limits import TurnLimits
+from peerphone.nat.limits import OldestFirst, TurnLimits
 from peerphone.nat.turn import (
     CHALLENGE_BYTES,
     MAX_UNAUTHENTICATED_EXCESS_BYTES,
@@ -54,6 +54,7 @@ from tests.support.turn_client import (
 )
 
 PEER2 = ("5.6.7.8", 6000)
+BINDING_REQUEST = stun.encode(stun.BINDING, stun.REQUEST, TID, {})
 
 
 # -- Binding --------------------------------------------------------------------------------
@@ -607,19 +608,49 @@ def test_byte_quota_per_allocation() -> None:
 
 
 def test_bandwidth_cap_is_one_bucket_for_all_allocations() -> None:
-    server = make_server(bandwidth_bytes_per_s=2000.0)  # burst: max(0.5 s, 1500 B) = 1500
+    # burst: max(0.2 s, 1500 B) = 1500; each 200-byte payload leaves as a 228-byte packet
+    server = make_server(bandwidth_bytes_per_s=2000.0)
     alice = TurnClient(server)
     bob = TurnClient(server, Client(UDP, ("198.51.100.8", 1)), who="bob")
     for who in (alice, bob):
         who.allocate()
         who.bind(0x4000, PEER)
-    sent = [alice.send(channel_data(0x4000, b"a" * 200)) != [] for _ in range(4)]
-    sent += [bob.send(channel_data(0x4000, b"b" * 200)) != [] for _ in range(4)]
-    assert sent == [True] * 7 + [False]  # 7 x 200 = 1400 of the 1500 burst
-    assert server.stats["drop_bandwidth_cap"] == 1
-    assert bob.send(channel_data(0x4000, b"b" * 200), NOW + 0.0625) != []  # +125 B
-    assert bob.send(channel_data(0x4000, b"b" * 200), NOW + 0.0625) == []  # 25 B left
-    assert alice.send(channel_data(0x4000, b"a" * 200), NOW + 0.25) != []  # +375 B
+    later = NOW + 10  # the answers above are paid for, the bucket is full again
+    sent = [alice.send(channel_data(0x4000, b"a" * 200), later) != [] for _ in range(4)]
+    sent += [bob.send(channel_data(0x4000, b"b" * 200), later) != [] for _ in range(4)]
+    assert sent == [True] * 6 + [False] * 2  # 6 x 228 = 1368 of the 1500 burst
+    assert server.stats["drop_bandwidth_cap"] == 2
+    assert bob.send(channel_data(0x4000, b"b" * 200), later + 0.0625) != []  # 132 + 125 B
+    assert bob.send(channel_data(0x4000, b"b" * 200), later + 0.0625) == []  # 29 B left
+    assert alice.send(channel_data(0x4000, b"a" * 200), later + 0.25) != []  # +375 B
+
+
+def test_answers_count_against_the_cap_and_relayed_packets_wait_them_out() -> None:
+    server = make_server(bandwidth_bytes_per_s=2000.0)
+    alice = TurnClient(server)
+    alice.allocate()
+    alice.bind(0x4000, PEER)
+    bucket = server.data.bucket
+    for _ in range(20):  # Binding answers go out whatever the cap (and run it into debt)
+        assert server.receive(BINDING_REQUEST, CLIENT, NOW) != []
+    assert bucket.tokens < 0
+    assert alice.send(channel_data(0x4000, b"a" * 200), NOW) == []
+    debt_paid_s = (228 - bucket.tokens) / 2000
+    assert alice.send(channel_data(0x4000, b"a" * 200), NOW + debt_paid_s - 0.01) == []
+    assert alice.send(channel_data(0x4000, b"a" * 200), NOW + debt_paid_s + 0.01) != []
+
+
+def test_refusing_allocations_keeps_the_granted_ones_relaying() -> None:
+    server = make_server()
+    alice = TurnClient(server)
+    alice.allocate()
+    alice.bind(0x4000, PEER)
+    server.refusing_allocations = True
+    bob = TurnClient(server, Client(UDP, ("198.51.100.8", 1)), who="bob")
+    response, _ = bob.request(Method.ALLOCATE, {"REQUESTED-TRANSPORT": 17 << 24})
+    assert response.error_code == 508
+    assert server.stats["refused_allocation_shedding"] == 1
+    assert alice.send(channel_data(0x4000, b"a" * 200)) != []  # a call in progress goes on
 
 
 def test_snapshot_is_exact() -> None:
@@ -682,3 +713,44 @@ def test_configuration_misuse() -> None:
         TurnLimits(default_lifetime_s=4000)
     with pytest.raises(LocalProtocolError):
         TurnLimits(max_allocations=0)
+
+
+def test_oldest_first_hands_a_congested_second_out_by_age() -> None:
+    first = OldestFirst(1000.0)
+    for t in (10.0, 10.5, 11.0, 11.5, 12.0, 12.5):  # one call, 600 B/s: fits
+        assert first.admits(1, 300, t)
+    assert first.admits(1, 300, 13.0) and first.admits(1, 300, 13.5)
+    assert all(first.admits(2, 250, 13.0 + i / 4) for i in range(4))  # a newcomer: 1000 B/s
+    assert first.allowance is None  # second 12 fitted: nobody held back in second 13
+    # second 13 asked for 1600 B/s: the older call keeps its 600 (+25 %), the newcomer 250
+    assert first.admits(1, 300, 14.0) and first.admits(1, 300, 14.5)
+    assert [first.admits(2, 250, 14.0 + i / 4) for i in range(4)] == [True, False, False, False]
+    assert first.allowance == {1: 750.0, 2: 250.0}
+
+
+def test_a_flood_of_new_allocations_cannot_cut_a_call_in_progress() -> None:
+    server = make_server(bandwidth_bytes_per_s=3000.0)
+    old = TurnClient(server)
+    old.allocate()
+    old.bind(0x4000, PEER)
+    new = TurnClient(server, Client(UDP, ("198.51.100.8", 1)), who="bob")
+    new.allocate()
+    new.bind(0x4000, PEER)
+    sent = {"old": 0, "new": 0}
+    passed = {"old": 0, "new": 0}
+    old_lost_at: list[float] = []
+    for tick in range(10 * 20):  # 10 s in 50-ms ticks
+        now = NOW + 10 + tick / 20
+        senders = [("old", old)] if tick % 2 == 0 else []  # 10 packets/s: 2280 B/s
+        senders += [("new", new)] * (2 if tick >= 40 else 0)  # from 2 s on: 40 packets/s
+        for name, client in senders:
+            sent[name] += 1
+            went = client.send(channel_data(0x4000, b"x" * 200), now) != []
+            passed[name] += went
+            if name == "old" and not went:
+                old_lost_at.append(now - NOW - 10)
+    # the call in progress loses packets only as the flood begins (the demand is seen a
+    # second later, and the bucket the newcomer emptied refills), never after
+    assert sent["old"] == 100 and all(2 <= at <= 3.0 for at in old_lost_at), old_lost_at
+    assert passed["new"] < sent["new"] / 4  # the newcomer: what is left of 3000 B/s
+    assert server.stats["drop_bandwidth_newest_first"] > 0

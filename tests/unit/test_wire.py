@@ -59,6 +59,10 @@ from peerphone.wire import (
     Promote,
     Publish,
     PublishAck,
+    ReachCheck,
+    ReachEcho,
+    ReachProbe,
+    ReachResult,
     Redirect,
     Signal,
     SignalAck,
@@ -137,6 +141,10 @@ SAMPLES: list[Message] = [
     IndirectAck(seq=13, target=KEYS[2].public),
     Join(record=MEMBERS[2], offset=0),
     MembershipPage(members=MEMBERS, offset=0, total=3),
+    ReachCheck(req=24, node=KEYS[2].public, udp="10.99.0.7:4433", tcp="tcp://10.99.0.7:443"),
+    ReachResult(req=25, node=KEYS[2].public, reached=False, declined=True, reason="busy"),
+    ReachProbe(nonce=bytes(range(16))),
+    ReachEcho(nonce=b"\xff" * 32),
     Store(req=14, records=[NAME, PRESENCE]),
     StoreAck(req=15, accepted=2, reason="é ünïcödé"),
     Fetch(req=16, key=bytes(range(32))),
@@ -217,7 +225,7 @@ def raw(obj: object) -> bytes:
 
 
 def test_samples_cover_every_message_type() -> None:
-    assert len(MESSAGE_TYPES) == 31
+    assert len(MESSAGE_TYPES) == 35
     assert {type(m) for m in SAMPLES} == set(MESSAGE_TYPES)
     assert len(SAMPLES) == len(MESSAGE_TYPES)
 
@@ -426,6 +434,10 @@ WIRE_TAGS: dict[type[msgspec.Struct], int] = {
     FetchResult: 29,
     Subscribe: 30,
     Notify: 31,
+    ReachCheck: 32,
+    ReachResult: 33,
+    ReachProbe: 34,
+    ReachEcho: 35,
     Signal: 40,
     SignalAck: 41,
     SignalRelay: 42,

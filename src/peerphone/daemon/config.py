@@ -20,8 +20,10 @@ from typing import Any
 import tomli_w
 
 from peerphone import endpoints
+from peerphone.daemon.duty import parse_quiet_hours
 from peerphone.endpoints import TCP, UDP, Endpoint, EndpointError
 from peerphone.errors import PeerphoneError
+from peerphone.overlay.election import ElectionConfig
 from peerphone.records import valid_username
 from peerphone.runtime.link_limits import (
     MAX_LINKS,
@@ -109,11 +111,39 @@ def resolve_bootstrap(text: str) -> list[Endpoint]:
 
 @dataclass(slots=True)
 class ShareConfig:
-    """What the owner agrees to give the network if the node becomes a supernode."""
+    """What the owner agrees to give the network if the node becomes a supernode: the caps
+    `daemon/duty.py` enforces (bandwidth as whole IP packets sent, kbit/s = 1000 bit/s)."""
 
-    max_clients: int = 600  # admission limit on attached clients
-    up_kbps: int = 2_000  # declared upload to spare (the relay cap of a later stage)
-    cpu_percent: int = 50  # declared spare CPU, in percent of one core
+    max_clients: int = 600  # clients served at most; 0: never a supernode
+    up_kbps: int = 2_000  # the relay's cap: what its sockets send; 0: no relay
+    directory_kbps: int = 1_000  # directory and signaling: what the overlay sends
+    day_mb: int = 5_000  # both categories, both ways, per UTC day (MB = 10^6 B); 0: no cap
+    month_mb: int = 50_000  # ... per UTC month; 0: no cap
+    cpu_percent: int = 50  # of one core, the node process (getrusage)
+    only_when_idle: bool = False  # step down while the owner is in a call or the machine busy
+    quiet_hours: str = ""  # "23:00-07:00": no duty then (local time); "": none
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first impossible value (`share.KEY: ...`)."""
+        for key, (low, high, unit) in SHARE_RANGES.items():
+            value = getattr(self, key)
+            if not low <= value <= high:
+                raise ConfigError(f"share.{key}: {value} is impossible: {low}-{high} {unit}")
+        try:
+            parse_quiet_hours(self.quiet_hours)
+        except ValueError as exc:
+            raise ConfigError(f"share.quiet_hours: {exc}") from None
+
+
+# what each numeric [share] setting may be: (lowest, highest, unit)
+SHARE_RANGES = {
+    "max_clients": (0, 100_000, "clients (0: never a supernode)"),
+    "up_kbps": (0, 10_000_000, "kbit/s (0: no relay)"),
+    "directory_kbps": (16, 10_000_000, "kbit/s"),
+    "day_mb": (0, 100_000_000, "MB (0: no cap)"),
+    "month_mb": (0, 1_000_000_000, "MB (0: no cap)"),
+    "cpu_percent": (1, 100, "percent of one core"),
+}
 
 
 @dataclass(slots=True)
@@ -130,7 +160,8 @@ class NodeConfig:
     auto_answer: bool = False  # answer incoming calls by themselves (headless nodes)
     answer_play: str = ""  # WAV file played to callers we auto-answer (silence if empty)
     answer_record: str = ""  # directory where auto-answered calls are recorded
-    relay_allow: list[str] = field(default_factory=list)  # CIDRs our relay may reach anyway
+    # CIDRs our relay (and our dial-backs of candidates) may reach anyway
+    relay_allow: list[str] = field(default_factory=list)
     turn_port: int = 3478  # STUN/TURN over UDP, when a supernode (0: any free port)
     # QUIC links in all; inbound ones per source address and per /24 (/48) prefix
     # (runtime/link_limits.py)
@@ -140,6 +171,15 @@ class NodeConfig:
     # loopback sources skip those two bounds (docs/decisions/0013-link-limits.md)
     links_loopback_exempt: bool = True
     share: ShareConfig = field(default_factory=ShareConfig)
+    # the election this node applies as a supernode (overlay/election.py): a lab lowers
+    # the water marks to make the tier ask for candidates at once. Upload is measured from
+    # real transfers (a lower bound), so its threshold is about one call's worth
+    election_high_water: float = 300.0  # mean clients per supernode: the tier grows above
+    election_low_water: float = 100.0  # ... and shrinks below
+    election_min_uptime_s: int = 600  # typical session length, from the session history
+    election_min_up_kbps: int = 100
+    election_min_cpu_score: int = 50  # spare CPU, hundredths of a core
+    election_min_attached_s: float = 60.0  # seen attached by its promoter at least this long
 
     def link_limits(self) -> LinkLimitsConfig:
         """The link limits these settings ask for (checked by `check`)."""
@@ -151,8 +191,22 @@ class NodeConfig:
             loopback_exempt=self.links_loopback_exempt,
         )
 
+    def election(self) -> ElectionConfig:
+        """The election these settings ask for, with candidates dialled back."""
+        return ElectionConfig(
+            high_water=self.election_high_water,
+            low_water=self.election_low_water,
+            min_uptime_s=self.election_min_uptime_s,
+            min_up_kbps=self.election_min_up_kbps,
+            min_cpu_score=self.election_min_cpu_score,
+            verify_reachability=True,
+            min_attached_s=self.election_min_attached_s,
+        )
+
     def check(self) -> None:
         """Raise ConfigError unless every value is usable."""
+        if self.role == "supernode" and self.share.max_clients == 0:
+            raise ConfigError("share.max_clients: 0 means never a supernode, but role is supernode")
         if not valid_username(self.name):
             raise ConfigError(
                 f"name {self.name!r} is not valid: 1-32 of a-z, 0-9, '.', '_', '-'"
@@ -202,11 +256,12 @@ class NodeConfig:
             raise ConfigError(
                 f"answer_record (--answer-record): {self.answer_record}: not writable"
             )
-        share = self.share
-        if not 1 <= share.max_clients <= 100_000:
-            raise ConfigError("share.max_clients: 1-100000")
-        if not 0 <= share.up_kbps <= 10_000_000 or not 0 <= share.cpu_percent <= 100:
-            raise ConfigError("share.up_kbps: 0-10000000, share.cpu_percent: 0-100")
+        if not 0 < self.election_low_water < self.election_high_water <= 100_000:
+            raise ConfigError("need 0 < election_low_water < election_high_water <= 100000")
+        for key in ("min_uptime_s", "min_up_kbps", "min_cpu_score", "min_attached_s"):
+            if not 0 <= getattr(self, "election_" + key) <= 10**7:
+                raise ConfigError(f"election_{key}: 0-10000000")
+        self.share.check()
 
 
 def apply_options(config: NodeConfig, options: Mapping[str, Any]) -> None:
@@ -252,13 +307,15 @@ def _typed(section: type[Any], data: dict[str, Any], where: str) -> dict[str, An
             else type(value) is type(default)
         )
         if not ok:
-            raise ConfigError(f"{where}{key}: expected {type(default).__name__}")
+            raise ConfigError(f"{where}{key}: expected {type(default).__name__}, not {value!r}")
         out[key] = value
     return out
 
 
 def load_config(data_dir: Path) -> NodeConfig:
-    """The saved configuration, or the defaults when there is none yet (not yet checked)."""
+    """The saved configuration, or the defaults when there is none yet (not yet checked:
+    see `checked_config`). A file that is not TOML, has an unknown key or a value of the
+    wrong type is a `ConfigError` naming the file, the line and the reason."""
     path = data_dir / CONFIG_FILE
     if not path.exists():
         return NodeConfig()
@@ -266,10 +323,67 @@ def load_config(data_dir: Path) -> NodeConfig:
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return NodeConfig(**_typed(NodeConfig, data, ""))
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 ({exc.reason})") from None
+    except tomllib.TOMLDecodeError as exc:
+        found = re.search(r"\s*\(at line (\d+), column \d+\)", str(exc))
+        if found is None:
+            raise ConfigError(f"{path}: {exc}") from None
+        reason = str(exc).replace(found.group(0), "")
+        raise ConfigError(f"{path}:{found.group(1)}: {reason}") from None
+    try:
+        return NodeConfig(**_typed(NodeConfig, data, ""))
+    except ConfigError as exc:
+        raise located(exc, path, text) from None
+
+
+def key_line(text: str, key: str) -> int:
+    """The line (from 1) of `text` that sets the dotted `key` (`share.cpu_percent`: inside
+    the `[share]` table), or that opens the table `key`; 0 when none does."""
+    table, _, name = key.rpartition(".")
+    current = ""
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            current = stripped.strip("[] ")
+            if current == key:
+                return number
+            continue
+        if current == table and re.match(rf"{re.escape(name)}\s*=", stripped):
+            return number
+    return 0
+
+
+def setting_of(error: ConfigError) -> str:
+    """The setting an error is about: the first word of its message (`share.up_kbps: ...`,
+    `role 'boss': ...`, `answer_play (--answer-play): ...`)."""
+    return re.split(r"[\s:]", str(error), maxsplit=1)[0]
+
+
+def located(error: ConfigError, path: Path, text: str) -> ConfigError:
+    """`error` about a setting of the file at `path` (holding `text`), as `FILE:LINE: ...`."""
+    line = key_line(text, setting_of(error))
+    return ConfigError(f"{path}:{line}: {error}" if line else f"{path}: {error}")
+
+
+def checked_config(data_dir: Path, options: Mapping[str, Any]) -> NodeConfig:
+    """The saved configuration with the command line's `options` over it, checked: an
+    impossible value from the file is a `ConfigError` naming the file and its line."""
+    config = load_config(data_dir)
+    apply_options(config, options)
+    try:
+        config.check()
+    except ConfigError as exc:
+        key = setting_of(exc)
+        option = "max_clients" if key == "share.max_clients" else key
+        path = data_dir / CONFIG_FILE
+        text = path.read_text("utf-8") if path.exists() else ""
+        if options.get(option) is None and key_line(text, key):
+            raise located(exc, path, text) from None
+        raise
+    return config
 
 
 def save_config(data_dir: Path, config: NodeConfig) -> None:

@@ -7,6 +7,7 @@
     DIR/contacts.toml   the buddy list with the user key pinned at first sight, 0600
     DIR/control.json    where the running node's control API listens and its token, 0600
     DIR/node.log        structured log (JSON lines), 0600
+    DIR/sessions.json   session history and measured upload (measure.py), 0600
 
 DIR itself is 0700, made so at every start (`create`) even if it existed before.
 

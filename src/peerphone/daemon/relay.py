@@ -10,7 +10,10 @@ client node at most one fresh credential a minute (`CredentialIssuer`: asking so
 the one it has); the relay's quotas count per client node, not per credential. The relay
 refuses special address ranges unless the owner allowed them (`relay_allow`), never
 reaches this node itself (its sockets, addresses and relayed ports: `nat/own.py`), and
-its bandwidth is capped at the `share.up_kbps` the owner agreed to.
+its bandwidth is capped at the `share.up_kbps` the owner agreed to (whole IP packets it
+sends; `up_kbps = 0`: no relay). When the node stops being a supernode (except when it
+stops altogether) the relay *drains*: no new credentials, new allocations refused, the
+granted ones relayed until they end, at most `MAX_DRAIN_S`; then it stops.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from peerphone.identity import NodeId
 from peerphone.nat.addrfilter import AddressFilter
 from peerphone.nat.credentials import CredentialIssuer
 from peerphone.nat.events import AllocationSnapshot
-from peerphone.nat.limits import WireCount
+from peerphone.nat.limits import MAX_LIFETIME_S, WireCount
 from peerphone.nat.server import TurnService
 from peerphone.nat.turn import TurnServer
 from peerphone.runtime.node_runtime import NodeRuntime
@@ -38,6 +41,7 @@ from peerphone.runtime.tcp_carrier import refuse_other
 
 log = logging.getLogger("peerphone.relay")
 
+MAX_DRAIN_S = float(MAX_LIFETIME_S)  # one allocation's longest lifetime
 CREDENTIAL_TTL_S = 600.0  # what a TurnGrant is valid for; clients ask again before expiry
 CREDENTIAL_USER_HEX_CHARS = 32  # the client's node id in its username: 128 bits of it
 SECRET_BYTES = 32
@@ -56,16 +60,27 @@ class Relay:
         self._stats: Counter[str] = Counter()
         self.wire = WireCount()  # what its sockets moved, over every start (`sharing.py`)
         self.failure = ""  # why the relay could not start (shown by status), "" if it did
+        self.draining_since: float | None = None  # runtime clock: when draining began
+        self.shedding = False  # the owner's caps refuse new allocations (daemon/duty.py)
 
     @property
     def running(self) -> bool:
         return self.turn is not None
 
     async def start(self) -> None:
+        if self.turn is not None and self.draining_since is not None:
+            self.draining_since = None  # a supernode again before the last calls ended
+            self._runtime().core.set_turn_issuer(self._issue)
+            self.refuse_allocations(self.shedding)
+            log.info("relay: granting again")
         if self.turn is not None or self.failure:
             return  # running, or known not to run (its port is taken)
         runtime = self._runtime()
         cfg = self.config
+        if not cfg.share.up_kbps:
+            self.failure = "share.up_kbps = 0: the owner shares no relay"
+            log.info("not running a relay: %s", self.failure)
+            return
         advertised = self._advertised_host()
         bound = runtime.address
         if advertised is None or bound is None:
@@ -108,6 +123,7 @@ class Relay:
             runtime.links.tcp.on_other = turn.on_other
             urls.append(f"turn:{_host(advertised)}:{runtime.tcp_address[1]}?transport=tcp")
         self.turn, self.urls = turn, urls
+        self.refuse_allocations(self.shedding)
         runtime.core.set_turn_issuer(self._issue)
         log.info(
             "relay on %s (TURN over TCP: %s)",
@@ -120,7 +136,33 @@ class Relay:
         grant = self._issuer.issue(client.hex()[:CREDENTIAL_USER_HEX_CHARS], now)
         return list(self.urls), grant.username, grant.password, float(grant.expires_at)
 
+    def refuse_allocations(self, refuse: bool) -> None:
+        """Refuse new allocations (the owner's caps) or take them again (unless draining)."""
+        self.shedding = refuse
+        if self.turn is not None:
+            self.turn.core.refusing_allocations = refuse or self.draining_since is not None
+
+    def drain(self) -> None:
+        """Stop granting, keep relaying the allocations granted (calls in progress)."""
+        if self.turn is None or self.draining_since is not None:
+            return
+        runtime = self._runtime()
+        self.draining_since = runtime.now()
+        runtime.core.set_turn_issuer(None)
+        self.turn.core.refusing_allocations = True
+        log.info("relay draining: %d allocation(s) relayed until they end", self.allocations())
+
+    def drained(self) -> bool:
+        """Whether a draining relay may stop now: nothing left to relay, or too long."""
+        if self.turn is None or self.draining_since is None:
+            return False
+        return not self.allocations() or self._runtime().now() - self.draining_since > MAX_DRAIN_S
+
+    def allocations(self) -> int:
+        return len(self.turn.core.table.by_id) if self.turn is not None else 0
+
     async def stop(self) -> None:
+        self.draining_since = None
         turn, self.turn = self.turn, None
         if turn is None:
             return
@@ -156,6 +198,8 @@ class Relay:
             "allocations": len(snap.allocations),
             "rate_kbps": round(snap.rate_bytes_per_s * 8 / 1000, 2),
             "cap_kbps": round(snap.cap_bytes_per_s * 8 / 1000, 2),
+            "draining": self.draining_since is not None,
+            "refusing_allocations": self.turn.core.refusing_allocations,
             "total_bytes_relayed": snap.total_bytes_relayed,
             "per_allocation": [_allocation(a) for a in snap.allocations],
             "drops": {k: v for k, v in snap.drops.items() if v},

@@ -21,7 +21,9 @@ from typing import Any
 from peerphone.daemon.calls import CallManager
 from peerphone.daemon.config import ConfigError, NodeConfig, checked_endpoint, resolve_bootstrap
 from peerphone.daemon.datadir import Contact, DataDir
+from peerphone.daemon.duty_keeper import DutyKeeper, client_reason, consents
 from peerphone.daemon.logs import ErrorDigest
+from peerphone.daemon.measure import Measurements, log_promotion_check
 from peerphone.daemon.pins import Pins
 from peerphone.daemon.policy import Policy
 from peerphone.daemon.relay import Relay
@@ -36,6 +38,7 @@ from peerphone.endpoints import (
 )
 from peerphone.errors import LocalProtocolError, PeerphoneError
 from peerphone.identity import KeyPair, SignatureVerifier, short
+from peerphone.nat.addrfilter import AddressFilter
 from peerphone.overlay.client import ClientState
 from peerphone.overlay.events import (
     Attached,
@@ -50,6 +53,7 @@ from peerphone.overlay.events import (
     KeyChanged,
     KeyPinned,
     PresenceChanged,
+    PromotionChecked,
     Published,
     PublishRefused,
     RoleChanged,
@@ -57,7 +61,7 @@ from peerphone.overlay.events import (
 from peerphone.overlay.membership import MembershipConfig
 from peerphone.overlay.node import NodeCore
 from peerphone.overlay.supernode import SupernodeConfig
-from peerphone.records import Capacity, Status, valid_username
+from peerphone.records import Status, valid_username
 from peerphone.runtime.node_runtime import NodeRuntime
 from peerphone.wire import ReasonCode
 
@@ -126,6 +130,8 @@ class NodeService:
         self.calls = CallManager(config, lambda: self.runtime)
         self.relay = Relay(config, lambda: self.runtime)
         self.sharing = Sharing(self)  # what it gives the network: `peerphone sharing`
+        self.duty = DutyKeeper(self)  # the owner's caps on it (daemon/duty.py)
+        self.sharing.after_sample, self.sharing.duty_view = self.duty.tick, self.duty.view
         self.pins = Pins(data.path)
         if policy is not None:  # calls to and from users outside its allow-list: refused
             self.calls.refusal = lambda name: policy.call_refusal(name, self.core.pins().get(name))
@@ -145,6 +151,8 @@ class NodeService:
     async def start(self) -> None:
         cfg = self.config
         self.data.create()
+        # session history, upload, spare CPU: what we report is measured, never claimed
+        self.measure = Measurements(self.data.path, lambda: bool(self.calls.calls), time.time())
         node_keys, user_keys, self.first_start = self.data.keys()
         self.node_keys, self.user_keys = node_keys, user_keys
         self.contacts = {c.name: c for c in self.data.load_contacts()}
@@ -152,9 +160,11 @@ class NodeService:
         core = self._make_core(node_keys, user_keys, trusted)
         endpoints = self._bootstrap_endpoints()
         runtime = self._make_runtime(core, node_keys, endpoints)
+        runtime.may_dial = AddressFilter(cfg.relay_allow).allows  # dial-backs: as the relay
         self._runtime = runtime
         await runtime.start()
         self._advertise(runtime, endpoints)
+        core.set_capacity(self.measure.report(runtime, cfg.share))  # with our ports
         self._take_role(core, runtime)
         runtime.login()
         if self.contacts:
@@ -206,13 +216,14 @@ class NodeService:
             cfg.name,
             random.SystemRandom(),
             SignatureVerifier(),
-            capacity=self._capacity(),
+            capacity=self.measure.report(None, cfg.share),
             supernode_config=SupernodeConfig(
                 max_clients=cfg.share.max_clients,
                 max_backups=2 * cfg.share.max_clients,
                 membership=MembershipConfig(dial_back=True),  # joiners are dialled back
+                election=cfg.election(),  # and candidates, before a promotion
             ),
-            may_serve=cfg.role != "client",
+            may_serve=consents(cfg, self.policy),
         )
         if self.policy is not None:  # never serves; attaches only to the listed supernodes
             core.restrict_supernodes(self.policy.node_ids())
@@ -243,19 +254,10 @@ class NodeService:
 
     def _take_role(self, core: NodeCore, runtime: NodeRuntime) -> None:
         """A configured supernode serves at once; otherwise say why we are a client."""
-        now = runtime.now()
         if self.config.role == "supernode":
-            sn = core.become_supernode(now, "configured: --role supernode", seed=True)
-            runtime.drive(core.join_known_tier(now))
-            core.learn_supernodes([sn.record], now)  # our own user may attach to us
+            self.duty.serve("configured: --role supernode")
         else:
-            self.role_reason = (
-                f"client: managed by {self.policy.path} (never serves)"
-                if self.policy is not None
-                else "client: --role client (never serves)"
-                if self.config.role == "client"
-                else "client: not elected (role auto: serves only when the tier asks)"
-            )
+            self.role_reason = client_reason(self.config, self.policy)
 
     def _advertise(self, runtime: NodeRuntime, endpoints: list[Endpoint]) -> None:
         """What member and presence records tell others to dial: UDP first, then TCP.
@@ -296,6 +298,7 @@ class NodeService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._save_host_cache()
+        self.measure.save(time.time())
         self.data.save_contacts(list(self.contacts.values()))
         await runtime.stop(notify=True)
         log.info("stopped")
@@ -377,7 +380,10 @@ class NodeService:
     def _on_role_changed(self, event: RoleChanged, out: dict[str, Any]) -> None:
         self.role_reason = event.reason
         self.sharing.role_changed(event.supernode, event.reason)
-        self._spawn(self.relay.start() if event.supernode else self.relay.stop())
+        if event.supernode:
+            self._spawn(self.relay.start())
+        else:  # calls in progress keep their relay (the duty keeper stops it once drained)
+            self.relay.drain()
         out.update(supernode=event.supernode, reason=event.reason)
         log.info("role: %s (%s)", "supernode" if event.supernode else "client", event.reason)
 
@@ -445,7 +451,9 @@ class NodeService:
         next_save = time.monotonic() + HOST_CACHE_SAVE_S
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
-            self.core.set_capacity(self._capacity())
+            self.measure.tick(time.time(), sum(f.up for f in self.sharing.readings().values()))
+            self.core.serve_veto = self.measure.veto()
+            self.core.set_capacity(self.measure.report(self.runtime, self.config.share))
             if self.core.attached()[0] is not None and self._relay_worth_asking():
                 self._turn_asked = time.monotonic()
                 self.calls.refresh_turn()
@@ -513,17 +521,6 @@ class NodeService:
             self.data.save_host_cache(self.core.host_cache_records())
         except OSError as exc:
             log.warning("could not save the host cache: %s", exc)
-
-    def _capacity(self) -> Capacity:
-        share = self.config.share
-        _, (host, _) = checked_endpoint(self.config.listen)
-        return Capacity(
-            reachable=ipaddress.ip_address(host).is_global,
-            uptime_s=int(time.time() - self.started_at),
-            up_kbps=share.up_kbps,
-            down_kbps=share.up_kbps,
-            cpu_score=share.cpu_percent,
-        )
 
     # -- what the control API offers --------------------------------------------------------
 
@@ -596,4 +593,5 @@ EVENT_HANDLERS: dict[type, Callable[[NodeService, Any, dict[str, Any]], None]] =
     RoleChanged: NodeService._on_role_changed,
     Attached: NodeService._on_attached,
     AttachLost: NodeService._on_attach_lost,
+    PromotionChecked: lambda service, event, out: log_promotion_check(event, out),
 }

@@ -71,6 +71,10 @@ COUNTED = {
     "ChannelData and Send/Data to and from clients), the relayed sockets' datagrams to and "
     "from peers, TURN over TCP",
 }
+CAP_COUNTS = {  # what each bandwidth cap counts and how it holds (daemon/duty.py)
+    DIRECTORY: "what the overlay sends (over a 10-s budget: shed duty)",
+    RELAY: "what the relay sends (packets over it dropped; new calls refused at 80 %)",
+}
 BYTES = (
     "whole IP packets: UDP payload plus IP and UDP headers (28 bytes per IPv4 datagram, 48 "
     "per IPv6), as a firewall counts them; over TCP the stream bytes (no TCP/IP headers)"
@@ -283,6 +287,9 @@ class Sharing:
         self._meter: SharingMeter | None = None  # once the ledger is loaded
         self._cpu_samples: deque[tuple[float, float]] = deque(maxlen=RATE_WINDOW_S + 1)
         self._roles_seen = False  # a role change recorded by this run (older ones: saved)
+        # called with the time after each second's sample (the duty keeper: the caps)
+        self.after_sample: Callable[[float], None] = lambda now: None
+        self.duty_view: Callable[[float], dict[str, Any] | None] = lambda now: None
 
     @property
     def path(self) -> Path:
@@ -343,9 +350,14 @@ class Sharing:
         try:
             while True:
                 await asyncio.sleep(SAMPLE_INTERVAL_S)
-                self.sample()
+                now = self.sample()
                 mono = time.monotonic()
                 self._cpu_samples.append((mono, self.cpu()))
+                try:
+                    self.after_sample(now)
+                except Exception:  # a bug in the caps' bookkeeping must not stop sharing
+                    service.runtime.stats["internal_errors"] += 1
+                    log.exception("supernode duty failed")
                 if mono >= next_event and service.listeners:
                     next_event = mono + EVENT_INTERVAL_S
                     service.broadcast({"type": "Sharing", **self.view()})
@@ -356,19 +368,21 @@ class Sharing:
             self.sample()
             self.save()
 
+    def cpu_percent(self) -> float | None:
+        """CPU the node process used, in percent of one core, over the last few seconds
+        (from getrusage: user and system, all threads); None before two samples."""
+        if len(self._cpu_samples) < 2:
+            return None
+        (then, before), (last, used) = self._cpu_samples[0], self._cpu_samples[-1]
+        return 100 * (used - before) / (last - then) if last > then else None
+
     def _cpu_view(self) -> dict[str, Any]:
-        used = self.cpu()
-        percent = None
-        if self._cpu_samples:
-            then, before = self._cpu_samples[0]
-            seconds = time.monotonic() - then
-            if seconds > 0:
-                percent = round(100 * (used - before) / seconds, 1)
+        percent = self.cpu_percent()
         return {
-            "process_s": round(used, 2),
-            "now_percent": percent,  # of one core, over the last few seconds
+            "process_s": round(self.cpu(), 2),
+            "now_percent": None if percent is None else round(percent, 1),  # of one core
             "cap_percent": self.service.config.share.cpu_percent,
-            "cap_enforced": False,  # declared in [share]; not enforced yet
+            "cap_enforced": True,  # by the shedding ladder (daemon/duty.py)
         }
 
     def view(self) -> dict[str, Any]:
@@ -380,22 +394,23 @@ class Sharing:
         node = service.runtime.core.snapshot()
         sn = node.supernode
         relay = service.relay.sharing()
+        share = service.config.share
         categories = {}
         for category in CATEGORIES:
             up, down = meter.rate(category, now)
+            cap_kbps = share.up_kbps if category == RELAY else share.directory_kbps
             categories[category] = {
                 "counted": COUNTED[category],
                 "now": {"up_bytes_per_s": round(up, 1), "down_bytes_per_s": round(down, 1)},
-                "cap": None,
+                "cap": {
+                    "bytes_per_s": cap_kbps * 1000 / 8,
+                    "counts": CAP_COUNTS[category],
+                    "now_bytes_per_s": round(up, 1),
+                },
+                # the volume caps count both categories together: see "volume"
                 "today": {**ledger.today[category].view(), "cap_bytes": None},
                 "month": {**ledger.this_month[category].view(), "cap_bytes": None},
                 "since_start": meter.since_start[category].view(),
-            }
-        if relay is not None:
-            categories[RELAY]["cap"] = {
-                "bytes_per_s": round(relay["cap_kbps"] * 1000 / 8, 1),
-                "counts": "relayed payload, both ways together",
-                "now_bytes_per_s": round(relay["rate_kbps"] * 1000 / 8, 1),
             }
         policy = service.policy
         return {
@@ -403,19 +418,29 @@ class Sharing:
             "role": "supernode" if sn is not None else "client",
             "role_reason": service.role_reason,
             "role_changes": [change.view() for change in ledger.roles],
-            "consented": service.config.role != "client",
+            "consented": service.config.role != "client"
+            and share.max_clients > 0
+            and policy is None,
             "managed": policy.view() if policy is not None else None,
             "bytes": BYTES,
             "window_s": meter.window_s,
             "day": ledger.day,
             "month": ledger.month,
             "categories": categories,
+            "volume": {  # both categories, both ways, against the day's and month's caps
+                "today_bytes": sum(f.up + f.down for f in ledger.today.values()),
+                "today_cap_bytes": share.day_mb * 1_000_000 or None,
+                "month_bytes": sum(f.up + f.down for f in ledger.this_month.values()),
+                "month_cap_bytes": share.month_mb * 1_000_000 or None,
+            },
+            "duty": self.duty_view(now),
             "clients_served": sn.clients_served if sn is not None else 0,
             "backup_for": sn.backup_for if sn is not None else 0,
             "max_clients": service.config.share.max_clients,
             "records_held": sn.records_held if sn is not None else 0,
             "relay": {
                 "running": relay is not None,
+                "draining": relay is not None and relay["draining"],  # calls in progress only
                 "problem": service.relay.failure or None,
                 "urls": relay["urls"] if relay is not None else [],
                 "sessions": relay["per_allocation"] if relay is not None else [],

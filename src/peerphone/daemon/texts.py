@@ -116,12 +116,15 @@ def _sharing(st: dict[str, Any]) -> list[tuple[str, str]]:
     sharing = st["sharing"]
     caps = sharing["limits"]
     cap_text = (
-        f"at most {caps['max_clients']} clients, {caps['up_kbps']} kbit/s of upload, "
+        f"at most {caps['max_clients']} clients, relay {caps['up_kbps']} kbit/s, directory "
+        f"and signaling {caps['directory_kbps']} kbit/s, "
         f"{caps['cpu_percent']} % of one CPU core ([share] in config.toml)"
     )
     sn = st["supernode"]
     if sn is None:
         if not sharing["consented"]:
+            if not caps["max_clients"]:
+                return [("sharing", "nothing: [share] max_clients = 0 never serves others")]
             return [("sharing", "nothing: --role client never serves others")]
         return [("sharing", "nothing now; as a supernode it would give " + cap_text)]
     rows = [
@@ -340,8 +343,31 @@ def _cap_text(cap: dict[str, Any] | None) -> str:
     return f"cap {limit * 8 / 1000:g} kbit/s of {cap['counts']}: {_kbits(used)}{share}"
 
 
-def _period_cap(cap_bytes: int | None) -> str:
-    return "no cap set" if cap_bytes is None else f"cap {size(cap_bytes)}"
+def _volume_text(volume: dict[str, Any]) -> str:
+    def one(used: int, cap: int | None) -> str:
+        return f"{size(used)}" + (f" of {cap / 1e6:g} MB ({100 * used / cap:.0f} %)" if cap else "")
+
+    return (
+        f"today {one(volume['today_bytes'], volume['today_cap_bytes'])}, this month "
+        f"{one(volume['month_bytes'], volume['month_cap_bytes'])} (both categories, both ways)"
+    )
+
+
+def _duty_rows(duty: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The shedding ladder: its step and why, the caps reached, the steps taken."""
+    if duty is None:
+        return []
+    step = duty["step"] + (f" ({duty['reason']})" if duty["reason"] else "")
+    rows = [("duty", f"{step}; order: {' -> '.join(duty['order'])}")]
+    rows += [("  reached", f"{r['why']}: asks for {r['asks_for']}") for r in duty["reached"]]
+    taken = ", ".join(f"{label} {n}x" for label, n in duty["taken"].items() if n)
+    rows.append(("  taken", taken or "no step so far"))
+    for i, change in enumerate(duty["changes"][:SHOWN_ROLE_CHANGES]):
+        line = f"{_utc(change['at'])}  {change['from']} -> {change['to']}: {change['reason']}"
+        rows.append(("  changes" if i == 0 else "", line))
+    if duty["declines_promotion"]:
+        rows.append(("  declines", duty["declines_promotion"]))
+    return rows
 
 
 def sharing_text(v: dict[str, Any]) -> str:
@@ -365,15 +391,15 @@ def sharing_text(v: dict[str, Any]) -> str:
             ),
             (
                 "  today",
-                f"{size(today['up_bytes'])} up, {size(today['down_bytes'])} down "
-                f"({v['day']} UTC); {_period_cap(today['cap_bytes'])}",
+                f"{size(today['up_bytes'])} up, {size(today['down_bytes'])} down ({v['day']} UTC)",
             ),
             (
                 "  month",
                 f"{size(month['up_bytes'])} up, {size(month['down_bytes'])} down "
-                f"({v['month']} UTC); {_period_cap(month['cap_bytes'])}",
+                f"({v['month']} UTC)",
             ),
         ]
+    rows.append(("volume", _volume_text(v["volume"])))
     relay = v["relay"]
     sessions = relay["sessions"]
     if not relay["running"]:
@@ -401,6 +427,7 @@ def sharing_text(v: dict[str, Any]) -> str:
         ]
     else:
         rows.append(("clients", "none: only a supernode serves clients and holds records"))
+    rows += _duty_rows(v.get("duty"))
     rows += [
         ("cpu", _cpu_text(v["cpu"], v["window_s"])),
         ("bytes", "whole IP packets (UDP headers included), as a firewall counts them"),
@@ -412,5 +439,5 @@ def sharing_text(v: dict[str, Any]) -> str:
 def _cpu_text(cpu: dict[str, Any], window_s: int) -> str:
     now = cpu["now_percent"]
     measured = "measuring" if now is None else f"{now:.1f} % of one core (last {window_s} s)"
-    enforced = "" if cpu["cap_enforced"] else " (declared, not enforced yet)"
+    enforced = " (enforced: over it, the node sheds duty)" if cpu["cap_enforced"] else ""
     return f"{measured}, {cpu['process_s']:.1f} s since start; cap {cpu['cap_percent']} %{enforced}"

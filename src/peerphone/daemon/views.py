@@ -199,10 +199,11 @@ def status_view(service: StatusSource) -> dict[str, Any]:
             "bootstrap": [_bootstrap_try(service, t) for t in runtime.bootstrap_tries.values()],
         },
         "sharing": {
-            "consented": service.config.role != "client",
+            "consented": service.config.role != "client" and service.config.share.max_clients > 0,
             "limits": {
                 "max_clients": service.config.share.max_clients,
                 "up_kbps": service.config.share.up_kbps,
+                "directory_kbps": service.config.share.directory_kbps,
                 "cpu_percent": service.config.share.cpu_percent,
             },
             "clients_served": supernode["clients_served"] if supernode else 0,

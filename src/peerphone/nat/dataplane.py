@@ -1,8 +1,10 @@
 """The relay's data plane: ChannelData and Send indications from clients, datagrams from
 peers — each checked against its allocation's channels and permissions, the node's own
 addresses (`own.py`: permissions are per IP, so every packet), its byte quota and the
-owner's bandwidth cap, then framed for the other side. This is the hot path:
-no STUN decoding for ChannelData, one dict lookup per check, counters only for drops."""
+owner's bandwidth cap (charged with the whole IP packet that leaves; when the allocations
+ask for more than it, the oldest go first: `OldestFirst`), then framed for the other side.
+This is the hot path: no STUN decoding for ChannelData, one dict lookup per check, counters
+only for drops."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from peerphone.endpoints import Address
 from peerphone.nat import stun
 from peerphone.nat.allocation import Allocation, AllocationTable
 from peerphone.nat.events import TCP, Client, Output, ToClient, ToPeer
-from peerphone.nat.limits import RateMeter, TokenBucket, TurnLimits
+from peerphone.nat.limits import OldestFirst, RateMeter, TokenBucket, TurnLimits, wire_bytes
 from peerphone.nat.own import OWN_RELAYED_PORT, OwnAddresses
 
 
@@ -33,6 +35,7 @@ class DataPlane:
         self.limits = limits
         self.stats = stats
         self.bucket = bucket  # the owner's cap, shared by every allocation
+        self.oldest_first = OldestFirst(bucket.rate)  # under it, calls in progress go first
         self.meter = RateMeter()
         self.rng = rng  # transaction ids of Data indications
         self.own = own  # the node itself: never sent to, never heard from
@@ -92,10 +95,6 @@ class DataPlane:
         if size > self.limits.max_payload_bytes:
             self.stats["drop_oversized"] += 1
             return []
-        if not self._account(alloc, size, now):
-            return []
-        alloc.bytes_from_peers += size
-        alloc.packets_from_peers += 1
         number = alloc.peer_channels.get(peer)
         if number is not None and alloc.channels[number].expires > now:
             frame = bytes((number >> 8, number & 0xFF, size >> 8, size & 0xFF)) + data
@@ -103,6 +102,10 @@ class DataPlane:
                 frame += b"\x00" * (-size % 4)  # ChannelData is padded on streams
         else:
             frame = stun.data_indication(self.rng.randbytes(12), peer, data)
+        if not self._account(alloc, size, wire_bytes(frame, alloc.client.address), now):
+            return []
+        alloc.bytes_from_peers += size
+        alloc.packets_from_peers += 1
         return [ToClient(alloc.client, frame)]
 
     def _to_peer(
@@ -126,7 +129,9 @@ class DataPlane:
         if size > self.limits.max_payload_bytes:
             self.stats["drop_oversized"] += 1
             return []
-        if not self._account(alloc, size, now):
+        # handed over inside the relay: the bucket is charged for what leaves to the client
+        wire = 0 if target is not None else wire_bytes(payload, peer)
+        if not self._account(alloc, size, wire, now):
             return []
         alloc.bytes_to_peers += size
         alloc.packets_to_peers += 1
@@ -138,13 +143,22 @@ class DataPlane:
             return self._to_client(target, payload, alloc.relayed, now)
         return [ToPeer(alloc.id, peer, payload)]
 
-    def _account(self, alloc: Allocation, size: int, now: float) -> bool:
-        """Charge `size` relayed bytes to `alloc`'s quota and the owner's cap."""
+    def _account(self, alloc: Allocation, size: int, wire: int, now: float) -> bool:
+        """Charge `size` relayed payload bytes to `alloc`'s quota, and the `wire` bytes
+        (the whole IP packet that leaves; 0: none leaves) to the owner's cap."""
         if alloc.bytes_to_peers + alloc.bytes_from_peers + size > self.limits.max_allocation_bytes:
             alloc.packets_dropped += 1
             self.stats["drop_allocation_quota"] += 1
             return False
-        if not self.bucket.take(size, now):
+        if (
+            wire
+            and not self.oldest_first.admits(alloc.id, wire, now)
+            and self.bucket.level(now) < self.bucket.capacity / 2
+        ):
+            alloc.packets_dropped += 1
+            self.stats["drop_bandwidth_newest_first"] += 1
+            return False
+        if wire and not self.bucket.take(wire, now):
             alloc.packets_dropped += 1
             self.stats["drop_bandwidth_cap"] += 1
             return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from peerphone.endpoints import Address
 from peerphone.errors import LocalProtocolError
 from peerphone.ranges import parse_ip, range_of
 
@@ -31,7 +32,11 @@ MAX_ALLOCATIONS_PER_PREFIX = MAX_ALLOCATIONS // 10
 MAX_PERMISSIONS_PER_ALLOCATION = 32  # peer IPs (a call's remote candidates: a handful)
 MAX_CHANNELS_PER_ALLOCATION = 32
 MAX_PAYLOAD_BYTES = 1500  # a relayed UDP payload above this is dropped (voice: ~60-160)
-BUCKET_BURST_S = 0.5  # the bandwidth bucket holds this many seconds of the cap
+BUCKET_BURST_S = 0.2  # the bandwidth bucket holds this many seconds of the cap (any 10 s
+# window then carries at most 102 % of the cap)
+ALLOWANCE_SLACK = 0.25  # a call in progress may send this much more than the second before
+IPV4_UDP_HEADER_BYTES = 20 + 8  # what the cap charges per datagram, besides its payload
+IPV6_UDP_HEADER_BYTES = 40 + 8
 RATE_WINDOW_S = 5  # the snapshot's rate averages the last this many whole seconds
 HOUSEKEEPING_INTERVAL_S = 30.0  # expired permissions and channels are purged this often
 # RFC 8656 narrowed channel numbers to 0x4000-0x4FFF, but RFC 5766 clients (coturn's own
@@ -63,6 +68,12 @@ class TurnLimits:
                 raise LocalProtocolError(f"{name} must be positive")
 
 
+def wire_bytes(data: bytes, to: Address) -> int:
+    """What a UDP datagram of `data` to `to` is on the wire, as the cap counts it: the
+    whole IP packet (a TCP client's frame: counted the same, without TCP's own headers)."""
+    return len(data) + (IPV6_UDP_HEADER_BYTES if ":" in to[0] else IPV4_UDP_HEADER_BYTES)
+
+
 def address_prefix(ip: str) -> str:
     """The client range `ip` belongs to for `max_allocations_per_prefix`: its /24 (IPv4,
     also inside ::ffff:0:0/96) or its /48 (IPv6)."""
@@ -91,6 +102,61 @@ class TokenBucket:
             return False
         self.tokens = tokens - size
         return True
+
+    def level(self, now: float) -> float:
+        """The bytes the bucket holds at `now`."""
+        self.take(0, now)
+        return self.tokens
+
+    def charge(self, size: int, now: float) -> None:
+        """`size` bytes that go whatever the bucket holds (answers to requests): the bucket
+        may run into debt, which the packets that `take` asks for then wait out."""
+        self.take(0, now)
+        self.tokens -= size
+
+
+class OldestFirst:
+    """Who goes first when the allocations ask to send more than the cap: the calls in
+    progress. Each whole second, if what they asked for in the second before (the bytes
+    that reached the bucket) was more than the cap's rate, the second's allowance is handed
+    out by age, oldest allocation first, each up to its own demand (plus
+    `ALLOWANCE_SLACK`), until the rate is spent; the newest get what is left, often
+    nothing. So a flood of new calls cuts the newcomers, never a call in progress; while
+    the demand fits, nobody is held back (the bucket alone decides). Beyond its allowance
+    an allocation may still use the top half of the bucket (`DataPlane`): what the older
+    ones leave unused is not lost."""
+
+    def __init__(self, rate_bytes_per_s: float) -> None:
+        self.rate = rate_bytes_per_s
+        self.second = 0
+        self.demand: dict[int, int] = {}  # allocation id -> bytes asked for this second
+        self.used: dict[int, int] = {}  # ... and granted by the allowance
+        self.allowance: dict[int, float] | None = None  # None: not congested
+
+    def admits(self, allocation: int, size: int, now: float) -> bool:
+        second = int(now)
+        if second != self.second:
+            self._roll(second)
+        self.demand[allocation] = self.demand.get(allocation, 0) + size
+        if self.allowance is None:
+            return True
+        used = self.used.get(allocation, 0) + size
+        if used > self.allowance.get(allocation, 0.0):
+            return False
+        self.used[allocation] = used
+        return True
+
+    def _roll(self, second: int) -> None:
+        demand = self.demand if second == self.second + 1 else {}
+        self.second, self.demand, self.used = second, {}, {}
+        if sum(demand.values()) <= self.rate:
+            self.allowance = None
+            return
+        left, allowance = self.rate, {}
+        for allocation in sorted(demand):  # ids grow with creation: oldest first
+            allowance[allocation] = share = min(demand[allocation] * (1 + ALLOWANCE_SLACK), left)
+            left -= share
+        self.allowance = allowance
 
 
 class RateMeter:

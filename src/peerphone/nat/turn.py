@@ -59,6 +59,7 @@ from peerphone.nat.limits import (
     TokenBucket,
     TurnLimits,
     address_prefix,
+    wire_bytes,
 )
 from peerphone.nat.own import OWN_RELAYED_PORT, OwnAddresses
 
@@ -117,6 +118,8 @@ class TurnServer:
         self.rng = rng
         self.nonces = NonceMinter(rng)
         self.stats: Counter[str] = Counter()
+        # set while the node sheds duty (daemon/duty.py): new allocations get 508
+        self.refusing_allocations = False
         self.own = OwnAddresses(self.filter)  # the node itself: never a peer
         self.table = AllocationTable(now, self.own.relayed_ports)
         self.data = DataPlane(
@@ -149,9 +152,9 @@ class TurnServer:
             return []
         if message.cls == stun.REQUEST:
             if message.method == stun.BINDING:
-                return self._binding(message, client)
+                return self._charged(self._binding(message, client), now)
             if message.method == stun.ALLOCATE or message.method in self._on_allocation:
-                return self._request(message, client, now)
+                return self._charged(self._request(message, client, now), now)
         elif message.cls == stun.INDICATION and message.method == stun.SEND:
             return self.data.send_indication(message, client, now)
         self.stats["drop_unexpected_message"] += 1
@@ -184,7 +187,7 @@ class TurnServer:
             key=alloc.key,
             algorithm=alloc.algorithm,
         )
-        return [ToClient(alloc.client, alloc.allocate_response)]
+        return self._charged([ToClient(alloc.client, alloc.allocate_response)], now)
 
     def relay_failed(self, allocation: int, now: float) -> list[Output]:
         """The adapter could not open `allocation`'s socket: 508 to its Allocate."""
@@ -199,7 +202,15 @@ class TurnServer:
             Auth(alloc.username, alloc.key, alloc.algorithm),
             508,
         )
-        return [ToClient(alloc.client, reply)]
+        return self._charged([ToClient(alloc.client, reply)], now)
+
+    def _charged(self, outputs: list[Output], now: float) -> list[Output]:
+        """Answers go whatever the cap says, but count against it (see `TokenBucket.charge`):
+        relayed packets wait until the answers are paid for."""
+        for output in outputs:
+            if isinstance(output, ToClient):
+                self.data.bucket.charge(wire_bytes(output.data, output.client.address), now)
+        return outputs
 
     def client_gone(self, client: Client, now: float) -> list[Output]:
         """A TCP client connection closed: its allocation goes with it (RFC 8656 s. 5)."""
@@ -342,6 +353,9 @@ class TurnServer:
             return self._error(message, client, auth, 486)
         if len(self.table.by_id) >= self.limits.max_allocations:
             self.stats["refused_allocations_full"] += 1
+            return self._error(message, client, auth, 508)
+        if self.refusing_allocations:  # the owner's caps: granted ones keep running
+            self.stats["refused_allocation_shedding"] += 1
             return self._error(message, client, auth, 508)
         lifetime = self._lifetime(message.attributes.get("LIFETIME"))
         alloc = self.table.add(client, auth, family, now + lifetime, message.transaction_id)

@@ -11,6 +11,8 @@ and here attachment, publishing, relay credentials and timers.
 
 from __future__ import annotations
 
+import msgspec
+
 from peerphone.errors import LocalProtocolError, RecordRejected
 from peerphone.identity import NodeId, node_id_of
 from peerphone.overlay.client_base import INF, REFUSAL_MEMORY_S, AttachTry, PublishTry
@@ -29,7 +31,6 @@ from peerphone.overlay.events import (
     TurnGranted,
 )
 from peerphone.records import (
-    Capacity,
     MemberBody,
     NameBody,
     PresenceBody,
@@ -373,13 +374,8 @@ class ClientCore(ClientLookups):
         target = candidates[0]
         req = self._next_req()
         self._attach = AttachTry(req, target, want_primary, now + self.config.attach_timeout_s)
-        capacity = Capacity(
-            self.capacity.reachable,
-            self.capacity.uptime_s + int(now - self.started_at),
-            self.capacity.up_kbps,
-            self.capacity.down_kbps,
-            self.capacity.cpu_score,
-        )
+        uptime_s = self.capacity.uptime_s + int(now - self.started_at)
+        capacity = msgspec.structs.replace(self.capacity, uptime_s=uptime_s)
         return [(target, Attach(req, capacity, want_primary))]
 
     def _after_new_primary(self, now: float) -> list[Send]:

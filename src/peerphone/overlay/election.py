@@ -1,6 +1,11 @@
-"""The first election rule: who may become a supernode, and when the tier grows or shrinks.
+"""The election rule: who may become a supernode, and when the tier grows or shrinks.
 
-Candidates declare capacity when they attach (measured for real in a later stage). The tier
+Candidates report capacity when they attach. With `verify_reachability` (real nodes) the
+tier trusts none of it for promotion: a candidate is dialled back by two other supernodes
+(overlay/reachability.py), ranked only by how long its promoter has itself seen it
+attached, and its own measurements (uptime history, upload, spare CPU) can only keep it
+out (docs/decisions/0019-measured-eligibility.md). Without it (the simulator, which has no
+sockets to dial from) the declared capacity is taken as its ground truth. The tier
 promotes when the average load passes `high_water` and demotes under `low_water`; the gap
 between the two is the hysteresis. Every supernode decides for itself from its load
 estimate, with a probability sized so that the tier as a whole makes about the number of
@@ -29,6 +34,9 @@ class ElectionConfig:
     min_uptime_s: float = 600.0
     min_up_kbps: int = 1_000
     min_cpu_score: int = 50
+    # real nodes: prove reachability by dial-backs before promoting, trust no declared value
+    verify_reachability: bool = False
+    min_attached_s: float = 60.0  # ... and the promoter saw the candidate attached this long
 
     def __post_init__(self) -> None:
         if not 0 < self.low_water < self.high_water:
@@ -47,6 +55,23 @@ def eligible(capacity: Capacity, config: ElectionConfig) -> bool:
         and capacity.up_kbps >= config.min_up_kbps
         and capacity.cpu_score >= config.min_cpu_score
     )
+
+
+def eligible_measured(reported: Capacity, attached_s: float, config: ElectionConfig) -> bool:
+    """Whether a candidate may be dialled back: what its promoter saw (`attached_s`) must
+    pass, and its own measurements may keep it out but never let it in alone."""
+    return (
+        attached_s >= config.min_attached_s
+        and reported.uptime_s >= config.min_uptime_s
+        and reported.up_kbps >= config.min_up_kbps
+        and reported.cpu_score >= config.min_cpu_score
+    )
+
+
+def measured_score(attached_s: float) -> float:
+    """Order of preference among measured candidates: longest seen attached first (a
+    node that reports more than it has gains nothing)."""
+    return min(attached_s, 86_400.0)
 
 
 def score(capacity: Capacity) -> float:

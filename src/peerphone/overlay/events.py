@@ -171,6 +171,27 @@ class DialBack:
     address: str
 
 
+@dataclass(frozen=True, slots=True)
+class ReachDial:
+    """A member asks us to dial candidate `node` back at `udp` (and `tcp`) from our own
+    sockets and report (`NodeCore.reach_dial_done`); see overlay/reachability.py."""
+
+    asker: bytes
+    req: int
+    node: bytes
+    udp: str
+    tcp: str
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionChecked:
+    """Our supernode role dialled candidate `node` back: promoted it or not, and why."""
+
+    node: bytes
+    promoted: bool
+    reason: str
+
+
 Event = (
     Attached
     | AttachLost
@@ -189,4 +210,6 @@ Event = (
     | CallTransferRequested
     | TurnGranted
     | DialBack
+    | ReachDial
+    | PromotionChecked
 )

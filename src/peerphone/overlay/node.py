@@ -40,6 +40,10 @@ from peerphone.wire import (
     Promote,
     Publish,
     PublishAck,
+    ReachCheck,
+    ReachEcho,
+    ReachProbe,
+    ReachResult,
     ReasonCode,
     Redirect,
     Send,
@@ -93,6 +97,8 @@ SUPERNODE_HANDLERS: dict[type, SupernodeHandler] = {
     IndirectAck: SupernodeCore.handle_membership,
     Join: SupernodeCore.handle_membership,
     MembershipPage: SupernodeCore.handle_membership,
+    ReachCheck: SupernodeCore.handle_reach_check,  # type: ignore[dict-item]
+    ReachResult: SupernodeCore.handle_reach_result,  # type: ignore[dict-item]
 }
 
 
@@ -127,6 +133,10 @@ class NodeCore:
         self._events: list[Event] = []  # drained by pop_events
         self.errors = 0  # messages dropped as unexpected for our role
         self.peer_hosts: dict[NodeId, str] = {}  # IP each link comes from (runtime's word)
+        self.peer_ports: dict[NodeId, int] = {}  # ... and its UDP port (not over TCP)
+        # why we would not serve now even if the tier asked (owner in a call, machine busy):
+        # set by the daemon from what it measures; "" when we would
+        self.serve_veto = ""
         self._turn_issuer: TurnIssuer | None = None  # the supernode role's relay credentials
         self._store_observer: AcceptObserver | None = None  # records a replica accepts
 
@@ -148,13 +158,18 @@ class NodeCore:
             )
         self.supernode = role
         role.membership.peer_host = self.peer_hosts.get
+        role.observed = self._observed
         role.turn_issuer = self._turn_issuer
         role.store.observer = self._store_observer
         self._events.append(RoleChanged(True, reason))
         return self.supernode
 
+    def _observed(self, node: NodeId) -> tuple[str, int | None] | None:
+        host = self.peer_hosts.get(node)
+        return None if host is None else (host, self.peer_ports.get(node))
+
     def _handle_promote(self, msg: Promote, src: NodeId, now: float) -> list[Send]:
-        if self.supernode is not None or not self.may_serve:
+        if self.supernode is not None or not self.may_serve or self.serve_veto:
             return []
         sn = self.become_supernode(now, "promoted: the tier needed capacity")
         for record in msg.members:
@@ -171,6 +186,8 @@ class NodeCore:
     # -- inputs -----------------------------------------------------------------------------
 
     def receive(self, msg: Message, src: NodeId, now: float) -> list[Send]:
+        if isinstance(msg, ReachProbe):  # a supernode dialled us back: we are here
+            return [(src, ReachEcho(msg.nonce))]
         handler = CLIENT_HANDLERS.get(type(msg))
         if handler is not None:
             return self._call_lookups(handler(self.client, msg, src, now), now)
@@ -193,10 +210,27 @@ class NodeCore:
         out = sn_handler(sn, msg, src, now)
         out.extend(sn.after_input(now))
         self._check_retired(now)
+        self._drain_role(sn)
+        return out
+
+    def _drain_role(self, sn: SupernodeCore) -> None:
+        """Move what the supernode role asks of the runtime (dials) into our events."""
         for node, address in sn.membership.dial_backs:
             self._events.append(DialBack(node, address))
         sn.membership.dial_backs.clear()
-        return out
+        self._events.extend(sn.reach_verifier.dials)
+        sn.reach_verifier.dials.clear()
+        self._events.extend(sn.events)
+        sn.events.clear()
+
+    def reach_dial_done(
+        self, asker: NodeId, req: int, reached: bool, declined: bool, reason: str, now: float
+    ) -> list[Send]:
+        """The runtime dialled a candidate back for `asker` (see ReachDial)."""
+        sn = self.supernode
+        if sn is None:
+            return []
+        return sn.reach_verifier.dial_done(asker, req, reached, declined, reason)
 
     def dial_back_done(self, node: NodeId, reached: bool, now: float) -> list[Send]:
         """The runtime dialled `node` back (see DialBack): admit it to the tier or not."""
@@ -216,6 +250,7 @@ class NodeCore:
         if sn is not None and sn.next_timer() <= now:
             out.extend(sn.handle_timer(now))
             out.extend(sn.after_input(now))
+            self._drain_role(sn)
             self._check_retired(now)
         return self._call_lookups(out, now)
 
@@ -238,13 +273,21 @@ class NodeCore:
             out.extend(self.calls.on_lookup(event, now) or [])
         return out
 
-    def link_up(self, peer: NodeId, host: str, now: float) -> list[Send]:
-        """The runtime's link to `peer` comes from this IP: a supernode's must be in the
-        public range its member record claims (checked at once for a member, and when it
-        joins the tier)."""
+    def link_up(
+        self, peer: NodeId, host: str, now: float, udp_port: int | None = None
+    ) -> list[Send]:
+        """The runtime's link to `peer` comes from this IP (and UDP port; None over TCP): a
+        supernode's must be in the public range its member record claims (checked at once
+        for a member, and when it joins the tier); a candidate is dialled back there."""
         if peer not in self.peer_hosts and len(self.peer_hosts) >= MAX_PEER_HOSTS:
-            del self.peer_hosts[next(iter(self.peer_hosts))]
+            oldest = next(iter(self.peer_hosts))
+            del self.peer_hosts[oldest]
+            self.peer_ports.pop(oldest, None)
         self.peer_hosts[peer] = host
+        if udp_port is None:
+            self.peer_ports.pop(peer, None)
+        else:
+            self.peer_ports[peer] = udp_port
         sn = self.supernode
         if sn is None:
             return []
@@ -253,6 +296,7 @@ class NodeCore:
 
     def connection_lost(self, peer: NodeId, now: float) -> list[Send]:
         self.peer_hosts.pop(peer, None)
+        self.peer_ports.pop(peer, None)
         out = self.client.connection_lost(peer, now)
         if self.supernode is not None:
             out.extend(self.supernode.client_lost(peer, now))
@@ -334,6 +378,25 @@ class NodeCore:
         if self.supernode is not None:
             out.extend(self.supernode.leave(now, "owner logged out"))
             self._check_retired(now)
+        return out
+
+    # -- shedding supernode duty (the owner's caps, daemon/duty.py) ---------------------------
+
+    def set_admitting(self, admitting: bool) -> None:
+        """As a supernode, take new clients or refuse them with hints to other supernodes."""
+        if self.supernode is not None:
+            self.supernode.admitting = admitting
+
+    def redirect_newest(self, count: int, reason: str, now: float) -> list[Send]:
+        """As a supernode, move the `count` most recently attached clients elsewhere."""
+        return self.supernode.redirect_newest(count, reason) if self.supernode else []
+
+    def step_down(self, now: float, reason: str) -> list[Send]:
+        """Leave the supernode role: hand records and clients over (RoleChanged follows)."""
+        if self.supernode is None:
+            return []
+        out = self.supernode.leave(now, reason)
+        self._check_retired(now)
         return out
 
     def lookup(self, username: str, now: float) -> tuple[int, list[Send]]:

@@ -11,8 +11,10 @@ return the freshest valid record; presence watches are subscriptions at the repl
 
 from __future__ import annotations
 
+from peerphone.endpoints import TCP, UDP, format_endpoint
 from peerphone.identity import NodeId
 from peerphone.overlay import election
+from peerphone.overlay.events import PromotionChecked
 from peerphone.overlay.replication import Replication, _store_batches
 from peerphone.overlay.supernode_base import ClientEntry as ClientEntry
 from peerphone.overlay.supernode_base import SupernodeConfig as SupernodeConfig
@@ -34,6 +36,8 @@ from peerphone.wire import (
     LookupResult,
     Message,
     Promote,
+    ReachCheck,
+    ReachResult,
     ReasonCode,
     Redirect,
     Signal,
@@ -56,6 +60,9 @@ class SupernodeCore(Replication):
         if self.retired:
             return [(src, AttachRedirect(msg.req, "leaving", self._hints(src)))]
         entry = self.clients.get(src)
+        if (entry is None or entry.primary != msg.primary) and not self.admitting:
+            self.stats["refused_shedding"] += 1  # the owner's caps (daemon/duty.py)
+            return [(src, AttachRedirect(msg.req, "full", self._hints(src)))]
         if entry is None or entry.primary != msg.primary:
             full = (
                 self.primary_count >= self.config.max_clients
@@ -100,6 +107,20 @@ class SupernodeCore(Replication):
                 watchers.discard(node)
                 if not watchers:
                     del self.watching[key]  # the subscription at the replicas lapses
+
+    def redirect_newest(self, count: int, reason: str) -> list[Send]:
+        """Move our `count` most recently attached primary clients to other supernodes."""
+        newest = sorted(
+            (n for n, e in self.clients.items() if e.primary),
+            key=lambda n: (self.clients[n].since, bytes(n)),
+            reverse=True,
+        )
+        out: list[Send] = []
+        for node in newest[:count]:
+            self._drop_client(node)
+            out.append((node, Redirect(reason, self._hints(node))))
+        self.stats["redirected_shedding"] += len(out)
+        return out
 
     def _hints(self, exclude: NodeId) -> list[Record]:
         members = self.membership.members
@@ -201,6 +222,8 @@ class SupernodeCore(Replication):
 
     def _promote(self, now: float) -> list[Send]:
         cfg = self.config.election
+        if cfg.verify_reachability:
+            return self._check_candidate(now)
         members = self.membership.members
         best: tuple[float, bytes] | None = None
         for entry in self.clients.values():
@@ -221,6 +244,60 @@ class SupernodeCore(Replication):
         self._last_promotion = now
         self.stats["promoted"] += 1
         return [(node, Promote([self.record], len(self.membership.ring)))]
+
+    # -- measured eligibility (overlay/reachability.py) ------------------------------------
+
+    def _check_candidate(self, now: float) -> list[Send]:
+        """Start dialling back the best measured candidate; `Promote` waits on the verdict."""
+        cfg = self.config.election
+        members = self.membership.members
+        ranked: list[tuple[float, bytes]] = []
+        for entry in self.clients.values():
+            node = entry.node
+            if not entry.primary or node == self.me or node in members or node in self._promoted:
+                continue
+            attached_s = now - entry.since
+            if self.reach.may_check(node, now) and election.eligible_measured(
+                entry.capacity, attached_s, cfg
+            ):
+                ranked.append((election.measured_score(attached_s), bytes(node)))
+        for _, best in sorted(ranked, reverse=True):
+            node = NodeId(best)
+            seen = self.observed(node)
+            capacity = self.clients[node].capacity
+            # where its link comes from; over TCP its UDP port at that IP
+            udp_port = (seen[1] or capacity.udp_port) if seen is not None else 0
+            if seen is None or not udp_port:
+                continue  # nothing we may ask others to dial
+            udp = format_endpoint((UDP, (seen[0], udp_port)))
+            tcp_port = capacity.tcp_port
+            tcp = format_endpoint((TCP, (seen[0], tcp_port))) if tcp_port else ""
+            self._last_promotion = now
+            return self.reach.start(node, udp, tcp, sorted(members), now)
+        return []
+
+    def handle_reach_check(self, msg: ReachCheck, src: NodeId, now: float) -> list[Send]:
+        return self.reach_verifier.handle_check(msg, src, src in self.membership.members, now)
+
+    def handle_reach_result(self, msg: ReachResult, src: NodeId, now: float) -> list[Send]:
+        self.reach.handle_result(msg, src, now)
+        return self._verdicts(now)
+
+    def _verdicts(self, now: float) -> list[Send]:
+        """Promote the candidates that were reached; tell the node what was decided."""
+        out: list[Send] = []
+        for verdict in self.reach.verdicts:
+            node = verdict.node
+            promoted = verdict.reachable and node in self.clients and node not in self._promoted
+            gone = verdict.reachable and not promoted
+            reason = f"{verdict.reason}, but it detached meanwhile" if gone else verdict.reason
+            self.events.append(PromotionChecked(bytes(node), promoted, reason))
+            if promoted:
+                self._promoted[node] = now
+                self.stats["promoted"] += 1
+                out.append((node, Promote([self.record], len(self.membership.ring))))
+        self.reach.verdicts.clear()
+        return out
 
     def _shed_to(self, node: NodeId, now: float) -> list[Send]:
         """Move part of our load to a supernode we promoted, once it has joined."""
@@ -278,6 +355,8 @@ class SupernodeCore(Replication):
             signal_due = self.signals.next_timer()
             if signal_due is not None:
                 t = min(t, signal_due)
+        if len(self.reach):
+            t = min(t, self.reach.next_timer() or t)
         return t
 
     def handle_timer(self, now: float) -> list[Send]:
@@ -286,6 +365,8 @@ class SupernodeCore(Replication):
         out = self.membership.handle_timer(now)
         out.extend(self.lookups.handle_timer(now))
         out.extend(self.signals.handle_timer(now))
+        self.reach.handle_timer(now)
+        out.extend(self._verdicts(now))
         for req in sorted(r for r, p in self._stores.items() if p.deadline <= now):
             store = self._stores.pop(req)
             store.reason = store.reason or "timeout"

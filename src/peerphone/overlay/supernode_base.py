@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from peerphone.identity import KeyPair, NodeId, SignatureVerifier
 from peerphone.overlay.directory import RecordStore
 from peerphone.overlay.election import ElectionConfig
+from peerphone.overlay.events import PromotionChecked
 from peerphone.overlay.independence import member_group
 from peerphone.overlay.lookups import LookupCoordinator
 from peerphone.overlay.membership import Membership, MembershipConfig
+from peerphone.overlay.reachability import ReachChecks, ReachVerifier
 from peerphone.overlay.signals import SignalRouter
 from peerphone.records import (
     Capacity,
@@ -24,6 +26,8 @@ from peerphone.records import (
     Record,
 )
 
+# node -> (IP, UDP port or None over TCP) its link comes from, where the runtime tells
+ObservedAddress = Callable[[NodeId], tuple[str, int | None] | None]
 # (client, now) -> TURN URLs, username, password, expiry (s): short-lived relay credentials
 TurnIssuer = Callable[[NodeId, float], tuple[list[str], str, str, float]]
 
@@ -107,6 +111,7 @@ class SupernodeState:
         self.backup_count = 0
         self.retired = False
         self.retire_reason = ""
+        self.admitting = True  # False while the owner's caps shed work: attaches redirected
         self.watching: dict[bytes, set[NodeId]] = {}  # key -> our clients watching it
         self._last_notified: dict[bytes, int] = {}
         self._last_group: dict[bytes, list[Record]] = {}  # what watchers last got, per key
@@ -131,11 +136,17 @@ class SupernodeState:
         self._next_election = now + rng.uniform(0.0, self.config.election.interval_s)
         self._last_promotion = -1e18
         self._promoted: dict[NodeId, float] = {}
+        self.reach = ReachChecks(self.me, rng)  # candidates we have dialled back
+        self.reach_verifier = ReachVerifier(self.me)  # dial-backs other members ask of us
+        self.observed: ObservedAddress = lambda node: None  # set by NodeCore
+        self.events: list[PromotionChecked] = []  # drained by NodeCore
         self.stats: dict[str, int] = {
             "redirected": 0,
             "promoted": 0,
             "rejected_records": 0,
             "stores_from_unknown": 0,
+            "refused_shedding": 0,
+            "redirected_shedding": 0,
         }
 
     @property

@@ -23,6 +23,7 @@ from peerphone.endpoints import TCP, UDP, Address
 from peerphone.identity import NodeId
 from peerphone.runtime.tcp_carrier import is_tcp, socket_address
 from peerphone.timers import CoreTimer
+from peerphone.wire import Message, ReachEcho, ReachProbe, encode_message
 
 FRAME_HEADER_BYTES = 4
 
@@ -49,6 +50,32 @@ class Link:
     deadline: asyncio.TimerHandle | None = None
     fallback: asyncio.TimerHandle | None = None  # UDP_ANSWER_TIMEOUT_S, then TCP
     probe: asyncio.Future[bool] | None = None  # a dial-back: only whether `expected` answers
+    nonce: bytes = b""  # ... and echoes this (ReachProbe -> ReachEcho) on this connection
+
+    # -- a dial-back (LinkManager.probe): never a link, only its answer ---------------------
+
+    def arm_probe(self, result: asyncio.Future[bool], nonce: bytes) -> None:
+        self.probe, self.nonce = result, nonce
+
+    def probe_authenticated(self, peer: NodeId | None) -> bytes | None:
+        """The handshake of a dial-back completed with `peer`: the frame carrying the nonce
+        to send, or None once settled (wrong peer, or no nonce to echo)."""
+        if peer is not None and peer == self.expected and self.nonce:
+            return encode_frame(encode_message(ReachProbe(self.nonce)))
+        self.settle_probe(peer is not None and peer == self.expected)
+        return None
+
+    def awaits_echo(self) -> bool:
+        """Whether it reads frames though it has no peer: a dial-back that sent its nonce."""
+        return self.probe is not None and self.tx_stream is not None
+
+    def echoes_nonce(self, msg: Message) -> bool:
+        return isinstance(msg, ReachEcho) and bool(self.nonce) and msg.nonce == self.nonce
+
+    def settle_probe(self, reached: bool) -> None:
+        if self.probe is not None and not self.probe.done():
+            self.probe.set_result(reached)
+        self.connection.close(reason_phrase="dial-back done")
 
     def info(self) -> LinkInfo:
         """What the daemon may see of this (authenticated) link."""

@@ -284,14 +284,14 @@ class LinkManager(asyncio.DatagramProtocol):
             self._connect(addr, expected=None).bootstrap = True
             self._flush()
 
-    def probe(self, addr: Address, expected: NodeId) -> asyncio.Future[bool]:
+    def probe(self, addr: Address, expected: NodeId, nonce: bytes = b"") -> asyncio.Future[bool]:
         """Dial `addr` on a connection of its own and tell whether `expected` answers there
-        (a dial-back); the connection is closed once that is known."""
+        (a dial-back) and echoes `nonce` on it; the connection is closed once known."""
         result: asyncio.Future[bool] = self._loop.create_future()
         if self._closing or not self._room():
             result.set_result(False)
             return result
-        self._connect(addr, expected=expected).probe = result
+        self._connect(addr, expected=expected).arm_probe(result, nonce)
         self.stats["dial_backs"] += 1
         self._flush()
         return result
@@ -418,9 +418,9 @@ class LinkManager(asyncio.DatagramProtocol):
     def _handshake_completed(self, link: Link) -> None:
         peer = quic_identity.authenticate(link.connection, link.expected)
         if link.probe is not None:
-            if not link.probe.done():
-                link.probe.set_result(peer is not None and peer == link.expected)
-            link.connection.close(reason_phrase="dial-back done")
+            frame = link.probe_authenticated(peer)
+            if frame is not None:
+                self._write(link, frame)  # the echo settles it (_read_frames), or the timeout
             return
         if peer is None or peer == self.me:
             self.stats["auth_failed"] += 1
@@ -460,7 +460,7 @@ class LinkManager(asyncio.DatagramProtocol):
         self.on_link_up(peer, link)
 
     def _stream_data(self, link: Link, event: events.StreamDataReceived) -> None:
-        if link.peer is None:
+        if link.peer is None and not link.awaits_echo():
             return self._drop("unauthenticated")
         # only the peer's own unidirectional stream carries frames
         peer_opened = (event.stream_id & 1) == (1 if link.outbound else 0)
@@ -469,7 +469,7 @@ class LinkManager(asyncio.DatagramProtocol):
         if event.stream_id != link.rx_stream:
             return self._drop("stray_stream")
         link.rx += event.data
-        self._read_frames(link, link.peer)
+        self._read_frames(link, link.peer or link.expected or self.me)
 
     def _read_frames(self, link: Link, peer: NodeId) -> None:
         for payload in take_frames(link, MAX_MESSAGE_BYTES):
@@ -482,6 +482,8 @@ class LinkManager(asyncio.DatagramProtocol):
                 self.stats["drop_undecodable"] += 1
                 continue
             self.stats["messages_in"] += 1
+            if link.probe is not None:  # a dial-back's only answer: the echo of its nonce
+                return link.settle_probe(link.echoes_nonce(msg))
             self.on_message(peer, msg)
             if self.protected(peer):  # attached, in the tier...: not idle for the limits
                 self.limits.active(link, self._loop.time())

@@ -21,6 +21,7 @@ import asyncio
 import importlib
 import ipaddress
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
@@ -31,7 +32,7 @@ from peerphone import endpoints
 from peerphone.endpoints import Address, Endpoint, endpoint_or_none
 from peerphone.errors import DecodeError, LocalProtocolError
 from peerphone.identity import KeyPair, NodeId, short
-from peerphone.overlay.events import DialBack, Event, LookupDone
+from peerphone.overlay.events import DialBack, Event, LookupDone, ReachDial
 from peerphone.overlay.node import NodeCore
 from peerphone.records import MemberBody, Record, Status, decode_body
 from peerphone.runtime.link import Link, LinkInfo, LinkStats
@@ -129,6 +130,9 @@ class NodeRuntime:
         self.retry = retry
         self.link_limits = link_limits or LinkLimitsConfig()
         self.stats: Counter[str] = Counter()
+        # which IPs a dial-back asked by another supernode may go to (the daemon: public
+        # ones and its allow list, as the relay; never its own LAN for someone else)
+        self.may_dial: Callable[[str], bool] = lambda host: True
         self.events: asyncio.Queue[Event] = asyncio.Queue(MAX_QUEUED_EVENTS)
         self.address: Address | None = None  # bound address, once started
         self.tcp_address: Address | None = None  # bound TCP address, once started
@@ -261,6 +265,9 @@ class NodeRuntime:
             if isinstance(event, DialBack):
                 self._dial_back(NodeId(event.node), event.address)
                 continue
+            if isinstance(event, ReachDial):
+                self._reach_dial(event)
+                continue
             if isinstance(event, LookupDone) and event.req in self._lookups:
                 waiter = self._lookups.pop(event.req)
                 if not waiter.done():
@@ -286,6 +293,45 @@ class NodeRuntime:
         kind, addr = endpoint
         probe = self.links.probe(dialled(addr) if kind == "tcp" else addr, node)
         probe.add_done_callback(lambda result: done(result.result()))
+
+    def _reach_dial(self, dial: ReachDial) -> None:
+        """Dial a candidate back for another supernode, on UDP and TCP at once, from our
+        own sockets; decline when we are linked to it (its NAT would let us in)."""
+        node, asker = NodeId(dial.node), NodeId(dial.asker)
+
+        def report(reached: bool, declined: bool, reason: str) -> None:
+            now = self.now()
+            self.drive(self.core.reach_dial_done(asker, dial.req, reached, declined, reason, now))
+
+        if self.links.link_to(node) is not None:
+            self.loop.call_soon(report, False, True, "linked to it already")
+            return
+        targets: list[tuple[str, Address]] = []
+        for text in (dial.udp, dial.tcp):
+            endpoint = endpoint_or_none(text) if text else None
+            if endpoint is not None:
+                kind, addr = endpoint
+                if not self.may_dial(addr[0]):
+                    self.loop.call_soon(report, False, True, "not an address we dial")
+                    return
+                targets.append((kind, dialled(addr) if kind == endpoints.TCP else addr))
+        # each connection must carry back a nonce of its own (ReachProbe -> ReachEcho)
+        probes = [self.links.probe(addr, node, os.urandom(16)) for _, addr in targets]
+        if not probes or all(p.done() and not p.result() for p in probes):
+            self.loop.call_soon(report, False, True, "no room for a link")  # said at once
+            return
+
+        def settled(_: object) -> None:
+            if not all(p.done() for p in probes):
+                return
+            failed = [kind for (kind, _), p in zip(targets, probes, strict=True) if not p.result()]
+            if failed:
+                report(False, False, "not reached over " + " and ".join(k.upper() for k in failed))
+            else:
+                report(True, False, "reached over " + " and ".join(k.upper() for k, _ in targets))
+
+        for probe in probes:
+            probe.add_done_callback(settled)
 
     def login(self) -> None:
         self.drive(self.core.login(self.now()))
@@ -329,7 +375,9 @@ class NodeRuntime:
         self.drive(self.core.connection_lost(peer, self.now()))
 
     def _on_link_up(self, peer: NodeId, link: Link) -> None:
-        self.drive(self.core.link_up(peer, socket_address(link.addr)[0], self.now()))
+        host, port = socket_address(link.addr)
+        udp_port = None if is_tcp(link.addr) else port
+        self.drive(self.core.link_up(peer, host, self.now(), udp_port))
         if link.bootstrap:  # a bootstrap address answered: the client may attach there
             self.bootstrap_ids[peer] = link.addr
             tried = self.bootstrap_tries.get(link.addr)

@@ -385,11 +385,20 @@ class Attack:
         self.report.save()
 
 
-def node_main(argv: list[str]) -> int:
-    """A stock node patched to run `Attack` once attached."""
+MODES = ("grants", "honest", "inward")
+
+
+def node_main(
+    argv: list[str],
+    attack_class: type[Attack] = Attack,
+    modes: tuple[str, ...] = MODES,
+    more_options: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
+) -> int:
+    """A stock node patched to run `attack_class` (one of its `modes`) once attached;
+    `more_options` adds the attack's own options."""
     split = argv.index("--")
     parser = argparse.ArgumentParser(prog="turn_attacker node")
-    parser.add_argument("mode", choices=("grants", "honest", "inward"))
+    parser.add_argument("mode", choices=modes)
     parser.add_argument("report", type=Path)
     parser.add_argument("--duration", type=float, default=10.0, help="grants: seconds")
     parser.add_argument("--interval", type=float, default=0.05, help="grants: between asks")
@@ -397,6 +406,7 @@ def node_main(argv: list[str]) -> int:
     parser.add_argument("--max-allocations", type=int, default=2000)
     parser.add_argument("--bind", default="127.0.0.1", help="our TURN clients' address")
     parser.add_argument("--target", action="append", default=[], metavar="KIND=IP:PORT")
+    more_options(parser)
     args = parser.parse_args(argv[:split])
     raise_fd_limit(args.max_allocations + FDS_SPARE)
     report = Report(args.report)
@@ -408,7 +418,7 @@ def node_main(argv: list[str]) -> int:
     from peerphone import cli
     from peerphone.overlay.events import Attached, TurnGranted
 
-    attack = Attack(args.mode, report, args)
+    attack = attack_class(args.mode, report, args)
     stock_on_event = calls_module.CallManager.on_event
     stock_service_event = service_module.NodeService._on_event
     started: list[asyncio.Task[None]] = []
