@@ -192,6 +192,14 @@ class Machine:
         return self.consents() and eligible(self.true_capacity(), config)
 
 
+def rented_host(index: int) -> Machine:
+    """A host an attacker rents (the simulator's hostile supernodes): public, well
+    connected, always on, never busy."""
+    return Machine(
+        index, PUBLIC, 100_000, 1.0, 300, 0.0, 0.0, 0.0, True, 30 * 86_400, INFRASTRUCTURE_CAPS
+    )
+
+
 def needs_relay(a: Machine, b: Machine) -> bool:
     """Hole punching fails between a symmetric NAT and anything but a public host."""
     return (a.nat == SYMMETRIC and not b.public) or (b.nat == SYMMETRIC and not a.public)

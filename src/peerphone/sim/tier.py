@@ -148,7 +148,7 @@ class Tier:
 
     def eligibility(self, eligible_count: int) -> dict[str, Any]:
         users = self.population.genuine_users
-        machines = self.machines
+        machines = self.machines[:users]  # the hostile supernodes' rented hosts aside
         liars = [m.index for m in machines if m.liar]
         liar_set = set(liars)
         elected = sorted(i for i in self.elected if i < users)

@@ -30,7 +30,7 @@ from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.records import Capacity, MemberBody, Record, Status, user_key
 from peerphone.sim.adversary import RANGES_TRIED, HostileSupernode, choose_range, ring_of
 from peerphone.sim.callload import CallLoad
-from peerphone.sim.capacity import INFRASTRUCTURE_CAPS, draw_machines
+from peerphone.sim.capacity import INFRASTRUCTURE_CAPS, draw_machines, rented_host
 from peerphone.sim.config import FLASH_FACTOR, FLASH_S, SCENARIOS, SimConfig
 from peerphone.sim.duty import SimNodeCore
 from peerphone.sim.engine import Engine, SimNode
@@ -159,6 +159,7 @@ class World:
             sn = user.node.core.become_supernode(0.0, reason, seed=is_seed)
             self.initial_tier_nodes.add(index)
             self._bootstrap.append(sn.record)
+            self._serves(user.node)
         tier = [self.users[i] for i in starters]
         if cfg.hostile_every:
             tier.extend(self._add_hostiles(len(starters)))
@@ -168,8 +169,6 @@ class World:
             user.node.core.pop_events()
             user.node.alive = True
             self.engine.rearm(user.node)
-        for index in starters:
-            self._serves(self.users[index].node)
         count = min(cfg.host_cache_seed, len(self._bootstrap))
         for user in self.users:
             known = rng.sample(self._bootstrap, count)
@@ -217,6 +216,7 @@ class World:
                 self.engine.add(node)
                 user = User(index, core.username, True, node)
                 self.population.add(user)
+                self.machines.append(rented_host(index))
                 added.append(user)
             group = address_group(f"{prefix}.1:4433")
             cluster = sorted(self.hostiles[-cfg.hostile_cluster :], key=lambda h: h.me)
