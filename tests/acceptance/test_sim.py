@@ -97,10 +97,13 @@ def test_growth_promotes_only_eligible_nodes() -> None:
 # failure does not decide it; half the tier or half the clients taken down. A test first
 # proves the harm (victims, failed lookups, a window below 99 %), then the recovery.
 DISASTERS = [
-    # (scenario, seed): seeds whose event hurts (found by trying 6, 7, 8; a harmless event
-    # would fail the harm check rather than pass the recovery check unexercised)
-    ("mass-reboot", 7),
-    ("login-storm", 6),
+    # (scenario, seed): seeds whose event hurts (a harmless event would fail the harm check
+    # rather than pass the recovery check unexercised). Since the supernode-duty model
+    # (issue 12) and hints toward supernodes with room, found by trying seeds 1-12: a mass
+    # reboot hurts with 3-6 and 8-12 (all recover in 59-99 s), a login storm at this size
+    # only with 7 (one failed lookup, a worst window of 99.05 %) and 11
+    ("mass-reboot", 6),
+    ("login-storm", 11),
 ]
 
 

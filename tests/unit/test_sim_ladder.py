@@ -1,7 +1,7 @@
 """The shedding ladder of a supernode's duty (sim.sharing): one step at a time, in the
 stated order (stop admitting -> redirect new clients -> refuse new relays -> hand over and
-step down), each step counted, down again when the pressure goes, relays alone never past
-refusing relays, the daily cap, and the owner's only_when_idle."""
+step down), each step counted, down again when the pressure goes, the relay cap held by
+admission without shedding clients, the daily cap, and the owner's only_when_idle."""
 
 from __future__ import annotations
 
@@ -95,7 +95,10 @@ def test_the_ladder_comes_down_a_step_per_calm_period() -> None:
     }
 
 
-def test_relays_alone_never_make_a_supernode_step_down() -> None:
+def test_the_relay_cap_is_held_by_admission_and_sheds_no_client() -> None:
+    """Relayed calls fill the relay cap: new allocations are refused (counted), the call
+    in progress keeps its relay, and no client is turned away or moved for it (that would
+    not lower the relayed rate, only cost lookups)."""
     duty = Duty(machine(relay_kbps=200), "user1")
     duty.start(0.0)
     flow = 25_000 * 0.95
@@ -103,10 +106,15 @@ def test_relays_alone_never_make_a_supernode_step_down() -> None:
     assert not duty.allocate(2, 2000.0, 0.0)  # over the cap: refused, counted
     assert duty.actions["relays_refused_full"] == 1
     levels = [duty.check(float(t)) for t in range(1, 60)]
-    assert max(levels) == REFUSE_RELAY
-    assert not duty.allocate(3, 100.0, 60.0)  # at step 3 no new relay at all
-    assert duty.actions["relays_refused_at_step"] == 1
+    assert max(levels) == 0 and duty.steps == dict.fromkeys(STEPS, 0)
     assert duty.relay.flows == {1: flow}  # the call in progress keeps its relay
+    assert duty.relay.rate <= duty.relay.cap
+    # at step 3, reached through the signaling cap, no new relay at all, even one that fits
+    duty.relay.close(1, 60.0)
+    load(duty, 0.85, 60, 100)
+    assert duty.level == REFUSE_RELAY
+    assert not duty.allocate(3, 100.0, 100.0)
+    assert duty.actions["relays_refused_at_step"] == 1
 
 
 def test_the_daily_cap_steps_down_until_the_next_day() -> None:

@@ -11,12 +11,19 @@ each step counted, never silently:
   3 refuse new relays         no new relay allocation (calls in progress keep theirs)
   4 hand over and step down   records and clients handed over; the node rests a while
 
-The level follows the highest pressure: the interactive upload of the last 10 s over the
-signaling cap and the relayed rate over the relay cap (thresholds `RATE_LEVELS`; relays
-alone never go past step 3: stepping down would not stop the calls in progress), and the
-bytes of the day over the daily cap (`DAY_LEVELS`). It climbs one step per `ESCALATE_S`
-(the last after `STEP_DOWN_AFTER_S` at step 3) and comes down one step per `CALM_S` of
-lower pressure. An upload with a queue (`CONGESTED_S`) takes step 1 at once.
+The level follows the higher pressure: the interactive upload of the last 10 s over the
+signaling cap (thresholds `RATE_LEVELS`) and the bytes of the day over the daily cap
+(`DAY_LEVELS`); both are lowered by serving fewer clients (and the day's bytes by fewer
+relays), and last by leaving. The relay cap is not on this ladder: a relayed call's flow
+is admitted only while the sum stays within the cap (`RelayFlows.fits`, each refusal
+counted), so the relayed rate never passes it, and no other step could lower it (turning
+clients away or moving them leaves the calls in progress where they are; they are never
+cut). Moving clients for it would only cost lookups: a client between two supernodes
+cannot look anyone up.
+
+The ladder climbs one step per `ESCALATE_S` (the last after `STEP_DOWN_AFTER_S` at step 3)
+and comes down one step per `CALM_S` of lower pressure. An upload with a queue
+(`CONGESTED_S`) takes step 1 at once.
 """
 
 from __future__ import annotations
@@ -109,10 +116,7 @@ class Duty:
         return (total - self.day_start_bytes) / self.machine.caps.bytes_per_day
 
     def target(self, now: float) -> int:
-        rate = max(
-            _level(self.shaper.pressure(now), RATE_LEVELS),
-            min(_level(self.relay.pressure(), RATE_LEVELS), REFUSE_RELAY),
-        )
+        rate = _level(self.shaper.pressure(now), RATE_LEVELS)
         day = _level(self.day_share(now), DAY_LEVELS)
         self.by_day = day > rate
         return max(rate, day)
