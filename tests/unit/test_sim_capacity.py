@@ -197,6 +197,25 @@ def test_bulk_waits_behind_answers_and_is_never_dropped() -> None:
     assert shaper.dropped == 0 and shaper.bulk_sent == 1 and shaper.idle(t + 10)
 
 
+def test_a_redirect_goes_ahead_of_queued_data_behind_the_message_being_paid() -> None:
+    """A supernode handing records over still tells a client it moved it within moments:
+    the redirect passes the queued hand-overs (it waited 13 s behind them before)."""
+    shaper = Shaper(80)  # 10 000 B/s, depth 5000 B
+    assert shaper.enqueue(4000, "store 1")
+    assert not shaper.enqueue(4000, "store 2")
+    assert not shaper.enqueue(4000, "store 3")
+    shaper.drain(0.0)  # store 1 is being paid for
+    assert not shaper.enqueue(1000, "redirect", urgent=True)
+    order: list[object] = []
+    t = 0.0
+    while shaper.queued():
+        t += 0.1
+        released, _ = shaper.drain(t)
+        order.extend(released)
+    assert order == ["store 1", "redirect", "store 2", "store 3"]
+    assert shaper.bulk_sent == 4 and shaper.idle(t + 10)
+
+
 def test_bins_spread_a_span_over_whole_seconds() -> None:
     bins = Bins()
     bins.add_span(0.5, 2.5, 200.0)

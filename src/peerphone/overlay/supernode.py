@@ -11,9 +11,6 @@ return the freshest valid record; presence watches are subscriptions at the repl
 
 from __future__ import annotations
 
-import functools
-
-from peerphone.errors import DecodeError
 from peerphone.identity import NodeId
 from peerphone.overlay import election
 from peerphone.overlay.replication import Replication, _store_batches
@@ -22,9 +19,7 @@ from peerphone.overlay.supernode_base import SupernodeConfig as SupernodeConfig
 from peerphone.overlay.supernode_base import TurnIssuer as TurnIssuer
 from peerphone.records import (
     Capacity,
-    MemberBody,
     Record,
-    decode_body,
     user_key,
 )
 from peerphone.wire import (
@@ -37,7 +32,6 @@ from peerphone.wire import (
     FetchResult,
     Lookup,
     LookupResult,
-    MemberState,
     Message,
     Promote,
     ReasonCode,
@@ -51,18 +45,6 @@ from peerphone.wire import (
     TurnRequest,
 )
 from peerphone.wire import Send as Send
-
-ROOM_SHARE = 0.9  # a member loaded under this share of its admission limit has room
-
-
-@functools.lru_cache(maxsize=4096)  # member records, decoded once each
-def admission_limit(record: Record) -> int:
-    """The most primary clients a member's record says it admits (0 if unreadable)."""
-    try:
-        body = decode_body(record)
-    except DecodeError:
-        return 0
-    return body.max_clients if isinstance(body, MemberBody) else 0
 
 
 class SupernodeCore(Replication):
@@ -119,27 +101,12 @@ class SupernodeCore(Replication):
                 if not watchers:
                     del self.watching[key]  # the subscription at the replicas lapses
 
-    def _hints(self, exclude: NodeId, count: int = MAX_HINTS) -> list[Record]:
-        """Up to `count` other members to send a client to, in random order: first the live
-        ones whose last reported load leaves them room (under ROOM_SHARE of the admission
-        limit their record states), the others only to make up the number. A client tries
-        the first hint first: sent to a full supernode it is refused again, and each refusal
-        lengthens its back-off, during which it cannot look anyone up."""
+    def _hints(self, exclude: NodeId) -> list[Record]:
         members = self.membership.members
-        roomy: list[NodeId] = []
-        rest: list[NodeId] = []
-        for node, member in members.items():
-            if node == exclude:
-                continue
-            limit = admission_limit(member.record)
-            if member.state is MemberState.ALIVE and member.load < ROOM_SHARE * limit:
-                roomy.append(node)
-            else:
-                rest.append(node)
-        chosen = self.rng.sample(roomy, min(count, len(roomy)))
-        if len(chosen) < count:
-            chosen += self.rng.sample(rest, min(count - len(chosen), len(rest)))
-        return [members[n].record for n in chosen]
+        nodes = [n for n in members if n != exclude]
+        if len(nodes) > MAX_HINTS:
+            nodes = [nodes[i] for i in sorted(self.rng.sample(range(len(nodes)), MAX_HINTS))]
+        return [members[n].record for n in nodes]
 
     # -- lookups ----------------------------------------------------------------------------
 

@@ -61,7 +61,7 @@ class DutySupernode(SupernodeCore):
             return None
         if self.duty.level or self.duty.congested(now):
             self.duty.actions["attaches_refused"] += 1
-            hints = self._hints(src, REFUSAL_HINTS)  # costs little of the cap
+            hints = self._hints(src)[:REFUSAL_HINTS]  # a refusal costs little of the cap
             return [(src, AttachRedirect(msg.req, SHED_REASON, hints))]
         return None
 

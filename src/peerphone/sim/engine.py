@@ -110,7 +110,8 @@ class Engine:
                 size = len(data if data is not None else encode_message(msg))
                 if is_bulk(msg, size):
                     if not shaper.bulk_now(size, now):
-                        if shaper.enqueue(size, (dst, msg, delay)):
+                        urgent = isinstance(msg, Redirect)
+                        if shaper.enqueue(size, (dst, msg, delay), urgent):
                             self.schedule(now, self._drain, node, shaper)
                         continue
                     at = now + delay

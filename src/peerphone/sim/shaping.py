@@ -11,7 +11,10 @@ are tokens, else behind the bucket's debt, and dropped (counted) when that wait 
 `MAX_QUEUE_S`. Bigger ones, and background traffic whatever its size (the engine's
 `BULK_TYPES`: hand-overs, membership pages, presence notifications, redirects), wait in a
 queue of their own and take only the tokens above half the depth, in steps of `DRAIN_S`,
-so they never hold an answer up. Bytes count in the bins as tokens pay for them.
+so they never hold an answer up. Within that queue a redirect (`urgent`) goes before the
+data: it tells a client that the supernode has already forgotten it, and until it comes
+the client cannot look anyone up (behind a hand-over's backlog it waited 13 s). Bytes
+count in the bins as tokens pay for them.
 
 `RelayFlows` are the relayed calls a supernode carries: each a constant rate, admitted
 only while the sum stays within the relay cap, never cut short once admitted.
@@ -93,7 +96,9 @@ class Shaper:
         self.asked = Bins()  # interactive bytes, when the supernode sent them (its load)
         self.sent_total = 0.0
         self.bulk: deque[tuple[float, Any]] = deque()  # (size, payload), in order
-        self.paid = 0.0  # of the bulk queue's head
+        self.urgent: deque[tuple[float, Any]] = deque()  # redirects: before the data
+        self.head: tuple[float, Any] | None = None  # the message being paid for
+        self.paid = 0.0  # of the head
         self.draining = False
         self.active = False  # its machine serves (else it only finishes what is queued)
         self.dropped = 0  # interactive messages that would have waited too long
@@ -134,7 +139,7 @@ class Shaper:
     def bulk_now(self, size: float, now: float) -> bool:
         """A bulk message that may leave at once: nothing queued before it and tokens
         for it above half the depth (else the caller enqueues it)."""
-        if self.bulk:
+        if self.queued():
             return False
         self._refill(now)
         if self.tokens - size < self.depth / 2:
@@ -145,24 +150,37 @@ class Shaper:
         self.bulk_sent += 1
         return True
 
-    def enqueue(self, size: float, payload: Any) -> bool:
-        """A bulk message; True if the queue was idle (the caller schedules `drain`)."""
-        self.bulk.append((size, payload))
+    def queued(self) -> bool:
+        """Whether bulk messages wait."""
+        return self.head is not None or bool(self.urgent) or bool(self.bulk)
+
+    def enqueue(self, size: float, payload: Any, urgent: bool = False) -> bool:
+        """A bulk message (`urgent`: ahead of the data, behind the message being paid
+        for); True if the queue was idle (the caller schedules `drain`)."""
+        (self.urgent if urgent else self.bulk).append((size, payload))
         if self.draining:
             return False
         self.draining = True
         return True
 
     def drain(self, now: float) -> tuple[list[Any], float | None]:
-        """Pay the bulk queue from the tokens above half the depth: the payloads whose
-        last byte left now, and when to drain next (None: the queue is empty)."""
+        """Pay the bulk queue (urgent messages first) from the tokens above half the
+        depth: the payloads whose last byte left now, and when to drain next (None: the
+        queue is empty)."""
         self._refill(now)
         released: list[Any] = []
-        while self.bulk:
+        while True:
+            if self.head is None:
+                if self.urgent:
+                    self.head = self.urgent.popleft()
+                elif self.bulk:
+                    self.head = self.bulk.popleft()
+                else:
+                    break
             spare = self.tokens - self.depth / 2
             if spare <= 0.0:
                 break
-            size, payload = self.bulk[0]
+            size, payload = self.head
             pay = min(spare, size - self.paid)
             self.tokens -= pay
             self.paid += pay
@@ -170,11 +188,11 @@ class Shaper:
             self.sent_total += pay
             if self.paid < size - 1e-9:
                 break
-            self.bulk.popleft()
+            self.head = None
             self.paid = 0.0
             self.bulk_sent += 1
             released.append(payload)
-        if not self.bulk:
+        if not self.queued():
             self.draining = False
             return released, None
         return released, now + DRAIN_S
@@ -182,6 +200,8 @@ class Shaper:
     def clear(self) -> None:
         """The machine vanished: what it had queued never leaves."""
         self.bulk.clear()
+        self.urgent.clear()
+        self.head = None
         self.paid = 0.0
         self.draining = False
 
@@ -193,7 +213,7 @@ class Shaper:
     def idle(self, now: float) -> bool:
         """Nothing queued and no debt: the node may leave the shaper."""
         self._refill(now)
-        return not self.bulk and self.tokens >= 0.0
+        return not self.queued() and self.tokens >= 0.0
 
     def pressure(self, now: float) -> float:
         """The interactive load of the last 10 s as a share of the cap (what shedding
