@@ -97,10 +97,14 @@ def test_growth_promotes_only_eligible_nodes() -> None:
 # failure does not decide it; half the tier or half the clients taken down. A test first
 # proves the harm (victims, failed lookups, a window below 99 %), then the recovery.
 DISASTERS = [
-    # (scenario, seed): seeds whose event hurts (found by trying 6, 7, 8; a harmless event
-    # would fail the harm check rather than pass the recovery check unexercised)
+    # (scenario, seed): seeds whose event hurts (a harmless event would fail the harm check
+    # rather than pass the recovery check unexercised). Mass reboot: 7, found by trying
+    # 6, 7, 8. Login storm: since the supernode-duty model (issue 12) the storm hurts at
+    # this size less often (6 no longer does); trying seeds 1-30, it fails one lookup in a
+    # window under 99 % with 2, 3, 15, 16, 21, 23 and 30 (all recover within 50 s), and
+    # 15 is the first of them whose storm also crashes an asker mid-lookup
     ("mass-reboot", 7),
-    ("login-storm", 6),
+    ("login-storm", 15),
 ]
 
 

@@ -250,4 +250,8 @@ def test_a_disaster_that_cannot_fit_in_the_run_is_an_error(scenario: str) -> Non
     with pytest.raises(ValueError, match="at least 520 s"):
         SimConfig(users=100, duration_s=500.0, scenario=scenario, event_at=400.0)
     assert SimConfig(users=100, duration_s=720.0, scenario=scenario).disaster_time() == 600.0
+    # a third into a run long enough for it; never at (or near) the end
+    for duration in (1800.0, 3600.0, 7200.0):
+        at = SimConfig(users=100, duration_s=duration, scenario=scenario).disaster_time()
+        assert at == duration / 3
     assert SimConfig(users=100, duration_s=600.0, scenario="steady").duration_s == 600.0

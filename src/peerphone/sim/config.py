@@ -6,11 +6,14 @@ from dataclasses import dataclass, field
 
 from peerphone.overlay.client import ClientConfig
 from peerphone.overlay.supernode import SupernodeConfig
+from peerphone.sim.capacity import CapacityConfig
 from peerphone.sim.network import NetworkConfig
 
-SCENARIOS = ("steady", "mass-reboot", "login-storm")
-DISASTERS = ("mass-reboot", "login-storm")
+SCENARIOS = ("steady", "mass-reboot", "login-storm", "flash-crowd")
+DISASTERS = ("mass-reboot", "login-storm", "flash-crowd")
 WATCH_AFTER_EVENT_S = 120.0  # a disaster run watches this long at least (the recovery bound)
+FLASH_S = 300.0  # a flash crowd lasts this long ...
+FLASH_FACTOR = 10.0  # ... at this many times the normal login and lookup rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,11 +30,13 @@ class SimConfig:
     seeds: int = 0  # bootstrap supernodes that never leave; 0 = max(4, users // 25000)
     initial_supernodes: int = 0  # warm start: tier at t=0 (incl. seeds); 0 = users // 250
     host_cache_seed: int = 20  # supernode records a client knows when it first starts
-    eligible_fraction: float = 0.08  # reachable, well-connected machines
+    # the machines: NAT, bandwidth, CPU, busy hours, uptime history, the owners' caps
+    capacity: CapacityConfig = field(default_factory=CapacityConfig)
+    dial_back: bool = True  # the tier admits a joiner only once it was dialled back
     ramp_s: float = 300.0  # first logins spread over this time
     session_shape: float = 0.8  # Weibull shape of session lengths
     session_mean_s: float = 3 * 3600.0
-    eligible_session_factor: float = 4.0  # eligible machines stay up longer
+    always_on_session_factor: float = 4.0  # machines left on stay up longer
     offline_mean_s: float = 1800.0
     crash_fraction: float = 0.2  # sessions that end without a logout
     lookup_interval_s: float = 600.0  # mean time between lookups of one online user
@@ -63,9 +68,10 @@ class SimConfig:
         if self.event_at < 0:
             raise ValueError("event_at must be >= 0")
         at = self.disaster_time()
-        if self.scenario in DISASTERS and at + WATCH_AFTER_EVENT_S > self.duration_s:
+        lasts = FLASH_S if self.scenario == "flash-crowd" else 0.0
+        if self.scenario in DISASTERS and at + lasts + WATCH_AFTER_EVENT_S > self.duration_s:
             # an event at (or past) the end would be a steady run that says it was not
-            need = at + WATCH_AFTER_EVENT_S
+            need = at + lasts + WATCH_AFTER_EVENT_S
             raise ValueError(
                 f"{self.scenario}: the event comes at {at:.0f} s"
                 + (
@@ -74,6 +80,7 @@ class SimConfig:
                     else f" (a third into the run, and not before the"
                     f" {self.ramp_s:.0f} s ramp plus 300 s of steady running)"
                 )
+                + (f", lasts {lasts:.0f} s" if lasts else "")
                 + f" and recovery is watched for {WATCH_AFTER_EVENT_S:.0f} s after it:"
                 f" the run needs a duration of at least {need:.0f} s"
             )

@@ -12,9 +12,32 @@ from peerphone.errors import PeerphoneError
 from peerphone.identity import NodeId
 from peerphone.overlay.node import NodeCore
 from peerphone.sim.network import Network
-from peerphone.wire import Send, decode_message, encode_message
+from peerphone.sim.shaping import BULK_BYTES, Shaper
+from peerphone.wire import (
+    MembershipPage,
+    Notify,
+    PresenceUpdate,
+    Redirect,
+    Send,
+    Store,
+    decode_message,
+    encode_message,
+)
 
 DELIVER, TIMER, LINK_LOST, ACTION = 0, 1, 2, 3
+# background traffic, paced behind a supernode's answers and never dropped: membership
+# pages, presence notifications (a new replica's catch-up comes in floods), the redirects
+# of a supernode handing its clients over; hand-over Stores too (see send)
+BULK_TYPES = (MembershipPage, Notify, PresenceUpdate, Redirect)
+
+
+def is_bulk(msg: object, size: int) -> bool:
+    """Whether a supernode's shaper sends `msg` as background traffic (see sim.shaping)."""
+    return (
+        size > BULK_BYTES
+        or isinstance(msg, BULK_TYPES)
+        or (isinstance(msg, Store) and msg.req == 0)  # a hand-over
+    )
 
 
 class TimerStuck(PeerphoneError):
@@ -31,6 +54,9 @@ class SimNode:
     alive: bool = False
     timer_at: float | None = None
     links: set[NodeId] = field(default_factory=set)  # peers we hold a connection to
+    host: str = ""  # the IP its links come from (its public address, or its NAT's)
+    told: set[NodeId] = field(default_factory=set)  # peers whose link's host the core knows
+    shaper: Shaper | None = None  # the owner's cap on what it sends, while it serves
 
 
 class Engine:
@@ -54,11 +80,15 @@ class Engine:
         heapq.heappush(self._queue, (at, next(self._counter), ACTION, action, args, None))
 
     def send(self, node: SimNode, sends: list[Send]) -> None:
-        """Hand a node's output to the network and re-arm its timer."""
+        """Hand a node's output to the network (through its shaper while it has one) and
+        re-arm its timer."""
         now = self.now
         queue = self._queue
         counter = self._counter
         network = self.network
+        shaper = node.shaper
+        if shaper is not None and not shaper.active and shaper.idle(now):
+            node.shaper = shaper = None  # served, and handed everything over
         for dst_id, msg in sends:
             dst = self.nodes.get(dst_id)
             if dst is None:
@@ -68,12 +98,41 @@ class Engine:
                 continue
             if not network.delivers(node.index, dst.index):
                 continue
+            data = None
             if self.encode_messages:
-                msg = decode_message(encode_message(msg))
-            at = now + network.delay(node.coord, dst.coord)
-            heapq.heappush(queue, (at, next(counter), DELIVER, dst, node.core.id, msg))
+                data = encode_message(msg)
+                msg = decode_message(data)
+            delay = network.delay(node.coord, dst.coord)
             node.links.add(dst_id)
+            if shaper is None:
+                at = now + delay
+            else:
+                size = len(data if data is not None else encode_message(msg))
+                if is_bulk(msg, size):
+                    if not shaper.bulk_now(size, now):
+                        urgent = isinstance(msg, Redirect)
+                        if shaper.enqueue(size, (dst, msg, delay), urgent):
+                            self.schedule(now, self._drain, node, shaper)
+                        continue
+                    at = now + delay
+                else:
+                    leaves = shaper.send(size, now)
+                    if leaves is None:
+                        continue  # it would wait too long behind the cap: dropped (counted)
+                    at = leaves + delay
+            heapq.heappush(queue, (at, next(counter), DELIVER, dst, node.core.id, msg))
         self.rearm(node)
+
+    def _drain(self, node: SimNode, shaper: Shaper) -> None:
+        """Send the bulk messages the shaper's tokens have paid for (see sim.shaping)."""
+        now = self.now
+        released, again = shaper.drain(now)
+        for dst, msg, delay in released:
+            heapq.heappush(
+                self._queue, (now + delay, next(self._counter), DELIVER, dst, node.core.id, msg)
+            )
+        if again is not None:
+            self.schedule(again, self._drain, node, shaper)
 
     def rearm(self, node: SimNode) -> None:
         t = node.core.next_timer()
@@ -89,6 +148,10 @@ class Engine:
         """The machine vanishes: peers notice when their link times out."""
         node.alive = False
         node.timer_at = None
+        node.told.clear()
+        if node.shaper is not None:
+            node.shaper.clear()  # what it had queued never leaves
+            node.shaper = None
         for peer_id in sorted(node.links):
             peer = self.nodes.get(peer_id)
             if peer is not None and peer.alive:
@@ -113,6 +176,13 @@ class Engine:
                 node = a
                 assert isinstance(node, SimNode)
                 if node.alive:
+                    if b not in node.told:  # a new link: the runtime says where it comes from
+                        node.told.add(b)
+                        src = self.nodes.get(b)
+                        if src is not None and src.host:
+                            out = node.core.link_up(b, src.host, at)
+                            if out:
+                                self.send(node, out)
                     node.links.add(b)
                     self.send(node, node.core.receive(c, b, at))
             elif kind == TIMER:
@@ -134,6 +204,7 @@ class Engine:
                 # only the old one timed out, which the runtime would not report
                 if node.alive and not (dead.alive and node.core.id in dead.links):
                     node.links.discard(b)
+                    node.told.discard(b)
                     self.send(node, node.core.connection_lost(b, at))
             else:
                 a(*b)

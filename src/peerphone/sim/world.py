@@ -10,10 +10,13 @@ import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from peerphone.identity import KeyPair, SignatureVerifier, short
+from peerphone.identity import KeyPair, SignatureVerifier
+from peerphone.overlay.election import score
 from peerphone.overlay.events import (
+    DialBack,
     KeyPinned,
     LookupDone,
     PresenceChanged,
@@ -23,16 +26,20 @@ from peerphone.overlay.events import (
 from peerphone.overlay.independence import address_group
 from peerphone.overlay.node import NodeCore
 from peerphone.overlay.ring import position_of
+from peerphone.overlay.supernode import SupernodeConfig
 from peerphone.records import Capacity, MemberBody, Record, Status, user_key
 from peerphone.sim.adversary import RANGES_TRIED, HostileSupernode, choose_range, ring_of
 from peerphone.sim.callload import CallLoad
-from peerphone.sim.config import SCENARIOS, SimConfig
+from peerphone.sim.capacity import INFRASTRUCTURE_CAPS, draw_machines, rented_host
+from peerphone.sim.config import FLASH_FACTOR, FLASH_S, SCENARIOS, SimConfig
+from peerphone.sim.duty import SimNodeCore
 from peerphone.sim.engine import Engine, SimNode
 from peerphone.sim.invariants import InvariantChecker
 from peerphone.sim.ledger import LookupLedger, PresenceLedger
 from peerphone.sim.metrics import Metrics, report
 from peerphone.sim.network import Network
-from peerphone.sim.population import Population, User, address_of
+from peerphone.sim.population import IndexedSet, Population, User, address_of
+from peerphone.sim.tier import Tier
 
 __all__ = ["SCENARIOS", "SimConfig", "World", "simulate"]
 
@@ -66,64 +73,96 @@ class World:
             self.engine, self.population, random.Random(f"{seed}:calls"), config.call_interval_s
         )
         self.checker = InvariantChecker(seed, lambda: self.engine.now, config.verify_every)
-        self.supernodes: dict[int, SimNode] = {}
-        self.seed_nodes: set[int] = set()
-        self.initial_tier_nodes: set[int] = set()
+        self.machines = draw_machines(config.users, seed, config.capacity)
+        self.tier = Tier(
+            self.engine,
+            self.population,
+            self.machines,
+            self.checker,
+            self.metrics,
+            config.capacity.trust_declared,
+        )
+        self.calls.relays_for = self.tier.relays_for
+        self.calls.machines = self.machines
+        self.supernodes = self.tier.supernodes  # node index -> node, while it serves
+        self.seed_nodes = self.tier.seed_nodes
+        self.initial_tier_nodes = self.tier.initial
         self._bootstrap: list[Record] = []
         self.hostiles: list[HostileSupernode] = []
         self.hostile_targets: list[str] = []
         self.forged_accepted = 0  # records of a target accepted under a key not its own
         self.true_keys: dict[str, bytes] = {}  # username -> its real user key
+        self.offline = IndexedSet()  # users logged out (a flash crowd brings them back)
+        self.login_times: list[float] = []
+        self.flash: dict[str, Any] | None = None
+        base = config.supernode
+        if config.dial_back:
+            base = replace(base, membership=replace(base.membership, dial_back=True))
+        self._configs: dict[int, SupernodeConfig] = {}
+        self._base_config = base
 
     # -- population -------------------------------------------------------------------------
 
-    def _make_core(
-        self, user_index: int, node_keys: KeyPair, user_keys: KeyPair, is_eligible: bool
-    ) -> NodeCore:
-        if is_eligible:
-            capacity = Capacity(True, 6 * 3600 + user_index % 3600, 10_000, 50_000, 150)
-        else:
-            capacity = Capacity(False, user_index % 7200, 800, 8_000, 40)
-        return NodeCore(
+    def _config_for(self, max_clients: int) -> SupernodeConfig:
+        """The supernode settings of an owner who admits at most `max_clients`."""
+        config = self._configs.get(max_clients)
+        if config is None:
+            base = self._base_config
+            m = max(1, min(max_clients, base.max_clients))
+            config = replace(base, max_clients=m, max_backups=min(base.max_backups, 2 * m))
+            self._configs[max_clients] = config
+        return config
+
+    def _make_core(self, user_index: int, node_keys: KeyPair, user_keys: KeyPair) -> NodeCore:
+        machine = self.machines[user_index]
+        return SimNodeCore(
             node_keys,
             user_keys,
             f"user{user_index}",
             self.core_rng,
             self.verifier,
-            capacity=capacity,
-            addresses=[address_of(user_index)],
-            client_config=self.config.client,
-            supernode_config=self.config.supernode,
+            lambda: self.tier.duty_of(user_index),
+            machine.announced(),
+            [address_of(user_index)],
+            self.config.client,
+            self._config_for(machine.caps.max_clients),
+            machine.may_serve(self.engine.now),
         )
 
     def build(self) -> None:
         cfg = self.config
         rng = self.work_rng
+        election = self._base_config.election
+        eligible = [m.eligible(election) for m in self.machines]
+        # a warm start: the network has been running, so a tier of eligible nodes exists
+        # (idle ones: an owner who wants the machine would have it step down); the first
+        # few are bootstrap supernodes, the project's own machines, up for the whole run
+        starters = [m.index for m in self.machines if eligible[m.index] and m.may_serve(0.0)]
+        # the best candidates by the election's own order (measured values)
+        starters.sort(key=lambda i: (-score(self.machines[i].announced()), i))
+        starters = starters[: cfg.initial_tier()]
+        for index in starters[: cfg.bootstrap_count()]:
+            self.machines[index].caps = INFRASTRUCTURE_CAPS
+            self.seed_nodes.add(index)
         for i in range(cfg.users):
             node_keys = KeyPair.from_rng(self.key_rng)
             user_keys = KeyPair.from_rng(self.key_rng)
-            is_eligible = rng.random() < cfg.eligible_fraction
-            core = self._make_core(i, node_keys, user_keys, is_eligible)
-            node = SimNode(i, core, self.network.place())
+            core = self._make_core(i, node_keys, user_keys)
+            node = SimNode(i, core, self.network.place(), host=address_of(i).rpartition(":")[0])
             self.engine.add(node)
-            self.population.add(User(i, core.username, is_eligible, node))
+            self.population.add(User(i, core.username, eligible[i], node))
         self.true_keys = {u.name: u.node.core.user_keys.public for u in self.users}
-        eligible_users = [u for u in self.users if u.eligible]
-        # a warm start: the network has been running, so a tier of eligible nodes exists;
-        # the first few are bootstrap supernodes that stay up for the whole run
-        seeds = eligible_users[: cfg.initial_tier()]
-        for rank, user in enumerate(seeds):
-            is_seed = rank < cfg.bootstrap_count()
+        for index in starters:
+            user = self.users[index]
+            is_seed = index in self.seed_nodes
             reason = "bootstrap supernode" if is_seed else "supernode at start"
             sn = user.node.core.become_supernode(0.0, reason, seed=is_seed)
-            self._watch_supernode(user.node)
-            if is_seed:
-                self.seed_nodes.add(user.index)
-            self.initial_tier_nodes.add(user.index)
+            self.initial_tier_nodes.add(index)
             self._bootstrap.append(sn.record)
-        tier = list(seeds)
+            self._serves(user.node)
+        tier = [self.users[i] for i in starters]
         if cfg.hostile_every:
-            tier.extend(self._add_hostiles(len(seeds)))
+            tier.extend(self._add_hostiles(len(starters)))
         members = [r for u in tier if (r := u.node.core.member_record()) is not None]
         for user in tier:
             user.node.core.seed_tier(members, 0.0)
@@ -137,6 +176,11 @@ class World:
             in_tier = user.index in self.initial_tier_nodes
             delay = 0.0 if in_tier else rng.uniform(0.0, cfg.ramp_s)
             self.engine.schedule(delay, self._login, user, user.session + 1)
+        # owners who share only when idle: the node follows their busy hours
+        for machine in self.machines:
+            if machine.caps.only_when_idle and machine.consents():
+                for t in machine.busy_changes(0.0, cfg.duration_s):
+                    self.engine.schedule(t, self._busy_changed, self.users[machine.index])
 
     def _add_hostiles(self, tier_size: int) -> list[User]:
         """Hostile supernodes placed as near chosen names as their /24 lets them (see
@@ -168,10 +212,11 @@ class World:
                 )
                 core.become_supernode(0.0, "hostile", role=sn)
                 self.hostiles.append(sn)
-                node = SimNode(index, core, self.network.place())
+                node = SimNode(index, core, self.network.place(), host=f"{prefix}.{j + 1}")
                 self.engine.add(node)
                 user = User(index, core.username, True, node)
                 self.population.add(user)
+                self.machines.append(rented_host(index))
                 added.append(user)
             group = address_group(f"{prefix}.1:4433")
             cluster = sorted(self.hostiles[-cfg.hostile_cluster :], key=lambda h: h.me)
@@ -198,9 +243,15 @@ class World:
         if true_key is not None and key != true_key:
             self.forged_accepted += 1
 
-    def _watch_supernode(self, node: SimNode) -> None:
+    def _serves(self, node: SimNode) -> None:
         node.core.set_store_observer(self.checker.on_accept)
-        self.supernodes[node.index] = node
+        self.tier.serves(node, self.engine.now)
+
+    def _busy_changed(self, user: User) -> None:
+        """The owner starts or stops using the machine: only-when-idle nodes follow (a
+        supernode steps down by itself, see sim.duty)."""
+        if user.node.alive:
+            user.node.core.may_serve = self.machines[user.index].may_serve(self.engine.now)
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -215,14 +266,18 @@ class World:
         user.login_at = now
         user.status = Status.ONLINE
         self.population.logged_in.add(user.index)
+        self.offline.discard(user.index)
+        self.login_times.append(now)
         node = user.node
         if not node.alive:
             node.alive = True
         core = node.core
+        machine = self.machines[user.index]
+        core.may_serve = machine.may_serve(now)
         out = core.login(now)
         out.extend(core.watch([b for b in self.population.buddies_of(user) if b != user.name], now))
         self.engine.send(node, out)
-        mean = cfg.session_mean_s * (cfg.eligible_session_factor if user.eligible else 1.0)
+        mean = cfg.session_mean_s * (cfg.always_on_session_factor if machine.always_on else 1.0)
         if user.index in self.seed_nodes:
             return  # bootstrap supernodes stay up
         scale = mean / math.gamma(1.0 + 1.0 / cfg.session_shape)
@@ -254,14 +309,17 @@ class World:
             node.alive = False
             node.timer_at = None
         self.lookups.asker_gone(user, crash)
-        self.supernodes.pop(node.index, None)
+        self.tier.gone(node, crash, now)
+        self.calls.session_ended(user, now)
+        self.offline.add(user.index)
         # a machine that comes back starts a fresh process with its saved keys and host cache
         old = node.core
-        core = self._make_core(user.index, old.node_keys, old.user_keys, user.eligible)
+        core = self._make_core(user.index, old.node_keys, old.user_keys)
         core.learn_supernodes(old.host_cache_records(), now)
         core.pin(old.pins())
         node.core = core
         node.timer_at = None
+        node.told.clear()
 
     # -- workload ---------------------------------------------------------------------------
 
@@ -276,8 +334,15 @@ class World:
                 req, out = issuer.node.core.lookup(target.name, now)
                 self.lookups.started(issuer, req, target)
                 self.engine.send(issuer.node, out)
-        rate = max(len(self.online), 1) / cfg.lookup_interval_s
+        rate = max(len(self.online), 1) / cfg.lookup_interval_s * self._crowd(now)
         self.engine.schedule(now + self.work_rng.expovariate(rate), self._lookup_tick)
+
+    def _crowd(self, now: float) -> float:
+        """How many times the normal rate users log in and look up now (a flash crowd)."""
+        flash = self.flash
+        if flash is not None and flash["from_s"] <= now < flash["until_s"]:
+            return FLASH_FACTOR
+        return 1.0
 
     def _status_tick(self) -> None:
         now = self.engine.now
@@ -328,14 +393,13 @@ class World:
                 self.presence.heard(user, event.username, created)
             elif isinstance(event, RoleChanged):
                 if event.supernode:
-                    self.checker.check_promotion(
-                        user.eligible, user.index in self.seed_nodes, short(node.core.id)
-                    )
                     self.metrics.promotions += 1
-                    self._watch_supernode(node)
+                    self._serves(node)
                 else:
                     self.metrics.demotions += 1
-                    self.supernodes.pop(node.index, None)
+                    self.tier.leaves(node, event.reason, now)
+            elif isinstance(event, DialBack):
+                self.tier.dial_back(node, event)
             else:
                 self.calls.on_event(user, event)
 
@@ -374,6 +438,47 @@ class World:
                 self.work_rng.uniform(0.0, 55.0),
             )
 
+    def _flash_crowd(self) -> None:
+        """For FLASH_S, FLASH_FACTOR times the normal rate of logins (the rate of the
+        FLASH_S before) and of lookups: logged-out users come back at once, and when
+        none is left, online clients log in again."""
+        now = self.engine.now
+        before = sum(1 for t in self.login_times if now - FLASH_S <= t < now)
+        normal = max(before / FLASH_S, 1.0 / FLASH_S)
+        self.flash = {
+            "from_s": now,
+            "until_s": now + FLASH_S,
+            "factor": FLASH_FACTOR,
+            "normal_logins_per_s": round(normal, 4),
+            "logins_added": 0,
+            "of_logged_out": 0,
+            "relogins": 0,
+        }
+        rng = random.Random(f"{self.config.seed}:flash")
+        self.engine.schedule(now, self._flash_login, rng, (FLASH_FACTOR - 1.0) * normal)
+
+    def _flash_login(self, rng: random.Random, rate: float) -> None:
+        now = self.engine.now
+        flash = self.flash
+        assert flash is not None
+        if now >= flash["until_s"]:
+            return
+        genuine = [i for i in self.offline.items if i < self.config.users]
+        if genuine:
+            user = self.users[genuine[int(rng.random() * len(genuine))]]
+            flash["of_logged_out"] += 1
+            self._login(user, user.session + 1)
+        else:
+            index = self.online.choice(rng) if len(self.online) else -1
+            user = self.users[index] if index >= 0 else self.users[0]
+            if user.online and user.index not in self.supernodes:
+                session = user.session
+                flash["relogins"] += 1
+                self._go_offline(user, crash=False)
+                self._login(user, session + 1)
+        flash["logins_added"] += 1
+        self.engine.schedule(now + rng.expovariate(rate), self._flash_login, rng, rate)
+
     # -- running ----------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -388,6 +493,8 @@ class World:
             self.engine.schedule(cfg.disaster_time(), self._mass_reboot)
         elif cfg.scenario == "login-storm":
             self.engine.schedule(cfg.disaster_time(), self._login_storm)
+        elif cfg.scenario == "flash-crowd":
+            self.engine.schedule(cfg.disaster_time(), self._flash_crowd)
         self.engine.run(cfg.duration_s, self.progress)
         return self.report(time.perf_counter() - wall0)
 
@@ -408,7 +515,7 @@ class World:
                     "failures": dict(sorted(m.attacked_failures.items())),
                 },
             }
-        return report(
+        result = report(
             cfg,
             self.metrics,
             online=len(self.population.logged_in),
@@ -430,6 +537,16 @@ class World:
             wall_s=wall_s,
             adversary=adversary,
         )
+        tier = self.tier
+        result["supernodes"]["all_publicly_reachable"] = tier.all_public()
+        result["supernodes"]["step_downs"] = dict(sorted(tier.step_downs.items()))
+        result["lookups"]["around_role_changes"] = tier.around_role_changes()
+        eligible = sum(1 for u in self.users[: cfg.users] if u.eligible)
+        result["eligibility"] = tier.eligibility(eligible)
+        result["sharing"] = tier.sharing(cfg.duration_s)
+        if self.flash is not None:
+            result["flash_crowd"] = self.flash
+        return result
 
 
 def simulate(config: SimConfig, progress: Callable[[float], None] | None = None) -> dict[str, Any]:
