@@ -234,4 +234,14 @@ def test_the_sharing_panel_shows_what_a_supernode_serves_live(
     # updated every second: the chart gains a point per poll
     points = page.evaluate("() => state.chart.length")
     page.wait_for_function("(n) => state.chart.length >= n", arg=points + 2, timeout=5_000)
+    # the numbers of `peerphone sharing`: per category against its cap, the day's volume
+    # against the day's cap, the node's CPU, the shedding ladder (none: within every cap)
+    categories = page.locator(tid("sharing-categories"))
+    assert "directory" in categories.inner_text() and "relay" in categories.inner_text()
+    assert "kbit/s" in categories.inner_text()
+    assert " of " in page.inner_text(tid("sharing-day"))  # used, of the day's cap
+    assert "of one core (cap " in page.inner_text(tid("sharing-cpu"))
+    assert page.inner_text(tid("sharing-duty")) == "none: within every cap"
+    roles = page.inner_text(tid("sharing-role-changes"))
+    assert "supernode" in roles, roles  # it became one at start, and why
     panel.screenshot(path=str(SCREENSHOTS / "sharing.png"))

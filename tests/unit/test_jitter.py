@@ -358,7 +358,11 @@ def test_in_a_pause_nothing_is_called_overdue_and_stretching_is_not_concealment(
     seq = stream.seq % SEQ_MOD  # the comfort-noise update, 400 ms on
     buffer.insert(seq, seq * PACKET + 10 * PACKET, payload(seq), PACKET, stream.now)
     stream.seq += 1
-    stream.run(3)
+    for _ in range(3):  # talk again, on the sender's clock (10 frames were not sent)
+        seq = stream.seq % SEQ_MOD
+        buffer.insert(seq, seq * PACKET + 10 * PACKET, payload(seq), PACKET, stream.now)
+        stream.seq += 1
+        stream.tick()
     counts = buffer.counts
     assert counts.nacks_sent == 0 and counts.lost == 0 and buffer.loss(stream.now + 5) == 0.0
     assert counts.concealed_samples == 0 and counts.pause_samples > 0
@@ -398,3 +402,113 @@ def test_the_senders_timeline_survives_its_pauses_and_the_delay_with_it() -> Non
     assert set(offsets.values()) == {0}, offsets  # every packet exactly at its place
     assert buffer.counts.concealed_samples == 0 and buffer.counts.lost == 0
     assert buffer.counts.nacks_sent == 0
+
+
+# -- the timeline, with time moving by what is played (as the player does) ---------------
+
+Arrival = tuple[float, int, int]  # (when, sequence number, timestamp)
+
+
+def play_timed(buffer: JitterBuffer, arrivals: list[Arrival], until: float) -> list[Playout]:
+    """Pull from `buffer`, the clock moving by each piece's length; packets arrive on time."""
+    pending = sorted(arrivals)
+    played: list[Playout] = []
+    now = 0.0
+    while now < until:
+        while pending and pending[0][0] <= now:
+            _, seq, ts = pending.pop(0)
+            buffer.insert(seq, ts, payload(seq), PACKET, now)
+        piece = buffer.pull(now)
+        if piece is None:
+            now += 0.005
+            continue
+        played.append(piece)
+        now += piece.samples / 48_000
+    return played
+
+
+def offsets(played: list[Playout]) -> dict[int, int]:
+    """Each decoded packet's place in the output less its timestamp (samples)."""
+    at, out = 0, {}
+    for piece in played:
+        if piece.action is Action.DECODE and piece.timestamp is not None:
+            out[piece.timestamp] = at + piece.dropped_samples - piece.timestamp
+        at += piece.samples
+    return out
+
+
+def talk_spurts(spurts: list[tuple[int, int]], lose: frozenset[int] = frozenset()) -> list[Arrival]:
+    """(packets, pause in frames) each: DTX sends nothing in a pause; consecutive seqs."""
+    arrivals, seq, frame = [], 0, 0
+    for talk, pause in spurts:
+        for _ in range(talk):
+            if seq not in lose:
+                arrivals.append((frame * STEP, seq, frame * PACKET))
+            seq, frame = seq + 1, frame + 1
+        frame += pause
+    return arrivals
+
+
+def test_a_deep_buffer_keeps_its_delay_across_pauses() -> None:
+    """Slack beyond 200 ms (a long round trip, a jittery path) is restored after a pause
+    too, not dropped all at once."""
+    buffer = JitterBuffer(JitterConfig(retransmit=False, start_delay_ms=240))
+    played = play_timed(buffer, talk_spurts([(10, 15), (10, 30), (10, 0)]), until=4.0)
+    assert set(offsets(played).values()) == {offsets(played)[0]}  # one delay throughout
+    assert buffer.counts.concealed_samples == 0
+
+
+def test_a_lost_first_packet_after_a_pause_waits_for_its_retransmission() -> None:
+    buffer = JitterBuffer(JitterConfig(retransmit=True))
+    buffer.rtt_s = 0.002
+    buffer.quiet = False
+    onset = 10  # the first packet after the pause: lost on the way
+    arrivals = talk_spurts([(10, 15), (10, 0)], lose=frozenset({onset}))
+    resent_at = next(t for t, seq, _ in arrivals if seq == onset + 1) + 0.015
+    arrivals.append((resent_at, onset, (onset + 15) * PACKET))  # asked for, and here
+    played = play_timed(buffer, arrivals, until=2.0)
+    decoded = [p.timestamp for p in played if p.action is Action.DECODE]
+    assert (onset + 15) * PACKET in decoded  # played in its turn, not late
+    assert buffer.counts.late == 0 and buffer.counts.fec == 0
+    assert len(set(offsets(played).values())) == 1  # and the pause kept its length
+
+
+def test_shedding_depth_never_drops_a_pause_with_a_packet() -> None:
+    """The buffer sheds one packet in a pause of speech, never a sender's pause with it."""
+    buffer = JitterBuffer(JitterConfig(retransmit=False, start_delay_ms=300, window_s=1.0))
+    spurts = [(1, 2)] * 40 + [(40, 0)]  # first a pause after every packet, then talk
+    played = play_timed(buffer, talk_spurts(spurts), until=9.0)
+    dropped = sum(p.dropped_samples for p in played)
+    assert dropped > 0  # it did shed depth
+    values = sorted(set(offsets(played).values()))
+    first = offsets(played)[0]
+    # each shed moves the timeline by one packet's samples, never by a pause as well
+    assert all((first - v) % PACKET == 0 for v in values)
+    assert first - values[0] == dropped
+
+
+def test_comfort_noise_that_sounds_loud_is_still_not_taken_for_late_packets() -> None:
+    """DTX in a noisy room: the comfort noise played is not `quiet`, but a packet that
+    came after a jump of its timestamps tells the sender paused: nothing after it is
+    called overdue (before the first update the receiver cannot know, and may ask)."""
+    buffer = JitterBuffer(JitterConfig(retransmit=True))
+    buffer.rtt_s = 0.002
+    stream = Stream(buffer)
+    buffer.quiet = False
+    stream.run(20)
+    frame = stream.seq
+    asked_after_an_update = []
+    for update in range(3):  # comfort-noise updates every 400 ms, on time
+        for _ in range(9):
+            buffer.mark_overdue(stream.now)
+            due = buffer.nacks_due(stream.now)
+            if update:
+                asked_after_an_update += due
+            stream.tick()
+        frame += 10
+        seq = stream.seq % SEQ_MOD
+        buffer.insert(seq, frame * PACKET, payload(seq), PACKET, stream.now)
+        stream.seq += 1
+        stream.tick()
+    assert asked_after_an_update == []
+    assert buffer.counts.lost == 0

@@ -48,11 +48,12 @@ from typing import Any
 from aioice import Candidate as IceCandidate
 from aioice.ice import CandidatePair, Connection
 from aiortc import RTCDtlsTransport, RTCIceTransport, RTCPeerConnection, RTCRtpReceiver
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RTP_HISTORY_SIZE, RtpPacket
 from cryptography import x509
 
 ICE_COMPONENT_RTP = 1  # rtcp-mux: everything runs on component 1
 _RECEIVER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
+_SENDER_HISTORY = "_RTCRtpSender__rtp_history"  # seq % RTP_HISTORY_SIZE -> packet sent
 
 # (sequence number, RTP timestamp, payload, SSRC) of each received RTP packet -> how many
 # of that stream's packets have had no first copy so far (None: leave aiortc's count)
@@ -182,12 +183,16 @@ async def request_retransmission(pc: RTCPeerConnection, ssrc: int, seqs: list[in
 
 
 def count_retransmissions(pc: RTCPeerConnection, on_request: Callable[[int], None]) -> None:
-    """Call `on_request(seq)` for each packet the peer asks us to send again."""
+    """Call `on_request(seq)` for each packet we sent that the peer asks us to send again
+    (a receiver may ask for one we never sent: a DTX pause looks like packets overdue)."""
     sender = next(t.sender for t in pc.getTransceivers() if t.kind == "audio")
     retransmit = sender._retransmit
+    history: dict[int, RtpPacket] = getattr(sender, _SENDER_HISTORY)
 
     async def counted(sequence_number: int) -> None:
-        on_request(sequence_number)
+        sent = history.get(sequence_number % RTP_HISTORY_SIZE)
+        if sent is not None and sent.sequence_number == sequence_number:
+            on_request(sequence_number)
         await retransmit(sequence_number)
 
     sender._retransmit = counted  # type: ignore[method-assign]
@@ -209,6 +214,8 @@ def check_internals(pc: RTCPeerConnection) -> None:
         sender = next(t.sender for t in pc.getTransceivers() if t.kind == "audio")
         if not callable(getattr(sender, "_retransmit", None)):
             raise TypeError("RTCRtpSender has no _retransmit")
+        if not isinstance(getattr(sender, _SENDER_HISTORY, None), dict):
+            raise TypeError("RTCRtpSender has no RTP history dict")
         connection = _ice_connection(dtls.transport)
         if not isinstance(connection._nominated, dict):
             raise TypeError("aioice.Connection._nominated is not a dict")

@@ -57,7 +57,7 @@ SPURIOUS_MAX_S = 0.040  # ... up to this much
 SUSPECT_MEMORY_S = 2.0  # how long a NACKed packet's arrival is remembered (its copy may come)
 UNKNOWN_RTT_RETRY_S = 0.1  # before RTCP has measured the round trip
 TS_MOD = 1 << 32
-MAX_REALIGN_SAMPLES = 9_600  # 200 ms: after a sender's pause, silence to restore the delay
+KEEP_HYSTERESIS_S = 0.020  # the retransmission slack, once kept, goes only this far beyond
 
 
 class Action(enum.Enum):
@@ -165,6 +165,9 @@ class JitterBuffer:
     _ts_highest: int | None = None  # the newest packet's RTP timestamp, unwrapped
     _transit: deque[float] = field(default_factory=deque)  # arrival - send time, recent
     _suspects: dict[int, _Suspect] = field(default_factory=dict)  # by extended seq
+    _after_pause: bool = False  # the newest packet came after a pause of the sender's
+    _newest_samples: int = 960
+    _keeping: bool = False  # the retransmission slack is kept without loss (short path)
     _expect_ts: int | None = None  # RTP timestamp the next packet should carry
     _extra: int = 0  # samples played since the last decode that stood for none of the sender's
     _overdue_extra_s: float = 0.0  # grown by needless NACKs
@@ -189,7 +192,7 @@ class JitterBuffer:
             for gap in range(self._highest + 1, ext):
                 self._missing.setdefault(gap, _Missing(now))
         if self._highest is not None and ext >= self._highest:
-            self._note_newest(ext, timestamp, now)
+            self._note_newest(ext, timestamp, samples, now)
         missing = self._missing.pop(ext, None)
         if missing is not None and self._paused_before(missing, timestamp):
             missing = None  # the clock called it due, but the sender had paused (hold)
@@ -230,13 +233,18 @@ class JitterBuffer:
             packet.retransmitted = False
         return True
 
-    def _note_newest(self, ext: int, timestamp: int, now: float) -> None:
+    def _note_newest(self, ext: int, timestamp: int, samples: int, now: float) -> None:
         if self._ts_highest is None:
             self._ts_highest = timestamp
         else:
             delta = (timestamp - self._ts_highest) % (1 << 32)
-            self._ts_highest += delta - (1 << 32) if delta >= 1 << 31 else delta
+            delta = delta - (1 << 32) if delta >= 1 << 31 else delta
+            # the next sequence number, later than one packet on: the sender paused (DTX)
+            after_previous = self._highest is not None and ext == self._highest + 1
+            self._after_pause = after_previous and delta > self._newest_samples
+            self._ts_highest += delta
         self._highest = ext
+        self._newest_samples = samples
         self._transit.append(now - self._ts_highest / RTP_HZ)
         if len(self._transit) > TRANSIT_WINDOW:
             self._transit.popleft()
@@ -260,8 +268,8 @@ class JitterBuffer:
         a retransmission can then be asked for a packet earlier (40 ms, at 40 ms packets)."""
         if not self.config.retransmit or self._highest is None or self._ts_highest is None:
             return
-        if self.quiet:  # a pause: the sender may be silent (DTX); a gap will show a loss
-            return
+        if self.quiet or self._after_pause:  # the sender may be silent (DTX): a gap will
+            return  # show a loss; noise that DTX sends as comfort noise can sound loud
         if not self._transit:
             return
         on_time = self._ts_highest / RTP_HZ + min(self._transit)  # the newest's, at best
@@ -294,6 +302,7 @@ class JitterBuffer:
         self._transit.clear()
         self._suspects.clear()
         self._expect_ts, self._extra = None, 0
+        self._after_pause = False
 
     # -- playout --------------------------------------------------------------------------
 
@@ -304,23 +313,38 @@ class JitterBuffer:
         timestamp shows it paused longer than what was played meanwhile, the difference is
         played as silence first, so the delay after the pause is what it was before (and
         the packet's slack is measured when it really plays)."""
-        if self._next is not None:
-            waiting = self._packets.get(self._next)
-            if waiting is not None and (left := self._pause_left(waiting.timestamp)) > 0:
-                self._extra += left
-                self.counts.silence_samples += left
-                return Playout(Action.SILENCE, left, covers=False)
+        if self._next is not None and (left := self._pause_left_before_next()) > 0:
+            self._extra += left
+            self.counts.silence_samples += left
+            return Playout(Action.SILENCE, left, covers=False)
         out = self._pull(now)
         if out is not None:
             self._follow(out)
         return out
+
+    def _pause_left_before_next(self) -> int:
+        """The sender's pause not yet played before the next packet; when that one is lost
+        (the first of a talk spurt), its timestamp is the first one behind it less theirs
+        between, so the silence comes first and the retransmission has its time."""
+        assert self._next is not None
+        waiting = self._packets.get(self._next)
+        if waiting is not None:
+            return self._pause_left(waiting.timestamp)
+        if not self._packets:
+            return 0
+        seq = min(self._packets)
+        behind = self._packets[seq]
+        expected = behind.timestamp - (seq - self._next) * self._last_samples
+        return self._pause_left(expected % TS_MOD)
 
     def _pause_left(self, timestamp: int) -> int:
         if self._expect_ts is None:
             return 0
         pause = (timestamp - self._expect_ts) % TS_MOD
         missing = pause - self._extra if pause < TS_MOD // 2 else 0
-        return missing if 0 < missing <= MAX_REALIGN_SAMPLES else 0
+        # the delay to restore is at most the slack, which never exceeds max_delay_ms
+        cap = round(self.config.max_delay_ms * RTP_HZ / 1000)
+        return max(0, min(missing, cap))
 
     def _follow(self, out: Playout) -> None:
         """Where the sender's timeline is after `out`."""
@@ -360,8 +384,10 @@ class JitterBuffer:
             self._remember_slack(now, now - packet.arrival)
         drop, dropped = b"", 0
         if self.quiet and self._should_shrink(packet.samples):  # shed depth in a pause
-            following = self._packets.pop(self._next, None)
-            if following is not None:
+            following = self._packets.get(self._next)
+            after = (packet.timestamp + packet.samples) % TS_MOD
+            if following is not None and following.timestamp == after:  # no pause between
+                del self._packets[self._next]
                 self._next += 1
                 self.counts.discarded += 1
                 drop, dropped, packet = packet.payload, packet.samples, following
@@ -426,7 +452,12 @@ class JitterBuffer:
         if now - self._last_loss_at <= self.config.loss_memory_s:
             return True
         cost_s = self.overdue_after_s() + 1.5 * self.rtt_s + 0.010
-        return cost_s * 1000 <= self.config.keep_retransmission_ms
+        keep_s = self.config.keep_retransmission_ms / 1000
+        if cost_s <= keep_s:
+            self._keeping = True
+        elif cost_s > keep_s + KEEP_HYSTERESIS_S:  # jitter or RTT moving near the line
+            self._keeping = False
+        return self._keeping
 
     def _remember_slack(self, now: float, slack: float) -> None:
         self._slack.append((now, slack))
@@ -453,10 +484,14 @@ class JitterBuffer:
         """Conceal one piece without moving on: the delay grows by it."""
         self._slack.clear()
         samples = self._last_samples
-        self._extra += samples
-        self.counts.concealed += 1
-        self.counts.concealed_samples += samples
         self.counts.played_samples += samples
+        if self.quiet:
+            self.counts.pause_samples += samples
+        else:
+            self.counts.concealed += 1
+            self.counts.concealed_samples += samples
+        # not counted in `_extra` (a stand-in for the sender's pause): the realign after a
+        # pause must not take the growth back
         return Playout(Action.CONCEAL, samples, covers=False)
 
     # -- retransmission -------------------------------------------------------------------

@@ -6,6 +6,7 @@
 const EVENT_HANDLERS = {
   PresenceChanged: onPresence,
   KeyChanged: onPresence, // {name, owner: the key seen, pinned_key}: the list warns
+  Sharing: renderSharingDetail, // every 5 s: the numbers of `peerphone sharing`
   CallIncoming: onIncoming,
   CallAnswered: onAnswered,
   CallEnded: onEnded,
@@ -91,6 +92,7 @@ function start() {
   });
   pollStatus();
   setInterval(pollStatus, STATUS_POLL_MS);
+  api("GET", "/v1/sharing").then(renderSharingDetail).catch(() => {}); // then the events
   setInterval(() => state.call && !state.call.ended && renderCall(), 1000);
   loadContacts().catch((e) => notice(e.message, "bad"));
   loadHistory().catch(() => {});

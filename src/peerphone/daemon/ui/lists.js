@@ -56,6 +56,52 @@ function renderSharing(st) {
   drawChart(relay ? relay.cap_kbps : 0);
 }
 
+// -- the Sharing event (and GET /v1/sharing at start): per category, volume, CPU, duty ---
+
+function bytesText(n) {
+  if (n === null || n === undefined) return "–";
+  if (n >= 1e9) return (n / 1e9).toFixed(2) + " GB";
+  if (n >= 1e6) return (n / 1e6).toFixed(1) + " MB";
+  return (n / 1e3).toFixed(1) + " kB";
+}
+
+function kbps(bytesPerSecond) {
+  return ((bytesPerSecond || 0) * 8 / 1000).toFixed(1) + " kbit/s";
+}
+
+function renderSharingDetail(sh) {
+  const rows = [];
+  for (const [name, c] of Object.entries(sh.categories || {})) {
+    rows.push(
+      el("tr", {},
+        el("th", { text: name.replace(/_/g, " ") }),
+        el("td", { text: kbps(c.now && c.now.up_bytes_per_s) }),
+        el("td", { text: c.cap ? kbps(c.cap.bytes_per_s) : "–" }),
+        el("td", { text: bytesText(c.today.up_bytes) + " / " + bytesText(c.today.down_bytes) }),
+        el("td", { text: bytesText(c.month.up_bytes) + " / " + bytesText(c.month.down_bytes) }),
+      ),
+    );
+  }
+  $("sh-categories").replaceChildren(...rows);
+  const v = sh.volume || {};
+  const against = (used, cap) => bytesText(used) + (cap ? " of " + bytesText(cap) : " (no cap)");
+  $("sh-day").textContent = against(v.today_bytes, v.today_cap_bytes);
+  $("sh-month").textContent = against(v.month_bytes, v.month_cap_bytes);
+  const cpu = sh.cpu || {};
+  $("sh-cpu").textContent =
+    (cpu.now_percent === null || cpu.now_percent === undefined ? "–" : cpu.now_percent + " %") +
+    " of one core (cap " + cpu.cap_percent + " %)";
+  const duty = sh.duty || {};
+  $("sh-duty").textContent = duty.level
+    ? duty.step + " — " + (duty.reason || "")
+    : "none: within every cap";
+  $("sh-changes").replaceChildren(
+    ...(sh.role_changes || []).slice(0, 5).map((c) =>
+      el("li", { text: new Date(c.at * 1000).toLocaleString() + ": " + c.role + " — " + c.reason }),
+    ),
+  );
+}
+
 function drawChart(cap) {
   const canvas = $("sh-chart");
   const ratio = window.devicePixelRatio || 1;
