@@ -255,3 +255,16 @@ def test_a_disaster_that_cannot_fit_in_the_run_is_an_error(scenario: str) -> Non
         at = SimConfig(users=100, duration_s=duration, scenario=scenario).disaster_time()
         assert at == duration / 3
     assert SimConfig(users=100, duration_s=600.0, scenario="steady").duration_s == 600.0
+
+
+def test_a_dip_long_after_the_event_settled_is_its_own_not_the_events() -> None:
+    # the event's harm ends with the window at 114; two failures at 500 s, after 300 s of
+    # health, make a dip of their own: counted, not a recovery of 410 s
+    lookups = every_tenth_second(0, 700, failing=(100.0, 105.0))
+    lookups[5000] = (lookups[5000][0], False)
+    lookups[5001] = (lookups[5001][0], False)
+    m = metrics_with(lookups)
+    assert m.recovery_s(100.0, 700.0) == 14.0
+    assert m.later_dips(100.0, 14.0, 700.0) == 10  # the windows ending at 501 ... 510
+    # within the settling time it is still the event's
+    assert m.recovery_s(100.0, 700.0, settle_s=500.0) == 410.0

@@ -27,6 +27,9 @@ from peerphone.stats import percentile
 HARM_WINDOW_S = 660.0  # an event's reach: victims go down within 60 s, back within 600 s
 
 
+SETTLE_S = 300.0  # healthy this long after an event: recovered (a later dip is its own)
+
+
 @dataclass(slots=True)
 class Metrics:
     """Counters and samples gathered while the simulation runs."""
@@ -94,28 +97,48 @@ class Metrics:
         return result
 
     def recovery_s(
-        self, event_at: float, end: float, window_s: float = 10.0, target: float = 0.99
+        self,
+        event_at: float,
+        end: float,
+        window_s: float = 10.0,
+        target: float = 0.99,
+        settle_s: float = SETTLE_S,
     ) -> float | None:
-        """Seconds from `event_at` until windowed lookup success is back at `target` for good.
+        """Seconds from `event_at` until windowed lookup success is back at `target` and
+        stays there for `settle_s` (or to the end of the run).
 
         For each whole second t from the event to `end`, the window holds lookups started in
         [t - window_s, t). A window is healthy if it holds a lookup and at least `target` of
         its lookups succeeded; one with no lookup proves nothing, so it counts as not
         healthy. The answer is the end of the last window not healthy, minus event_at (0 if
         every window was healthy); None if the run ended with such a window (not recovered,
-        or not known to be).
+        or not known to be). A window not healthy after `settle_s` of healthy ones is a
+        later dip, not the event's (a window holds ~150 lookups at 10 000 users: two failed
+        lookups anywhere in an hour make one); `later_dips` counts them.
         """
         first = math.ceil(event_at)
         stop = int(end)
         last_bad: int | None = None
         for t, (ok, judged) in enumerate(self.windows(event_at, end, window_s), start=first):
             if not judged or ok / judged < target:
+                if t - (last_bad if last_bad is not None else event_at) > settle_s:
+                    break  # settled before this: a later dip
                 last_bad = t
         if last_bad is None:
             return 0.0
         if last_bad >= stop - 1:
             return None
         return float(last_bad) - event_at
+
+    def later_dips(
+        self, event_at: float, recovery_s: float | None, end: float, window_s: float = 10.0
+    ) -> int:
+        """Windows below 99 % after the recovery (see `recovery_s`): dips of their own."""
+        if recovery_s is None:
+            return 0
+        start = event_at + recovery_s + 1
+        windows = self.windows(start, end, window_s)
+        return sum(1 for ok, judged in windows if not judged or ok / judged < 0.99)
 
 
 def _ms(values: list[float], quantiles: tuple[str, ...]) -> dict[str, float]:
@@ -279,5 +302,6 @@ def report(
         event_at = cfg.disaster_time()
         result["event_at_s"] = event_at
         result["recovery_s"] = m.recovery_s(event_at, cfg.duration_s)
+        result["later_dips"] = m.later_dips(event_at, result["recovery_s"], cfg.duration_s)
         result["harm"] = _harm(m, event_at, cfg.duration_s, unfindable_at_end)
     return result
