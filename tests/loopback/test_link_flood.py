@@ -64,6 +64,12 @@ def test_link_flood_leaves_room_for_an_honest_client(tmp_path: Path) -> None:
     procs = NodeProcs(tmp_path)
     attacker: subprocess.Popen[bytes] | None = None
     out = tmp_path / "flood.jsonl"
+    # the owner's caps would count the flood's handshakes as directory traffic and step
+    # down (daemon/duty.py): this test is about the link table, so they are wide open
+    (tmp_path / "sn1").mkdir()
+    (tmp_path / "sn1" / "config.toml").write_text(
+        "[share]\ndirectory_kbps = 1000000\ncpu_percent = 100\n"
+    )
     try:
         sn = procs.start(
             "sn1",

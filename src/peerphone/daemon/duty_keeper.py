@@ -34,7 +34,7 @@ from peerphone.daemon.duty import (
 )
 from peerphone.daemon.policy import Policy
 from peerphone.daemon.relay import Relay
-from peerphone.daemon.sharing import CATEGORIES, DIRECTORY, RELAY, Sharing
+from peerphone.daemon.sharing import CATEGORIES, CPU_CAP_WINDOW_S, DIRECTORY, RELAY, Sharing
 from peerphone.overlay.node import NodeCore
 from peerphone.runtime.node_runtime import NodeRuntime
 
@@ -129,7 +129,7 @@ class DutyKeeper:
             month_bytes=sum(
                 ledger.this_month[c].up + ledger.this_month[c].down for c in CATEGORIES
             ),
-            cpu_percent=service.sharing.cpu_percent(),
+            cpu_percent=service.sharing.cpu_percent(CPU_CAP_WINDOW_S),
             clients=snapshot.clients_served if snapshot is not None else 0,
             owner_in_call=any(not r.end_reason for r in service.calls.calls.values()),
             machine_busy=self.busy() if self.ladder.caps.only_when_idle else False,

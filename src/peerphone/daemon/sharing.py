@@ -56,6 +56,9 @@ IPV4_UDP_HEADER_BYTES = 20 + 8
 IPV6_UDP_HEADER_BYTES = 40 + 8
 SAMPLE_INTERVAL_S = 1.0  # counters are read this often (and on every read of the view)
 SAVE_INTERVAL_S = 30.0  # DIR/sharing.json is written this often, and at shutdown
+# the CPU cap is judged over a minute: a burst (a flood of handshakes, which shedding
+# clients would not stop) must not make the node turn honest clients away
+CPU_CAP_WINDOW_S = 60
 EVENT_INTERVAL_S = 5.0  # a "Sharing" event to the event stream's listeners, this often
 MAX_ROLE_CHANGES = 10  # kept (and shown), newest first
 MAX_REASON_CHARS = 200  # of a role change's reason, as kept
@@ -285,7 +288,7 @@ class Sharing:
         self.clock = clock
         self.cpu = cpu
         self._meter: SharingMeter | None = None  # once the ledger is loaded
-        self._cpu_samples: deque[tuple[float, float]] = deque(maxlen=RATE_WINDOW_S + 1)
+        self._cpu_samples: deque[tuple[float, float]] = deque(maxlen=CPU_CAP_WINDOW_S + 1)
         self._roles_seen = False  # a role change recorded by this run (older ones: saved)
         # called with the time after each second's sample (the duty keeper: the caps)
         self.after_sample: Callable[[float], None] = lambda now: None
@@ -368,12 +371,13 @@ class Sharing:
             self.sample()
             self.save()
 
-    def cpu_percent(self) -> float | None:
-        """CPU the node process used, in percent of one core, over the last few seconds
-        (from getrusage: user and system, all threads); None before two samples."""
-        if len(self._cpu_samples) < 2:
-            return None
-        (then, before), (last, used) = self._cpu_samples[0], self._cpu_samples[-1]
+    def cpu_percent(self, window_s: int = RATE_WINDOW_S) -> float | None:
+        """CPU the node process used, in percent of one core, over the last `window_s`
+        seconds (from getrusage: user and system, all threads); None before two samples."""
+        samples = list(self._cpu_samples)[-(window_s + 1) :]
+        if len(samples) < 2 or (window_s > RATE_WINDOW_S and len(samples) < window_s + 1):
+            return None  # a long window judges only once it is full (not the start-up)
+        (then, before), (last, used) = samples[0], samples[-1]
         return 100 * (used - before) / (last - then) if last > then else None
 
     def _cpu_view(self) -> dict[str, Any]:
