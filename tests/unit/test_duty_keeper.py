@@ -34,7 +34,7 @@ class FakeSharing:
         self.meter = SharingMeter(Ledger(now))
         self.cpu = 5.0
 
-    def cpu_percent(self) -> float:
+    def cpu_percent(self, window_s: int = 5) -> float:
         return self.cpu
 
 
