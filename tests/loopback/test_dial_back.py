@@ -91,30 +91,39 @@ def test_a_dial_back_needs_the_identity_and_the_echo_over_udp_and_tcp() -> None:
     run_bounded(scenario, Nodes(), BUDGET_S)
 
 
+def two_member_tier(
+    verifier: NodeRuntime, asker: NodeRuntime, wanted: int
+) -> tuple[list[ReachResult], asyncio.Event]:
+    """`verifier` and `asker` as a tier of two; the ReachResults `asker` gets are collected,
+    and the event is set once `wanted` of them came."""
+    now = verifier.now()
+    for runtime in (verifier, asker):
+        runtime.core.become_supernode(now, "test", seed=True)
+    assert verifier.core.supernode is not None and asker.core.supernode is not None
+    verifier.core.seed_tier([asker.core.supernode.record], now)
+    asker.core.seed_tier([verifier.core.supernode.record], now)
+    answers: list[ReachResult] = []
+    done = asyncio.Event()
+    original = asker.core.receive
+
+    def receive(msg: Message, src: NodeId, now: float) -> list[Send]:
+        if isinstance(msg, ReachResult):
+            answers.append(msg)
+            if len(answers) >= wanted:
+                done.set()
+        return original(msg, src, now)
+
+    asker.core.receive = receive  # type: ignore[method-assign]
+    return answers, done
+
+
 def test_a_check_asked_by_a_member_dials_both_transports_and_answers() -> None:
     async def scenario(nodes: Nodes) -> None:
         verifier = await nodes.start("verifier")
         asker = await nodes.start("asker")
         candidate = await nodes.start("candidate")
         closed = (LOOPBACK, 9)  # discard port: nothing listens on loopback
-        now = verifier.now()
-        for runtime in (verifier, asker):
-            runtime.core.become_supernode(now, "test", seed=True)
-        assert verifier.core.supernode is not None and asker.core.supernode is not None
-        verifier.core.seed_tier([asker.core.supernode.record], now)
-        asker.core.seed_tier([verifier.core.supernode.record], now)
-        answers: list[ReachResult] = []
-        both = asyncio.Event()
-        original = asker.core.receive
-
-        def receive(msg: Message, src: NodeId, now: float) -> list[Send]:
-            if isinstance(msg, ReachResult):
-                answers.append(msg)
-                if len(answers) == 2:
-                    both.set()
-            return original(msg, src, now)
-
-        asker.core.receive = receive  # type: ignore[method-assign]
+        answers, both = two_member_tier(verifier, asker, wanted=2)
         udp, tcp = candidate.address, candidate.tcp_address
         assert udp is not None and tcp is not None
         checks = [
@@ -143,23 +152,7 @@ def test_a_verifier_never_dials_its_own_side_for_another_member() -> None:
         asker = await nodes.start("asker")
         candidate = await nodes.start("candidate")
         verifier.may_dial = AddressFilter(["127.0.0.0/8"]).allows  # loopback: never anyway
-        now = verifier.now()
-        for runtime in (verifier, asker):
-            runtime.core.become_supernode(now, "test", seed=True)
-        assert verifier.core.supernode is not None and asker.core.supernode is not None
-        verifier.core.seed_tier([asker.core.supernode.record], now)
-        asker.core.seed_tier([verifier.core.supernode.record], now)
-        answers: list[ReachResult] = []
-        answered = asyncio.Event()
-        original = asker.core.receive
-
-        def receive(msg: Message, src: NodeId, now: float) -> list[Send]:
-            if isinstance(msg, ReachResult):
-                answers.append(msg)
-                answered.set()
-            return original(msg, src, now)
-
-        asker.core.receive = receive  # type: ignore[method-assign]
+        answers, answered = two_member_tier(verifier, asker, wanted=1)
         assert candidate.address is not None
         check = ReachCheck(1, bytes(candidate.core.id), f"{LOOPBACK}:{candidate.address[1]}", "")
         dials = verifier.links.stats["dial_backs"]
