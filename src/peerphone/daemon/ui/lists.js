@@ -66,7 +66,8 @@ function bytesText(n) {
 }
 
 function kbps(bytesPerSecond) {
-  return ((bytesPerSecond || 0) * 8 / 1000).toFixed(1) + " kbit/s";
+  const value = ((bytesPerSecond || 0) * 8) / 1000;
+  return (Number.isInteger(value) ? String(value) : value.toFixed(1)) + " kbit/s";
 }
 
 function renderSharingDetail(sh) {
