@@ -439,5 +439,5 @@ def sharing_text(v: dict[str, Any]) -> str:
 def _cpu_text(cpu: dict[str, Any], window_s: int) -> str:
     now = cpu["now_percent"]
     measured = "measuring" if now is None else f"{now:.1f} % of one core (last {window_s} s)"
-    enforced = " (enforced: over it, the node sheds duty)" if cpu["cap_enforced"] else ""
+    enforced = " (enforced: over it for a minute, duty is shed)" if cpu["cap_enforced"] else ""
     return f"{measured}, {cpu['process_s']:.1f} s since start; cap {cpu['cap_percent']} %{enforced}"

@@ -217,8 +217,11 @@ class JitterBuffer:
     def _second_copy(self, ext: int, now: float) -> bool:
         """Whether this is the second copy of a packet NACKed once: then the first was only
         late, so undo what its arrival counted (see the module doc)."""
-        for seq in [s for s, v in self._suspects.items() if now - v.arrival > SUSPECT_MEMORY_S]:
-            del self._suspects[seq]
+        while self._suspects:  # oldest first (insertion order): expire from the head
+            oldest = next(iter(self._suspects))
+            if now - self._suspects[oldest].arrival <= SUSPECT_MEMORY_S:
+                break
+            del self._suspects[oldest]
         suspect = self._suspects.pop(ext, None)
         if suspect is None:
             return False
